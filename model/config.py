@@ -1,0 +1,170 @@
+"""Typed configs for the network. Validated at construction, stored in every checkpoint as a
+plain dict, so that a checkpoint rebuilds its own model with nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from model.tasks import TASK_NAMES, require_dataset
+
+ROUTING_VARIANTS = ("ase", "moe", "naive_shared", "lora", "none")
+"""``ase``: top-k routed + S adaptive shared experts, one softmax (the paper);
+``moe``: plain top-k LoRA-MoE, no shared experts; ``naive_shared``: shared experts added with
+fixed weight 1, routed weights normalised among themselves; ``lora``: one LoRA adapter of the
+active rank (k+S)*r, no routing (MTL-ViT+LoRA); ``none``: no adapters at all."""
+
+
+def _fail(field_name: str, message: str) -> None:
+    raise ValueError(f"{field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    image_size: int = 128
+    patch_size: int = 16
+    width: int = 192
+    depth: int = 6
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    lora_rank: int = 4  # rank of the LoRA on the frozen backbone's linear layers; 0 disables
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "width", "depth", "heads"):
+            if getattr(self, name) < 1:
+                _fail(f"backbone.{name}", f"must be >= 1, got {getattr(self, name)}")
+        if self.image_size % self.patch_size:
+            _fail(
+                "backbone.image_size",
+                f"{self.image_size} is not a multiple of patch_size {self.patch_size}",
+            )
+        if self.width % self.heads:
+            _fail("backbone.width", f"{self.width} is not divisible by heads {self.heads}")
+        if self.mlp_ratio <= 0:
+            _fail("backbone.mlp_ratio", f"must be > 0, got {self.mlp_ratio}")
+        if self.lora_rank < 0:
+            _fail("backbone.lora_rank", f"must be >= 0, got {self.lora_rank}")
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def tokens(self) -> int:
+        return self.grid**2
+
+
+def parse_expert_spec(spec: str) -> tuple[int, int, int, int]:
+    """``"N/k/S/r"`` -> (experts, k, shared, rank); a ValueError names a malformed spec."""
+    parts = spec.split("/")
+    if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+        _fail("adapters.spec", f"expected 'N/k/S/r' with four non-negative integers, got {spec!r}")
+    experts, k, shared, rank = (int(p) for p in parts)
+    return experts, k, shared, rank
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The expert bank beside each block's FFN, in the paper's ``N/k/S/r`` notation."""
+
+    spec: str = "16/3/1/4"
+    routing: str = "ase"
+
+    def __post_init__(self) -> None:
+        experts, k, shared, rank = parse_expert_spec(self.spec)
+        if self.routing not in ROUTING_VARIANTS:
+            _fail(
+                "adapters.routing",
+                f"unknown variant {self.routing!r}; known: {', '.join(ROUTING_VARIANTS)}",
+            )
+        if experts < 1:
+            _fail("adapters.experts", f"N must be >= 1, got {experts}")
+        if rank < 1:
+            _fail("adapters.rank", f"r must be >= 1, got {rank}")
+        if shared > experts:
+            _fail("adapters.shared", f"S={shared} exceeds the number of experts N={experts}")
+        if k > experts - shared:
+            _fail("adapters.k", f"k={k} exceeds the routed experts N-S={experts - shared}")
+        if k + shared < 1:
+            _fail("adapters.k", "k+S must be >= 1: no expert would ever be active")
+        if self.routing == "moe" and shared:
+            _fail("adapters.shared", f"routing 'moe' has no shared experts, got S={shared}")
+        if self.routing == "naive_shared" and not shared:
+            _fail("adapters.shared", "routing 'naive_shared' needs S >= 1")
+
+    @property
+    def experts(self) -> int:
+        return parse_expert_spec(self.spec)[0]
+
+    @property
+    def k(self) -> int:
+        return parse_expert_spec(self.spec)[1]
+
+    @property
+    def shared(self) -> int:
+        return parse_expert_spec(self.spec)[2]
+
+    @property
+    def rank(self) -> int:
+        return parse_expert_spec(self.spec)[3]
+
+    @property
+    def routed(self) -> int:
+        """Experts chosen by the router (N-S)."""
+        return self.experts - self.shared
+
+    @property
+    def active_rank(self) -> int:
+        """Rank active per token: (k+S)*r."""
+        return (self.k + self.shared) * self.rank
+
+    @property
+    def has_experts(self) -> bool:
+        """Whether the network carries a routed expert bank (not ``lora``/``none``)."""
+        return self.routing in ("ase", "moe", "naive_shared")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    dataset: str = "synthetic"  # selects the class lists of the task registry
+    tasks: tuple[str, ...] = TASK_NAMES
+
+    def __post_init__(self) -> None:
+        try:
+            require_dataset(self.dataset)
+        except ValueError as error:
+            _fail("dataset", str(error))
+        if not self.tasks:
+            _fail("tasks", "at least one task is needed")
+        unknown = [t for t in self.tasks if t not in TASK_NAMES]
+        if unknown:
+            _fail("tasks", f"unknown task(s) {unknown}; known: {', '.join(TASK_NAMES)}")
+        if len(set(self.tasks)) != len(self.tasks):
+            _fail("tasks", f"duplicate task names in {list(self.tasks)}")
+        # Keep the registry's canonical order so task ids never depend on how a user typed them.
+        object.__setattr__(self, "tasks", tuple(t for t in TASK_NAMES if t in self.tasks))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tasks"] = list(self.tasks)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild from ``to_dict()`` output; unknown keys are an error, not silently dropped."""
+        known = {"backbone", "adapters", "dataset", "tasks"}
+        extra = set(data) - known
+        if extra:
+            _fail("config", f"unknown keys {sorted(extra)}")
+        try:
+            return cls(
+                backbone=BackboneConfig(**data.get("backbone", {})),
+                adapters=AdapterConfig(**data.get("adapters", {})),
+                dataset=data.get("dataset", "synthetic"),
+                tasks=tuple(data.get("tasks", TASK_NAMES)),
+            )
+        except TypeError as error:  # an unexpected field inside backbone/adapters
+            raise ValueError(f"config: {error}") from None
