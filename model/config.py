@@ -126,9 +126,23 @@ class AdapterConfig:
 
 
 @dataclass(frozen=True)
+class RouterLossConfig:
+    """Weights of the router's auxiliary losses; 0 disables a term (it is then not computed)."""
+
+    mi_weight: float = 0.01  # Mod-Squad task-expert mutual information (the paper's choice)
+    balance_weight: float = 0.0  # switch-style load balancing, the usual alternative
+
+    def __post_init__(self) -> None:
+        for name in ("mi_weight", "balance_weight"):
+            if getattr(self, name) < 0:
+                _fail(f"router_loss.{name}", f"must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    router_loss: RouterLossConfig = field(default_factory=RouterLossConfig)
     dataset: str = "synthetic"  # selects the class lists of the task registry
     tasks: tuple[str, ...] = TASK_NAMES
 
@@ -155,7 +169,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Rebuild from ``to_dict()`` output; unknown keys are an error, not silently dropped."""
-        known = {"backbone", "adapters", "dataset", "tasks"}
+        known = {"backbone", "adapters", "router_loss", "dataset", "tasks"}
         extra = set(data) - known
         if extra:
             _fail("config", f"unknown keys {sorted(extra)}")
@@ -163,6 +177,7 @@ class ModelConfig:
             return cls(
                 backbone=BackboneConfig(**data.get("backbone", {})),
                 adapters=AdapterConfig(**data.get("adapters", {})),
+                router_loss=RouterLossConfig(**data.get("router_loss", {})),
                 dataset=data.get("dataset", "synthetic"),
                 tasks=tuple(data.get("tasks", TASK_NAMES)),
             )
