@@ -1,0 +1,214 @@
+"""Dynamic batching: concurrent requests become one model call.
+
+Each request is one image and its task set. A worker takes the oldest waiting request, then
+keeps taking requests until ``max_batch`` images or ``max_wait`` seconds, drops the ones whose
+client left or whose deadline passed, packs the rest into ``images`` / ``stream_image`` /
+``stream_task`` (one stream per (image, task) pair, so unrequested tasks cost nothing), runs
+the session in a thread (the event loop stays free) and hands each request its own rows.
+Every stream's output depends only on its own image, so a batched answer equals the lone one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.metrics import ServerMetrics
+from server.modeldir import ModelDir
+from server.protocol import ApiError
+
+log = logging.getLogger("server.batching")
+
+RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One request's share of a model call."""
+
+    maps: dict[str, np.ndarray]  # task -> (C, H, W) prediction at model size
+    expert_tokens: dict[str, np.ndarray]  # task -> (L, N)
+    shared_gate_mass: dict[str, np.ndarray]  # task -> (L,)
+    queue_s: float
+    inference_s: float
+    batch_images: int
+
+
+@dataclass
+class Job:
+    image: np.ndarray  # (3, H, W) normalised
+    task_ids: tuple[int, ...]  # increasing
+    deadline: float  # time.monotonic()
+    future: asyncio.Future[JobResult]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class QueueFullError(ApiError):
+    def __init__(self, depth: int) -> None:
+        super().__init__(
+            503, "overloaded", f"the server is at capacity ({depth} requests waiting); retry soon",
+            headers={"Retry-After": "1"},
+        )  # fmt: skip
+
+
+class Batcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        model: ModelDir,
+        metrics: ServerMetrics,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+    ) -> None:
+        self._run_batch = run_batch
+        self._model = model
+        self._metrics = metrics
+        self._max_batch, self._max_wait_s, self._max_queue = max_batch, max_wait_s, max_queue
+        self._pending: deque[Job] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ase-inference")
+        self._worker: asyncio.Task | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name="ase-batcher")
+
+    async def stop(self, timeout_s: float) -> None:
+        """Finish what is queued (graceful shutdown), then stop the worker and its thread."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._pending or not self._idle.is_set():
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            log.warning("shutdown: %d queued requests abandoned", len(self._pending))
+        if self._worker:
+            self._worker.cancel()
+        self._executor.shutdown(wait=True)
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def submit(self, image: np.ndarray, task_ids: tuple[int, ...], deadline: float) -> Job:
+        """Queue one request; a full queue raises :class:`QueueFullError` (503) at once."""
+        if len(self._pending) >= self._max_queue:
+            raise QueueFullError(len(self._pending))
+        job = Job(image, task_ids, deadline, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._metrics.queue_depth.set(len(self._pending))
+        self._arrived.set()
+        return job
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._collect()
+            self._idle.clear()
+            try:
+                live = self._drop_dead(batch)
+                if live:
+                    await self._run(live)
+            except Exception:  # one bad batch must not stop the worker for everyone after it
+                log.exception("batch of %d requests failed", len(batch))
+            finally:
+                self._idle.set()
+
+    async def _collect(self) -> list[Job]:
+        while not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch = [self._pending.popleft()]
+        close_at = time.monotonic() + self._max_wait_s
+        while len(batch) < self._max_batch:
+            if self._pending:
+                batch.append(self._pending.popleft())
+                continue
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+            except TimeoutError:
+                break
+        self._metrics.queue_depth.set(len(self._pending))
+        return batch
+
+    def _drop_dead(self, batch: list[Job]) -> list[Job]:
+        """Requests whose client left (future cancelled) or whose deadline passed cost nothing."""
+        now, live = time.monotonic(), []
+        for job in batch:
+            if job.future.done():
+                self._metrics.dropped.labels("disconnected").inc()
+            elif now > job.deadline:
+                self._metrics.dropped.labels("deadline").inc()
+                job.future.set_exception(deadline_error())
+            else:
+                live.append(job)
+        return live
+
+    async def _run(self, jobs: list[Job]) -> None:
+        images = np.stack([job.image for job in jobs])  # (B, 3, H, W)
+        stream_image = np.array([i for i, job in enumerate(jobs) for _ in job.task_ids], np.int64)
+        stream_task = np.array([t for job in jobs for t in job.task_ids], np.int64)  # (S,)
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(
+                self._executor, self._run_batch, images, stream_image, stream_task
+            )
+        except Exception as error:
+            log.exception("model call failed")
+            failure = ApiError(500, "internal_error", f"the model failed on this batch: {error}")
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(failure)
+            return
+        inference_s = time.monotonic() - started
+        self._observe(jobs, started, inference_s, stream_task, outputs)
+        for job, result in zip(jobs, self._split(jobs, stream_task, outputs), strict=True):
+            if not job.future.done():
+                job.future.set_result(
+                    JobResult(*result, started - job.enqueued, inference_s, len(jobs))
+                )
+
+    def _split(self, jobs: list[Job], stream_task: np.ndarray, outputs: dict[str, np.ndarray]):
+        """Per job: (maps, expert_tokens, shared_gate_mass) keyed by task name."""
+        names = {t.id: t.name for t in self._model.tasks}
+        seen_of_task = dict.fromkeys(names, 0)  # streams of each task handed out so far
+        stream = 0
+        for job in jobs:
+            maps, tokens, mass = {}, {}, {}
+            for task_id in job.task_ids:
+                name = names[task_id]
+                maps[name] = outputs[name][seen_of_task[task_id]]  # (C, H, W)
+                tokens[name] = outputs["expert_tokens"][stream]  # (L, N)
+                mass[name] = outputs["shared_gate_mass"][stream]  # (L,)
+                seen_of_task[task_id] += 1
+                stream += 1
+            yield maps, tokens, mass
+
+    def _observe(self, jobs, started, inference_s, stream_task, outputs) -> None:
+        metrics = self._metrics
+        for job in jobs:
+            metrics.queue_wait.observe(started - job.enqueued)
+        metrics.inference.observe(inference_s)
+        metrics.batch_size.observe(len(jobs))
+        metrics.batch_streams.observe(len(stream_task))
+        metrics.observe_router(stream_task, outputs["expert_tokens"], outputs["shared_gate_mass"])
+
+
+def deadline_error() -> ApiError:
+    return ApiError(
+        504, "deadline_exceeded",
+        "the request was not served within the server's timeout; retry later or with fewer tasks",
+    )  # fmt: skip

@@ -1,0 +1,133 @@
+"""Every Prometheus metric of the server, declared once (contract 5), with explicit buckets.
+
+Metrics live on an instance-owned registry, not the library's global one. With several worker
+processes, ``PROMETHEUS_MULTIPROC_DIR`` must be set before ``prometheus_client`` is imported
+(``python -m server --workers N`` does it); ``/metrics`` then merges every worker's files.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from server.modeldir import ModelDir
+
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STREAM_BUCKETS = (1, 2, 5, 10, 20, 40, 80, 160, 320, 640, 1280)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ServerMetrics:
+    def __init__(self, model: ModelDir, provider: str) -> None:
+        self.model = model
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ase_requests",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "ase_request_duration_seconds", "whole request, first byte in to response out",
+            ["endpoint"], buckets=REQUEST_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "ase_queue_wait_seconds", "time a request waited for its batch to start",
+            buckets=QUEUE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference = Histogram(
+            "ase_inference_duration_seconds", "one model call (a whole batch)",
+            buckets=INFERENCE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "ase_batch_size", "images per model call", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_streams = Histogram(
+            "ase_batch_streams", "streams per model call", buckets=STREAM_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(
+            "ase_queue_depth",
+            "requests waiting for a batch",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.dropped = Counter(
+            "ase_requests_dropped", "queued requests dropped before the model ran them",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.expert_tokens = Counter(
+            "ase_expert_tokens", "tokens each expert processed",
+            ["layer", "task", "expert", "kind"], registry=r,
+        )  # fmt: skip
+        self.stream_tokens = Counter(
+            "ase_stream_tokens", "tokens through each layer per task", ["layer", "task"], registry=r
+        )
+        self.shared_gate_mass = Counter(
+            "ase_shared_gate_mass", "summed gate weight of the shared experts",
+            ["layer", "task"], registry=r,
+        )  # fmt: skip
+        self.task_requests = Counter(
+            "ase_task_requests", "streams served per task", ["task"], registry=r
+        )
+        info = Gauge(
+            "ase_model_info", "the model being served (value 1)",
+            ["name", "version", "adapters", "routing", "provider"],
+            multiprocess_mode="livemax", registry=r,
+        )  # fmt: skip
+        adapters = model.adapters
+        info.labels(
+            model.name, model.version, str(adapters.get("spec")), adapters["routing"], provider
+        ).set(1)
+
+    def observe_router(
+        self, stream_task: np.ndarray, expert_tokens: np.ndarray, shared_gate_mass: np.ndarray
+    ) -> None:
+        """Add one batch's router statistics: expert_tokens (S, L, N), shared_gate_mass (S, L)."""
+        tokens_per_stream = int(self.model.adapters["tokens_per_stream"])
+        shared = set(self.model.adapters.get("shared_experts") or [])
+        for task in self.model.tasks:
+            rows = stream_task == task.id
+            streams = int(rows.sum())
+            if not streams:
+                continue
+            self.task_requests.labels(task.name).inc(streams)
+            per_expert = expert_tokens[rows].sum(axis=0, dtype=np.float64)  # (L, N)
+            mass = shared_gate_mass[rows].sum(axis=0, dtype=np.float64)  # (L,)
+            for layer in range(per_expert.shape[0]):
+                self.stream_tokens.labels(str(layer), task.name).inc(streams * tokens_per_stream)
+                self.shared_gate_mass.labels(str(layer), task.name).inc(float(mass[layer]))
+                for expert, count in enumerate(per_expert[layer]):
+                    kind = "shared" if expert in shared else "routed"
+                    labels = (str(layer), task.name, str(expert), kind)
+                    self.expert_tokens.labels(*labels).inc(float(count))
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text: this process's registry, or every worker's in multiprocess mode."""
+        if multiprocess_dir():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a finished worker's live gauges (queue depth, model info) in multiprocess mode."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)

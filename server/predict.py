@@ -1,0 +1,272 @@
+"""``POST /predict``: read the body within limits, queue the image, render the maps.
+
+Everything CPU-heavy (decode, resize, PNG encoding) runs in worker threads; the event loop only
+routes bytes. While a request waits for its batch, a watcher notices if the client leaves, and
+the queued job is then cancelled so that the model never runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from server import codecs
+from server.batching import Job, JobResult, deadline_error
+from server.modeldir import ModelDir, TaskInfo
+from server.protocol import ApiError
+from server.runtime import preprocess, restore_size
+
+if TYPE_CHECKING:
+    from server.app import ServerState
+
+CLIENT_CLOSED = 499  # nginx's convention; the client never sees it, the metrics do
+TASKS_HELP = "comma-separated task names (duplicates are an error); omitted: all of the model's"
+FORMAT_HELP = (
+    "json (default): base64 PNG per task; npz: one numpy archive, keys = task names (uint8 class "
+    "ids, uint8 0-255 probabilities, float32 (h, w, 3) unit normals; router_<task> (L, N) and "
+    "router_<task>_shared_gate_share (L,) with router_stats); png: the PNG itself, one task only"
+)
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the image as the raw body, or as multipart/form-data field 'file'",
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
+BINARY_RESPONSES = {
+    200: {
+        "description": "json (schema below), npz or png depending on format",
+        "content": {
+            "application/x-npz": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    format: str
+    visualize: bool
+    alpha: float
+    router_stats: bool
+
+
+async def handle(
+    request: Request, state: ServerState, tasks: str | None, options: Options
+) -> Response:
+    arrived = time.monotonic()
+    wanted = parse_tasks(tasks, state.model)
+    check_options(options, wanted)
+    try:
+        body = await read_image_body(request, state.settings.max_body_bytes)
+    except ClientDisconnect:
+        return Response(status_code=CLIENT_CLOSED)
+    rgb, image = await asyncio.to_thread(_decode, body, state)
+    decoded = time.monotonic()
+    deadline = arrived + state.settings.timeout_s
+    job = state.batcher.submit(image, tuple(t.id for t in wanted), deadline)
+    result = await wait_for_job(job, request, deadline)
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED)
+    inferred = time.monotonic()
+    response = await asyncio.to_thread(_render, state, wanted, rgb, result, options)
+    timings = {
+        "decode": decoded - arrived,
+        "queue": result.queue_s,
+        "inference": result.inference_s,
+        "postprocess": time.monotonic() - inferred,
+        "total": time.monotonic() - arrived,
+    }
+    return _finish(response, state, timings)
+
+
+def parse_tasks(tasks: str | None, model: ModelDir) -> list[TaskInfo]:
+    """``"semseg,normals"`` -> the model's tasks in id order; 422 for unknown or repeated names."""
+    if tasks is None or not tasks.strip():
+        return list(model.tasks)
+    names = [name.strip() for name in tasks.split(",")]
+    unknown = [name for name in names if name not in model.task_names]
+    if unknown:
+        raise ApiError(422, "unknown_task", f"unknown task(s) {unknown}; this model serves "
+                       f"{', '.join(model.task_names)}")  # fmt: skip
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ApiError(422, "duplicate_task", f"task(s) {repeated} requested more than once")
+    return [t for t in model.tasks if t.name in names]
+
+
+def check_options(options: Options, wanted: list[TaskInfo]) -> None:
+    if options.format == "png" and len(wanted) != 1:
+        raise ApiError(422, "invalid_parameter", f"format=png returns one image, so it needs "
+                       f"exactly one task (got {len(wanted)}); use json or npz")  # fmt: skip
+    if options.format == "npz" and options.visualize:
+        raise ApiError(422, "invalid_parameter", "visualize=true works with json and png; npz "
+                       "carries the raw arrays")  # fmt: skip
+    if options.format == "png" and options.router_stats:
+        raise ApiError(422, "invalid_parameter", "router_stats=true needs format json or npz")
+
+
+async def read_image_body(request: Request, limit: int) -> bytes:
+    """The image bytes from a raw body or multipart field ``file``; 413 past ``limit`` bytes."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    multipart = content_type == "multipart/form-data"
+    if not (multipart or not content_type or content_type.startswith("image/")
+            or content_type == "application/octet-stream"):  # fmt: skip
+        raise ApiError(415, "unsupported_media_type", f"content type {content_type!r} is not an "
+                       "image: send image/jpeg, image/png, ... or multipart 'file'")  # fmt: skip
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(len(body), limit)
+    return await _multipart_file(request, bytes(body), limit) if multipart else bytes(body)
+
+
+async def _multipart_file(request: Request, body: bytes, limit: int) -> bytes:
+    async def replay():
+        yield body
+
+    parser = MultiPartParser(
+        request.headers, replay(), max_files=1, max_fields=8, max_part_size=limit
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {error.message}") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(400, "bad_multipart", "multipart body has no file field named 'file'")
+    return await upload.read()
+
+
+def _too_large(size: int, limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"body is {size}+ bytes; the limit is {limit}")
+
+
+def _decode(body: bytes, state: ServerState) -> tuple[np.ndarray, np.ndarray]:
+    rgb = codecs.decode_image(body, state.settings.max_pixels)
+    return rgb, preprocess(rgb, state.model)
+
+
+async def wait_for_job(job: Job, request: Request, deadline: float) -> JobResult | None:
+    """The job's result; ``None`` if the client left; 504 past the deadline. Either way a job
+    still queued is cancelled, so the batcher drops it."""
+    watcher = asyncio.create_task(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait(
+            {job.future, watcher},
+            timeout=max(0.0, deadline - time.monotonic()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        watcher.cancel()
+    if job.future.done():
+        return job.future.result()  # raises the job's ApiError (504, 500) if it failed
+    job.future.cancel()
+    if watcher in done:
+        return None
+    raise deadline_error()
+
+
+async def _client_gone(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _render(state: ServerState, wanted: list[TaskInfo], rgb: np.ndarray, result: JobResult,
+            options: Options) -> Response | dict:  # fmt: skip
+    """A binary response, or the JSON body without its timings (added last)."""
+    height, width = rgb.shape[:2]
+    maps = {t.name: restore_size(t.kind, result.maps[t.name], width, height) for t in wanted}
+    if options.format == "npz":
+        return _npz(state, wanted, maps, result, options)
+    level = state.settings.png_compression
+    pngs = {
+        t.name: codecs.encode_png(_picture(t, maps[t.name], rgb, options), level) for t in wanted
+    }
+    if options.format == "png":
+        return Response(pngs[wanted[0].name], media_type="image/png")
+    body = {
+        "model": {"name": state.model.name, "version": state.model.version},
+        "provider": state.runtime.provider,
+        "image": {"width": width, "height": height},
+        "tasks": {t.name: _task_json(t, pngs[t.name], maps[t.name], options) for t in wanted},
+    }
+    if options.router_stats:
+        body["router"] = {t.name: _router_json(state.model, result, t.name) for t in wanted}
+    return body
+
+
+def _picture(task: TaskInfo, values: np.ndarray, rgb: np.ndarray, options: Options) -> np.ndarray:
+    wire = codecs.to_uint8(task.kind, values)
+    if not options.visualize:
+        return wire
+    return codecs.overlay(rgb, codecs.colourise(task.kind, wire, task.palette), options.alpha)
+
+
+def _task_json(task: TaskInfo, png: bytes, values: np.ndarray, options: Options) -> dict:
+    shape = list(values.shape) + ([3] if options.visualize and values.ndim == 2 else [])
+    entry = {"kind": task.kind, "shape": shape, "encoding": "png",
+             "data": base64.b64encode(png).decode("ascii")}  # fmt: skip
+    if task.kind == "classes":
+        entry["classes"] = list(task.classes)
+        entry["palette"] = [list(c) for c in task.palette]
+    return entry
+
+
+def _router_json(model: ModelDir, result: JobResult, task: str) -> dict:
+    tokens = int(model.adapters["tokens_per_stream"])
+    return {
+        "expert_tokens": result.expert_tokens[task].tolist(),
+        "shared_gate_share": (result.shared_gate_mass[task] / max(tokens, 1)).tolist(),
+        "tokens_per_layer": tokens,
+        "shared_experts": list(model.adapters.get("shared_experts") or []),
+    }
+
+
+def _npz(state: ServerState, wanted: list[TaskInfo], maps: dict, result: JobResult,
+         options: Options) -> Response:  # fmt: skip
+    arrays = {}
+    for task in wanted:
+        values = maps[task.name]
+        arrays[task.name] = values if task.kind == "vector" else codecs.to_uint8(task.kind, values)
+        if options.router_stats:
+            router = _router_json(state.model, result, task.name)
+            arrays[f"router_{task.name}"] = np.asarray(router["expert_tokens"], np.float32)
+            share = np.asarray(router["shared_gate_share"], np.float32)
+            arrays[f"router_{task.name}_shared_gate_share"] = share
+    return Response(codecs.encode_npz(arrays), media_type="application/x-npz")
+
+
+def _finish(rendered: Response | dict, state: ServerState, timings: dict[str, float]) -> Response:
+    """Timings: in the JSON body, and as a ``Server-Timing`` header for every format."""
+    milliseconds = {name: round(seconds * 1000, 3) for name, seconds in timings.items()}
+    if isinstance(rendered, dict):
+        rendered = JSONResponse({**rendered, "timings_ms": milliseconds})
+    rendered.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in milliseconds.items())
+    rendered.headers["X-Model-Version"] = state.model.version
+    return rendered

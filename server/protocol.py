@@ -1,0 +1,118 @@
+"""Request and response schemas, and the one error body every failure uses.
+
+The schemas document the API (OpenAPI); responses are built as plain dicts of the same shape,
+so that large base64 maps are not validated twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+OutputFormat = Literal["json", "npz", "png"]
+
+
+class ApiError(Exception):
+    """A failure the client can act on; rendered as :class:`ErrorResponse`."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "status": self.status}}
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable reason, e.g. 'unsupported_media_type'")
+    message: str = Field(description="what went wrong and what to do about it")
+    status: int = Field(description="the HTTP status, repeated")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class TaskMap(BaseModel):
+    kind: Literal["classes", "probability", "vector"]
+    shape: list[int] = Field(description="[h, w] or [h, w, 3] of the map at the image's size")
+    encoding: Literal["png"] = "png"
+    data: str = Field(
+        description="base64 PNG: uint8 class ids (classes), 0-255 (probability), normals as "
+        "RGB with n = 2v/255 - 1 (vector); with visualize=true an RGB overlay on the image"
+    )
+    classes: list[str] | None = None
+    palette: list[list[int]] | None = None
+
+
+class RouterStats(BaseModel):
+    expert_tokens: list[list[float]] = Field(description="[layer][expert] tokens per expert")
+    shared_gate_share: list[float] = Field(description="per layer: mean shared gate weight")
+    tokens_per_layer: int
+    shared_experts: list[int]
+
+
+class Timings(BaseModel):
+    decode: float
+    queue: float
+    inference: float
+    postprocess: float
+    total: float
+
+
+class PredictResponse(BaseModel):
+    model: ModelRef
+    provider: str
+    image: ImageSize
+    tasks: dict[str, TaskMap]
+    timings_ms: Timings
+    router: dict[str, RouterStats] | None = None
+
+
+class ModelsResponse(BaseModel):
+    name: str
+    version: str
+    tasks: list[dict[str, Any]]
+    input: dict[str, Any]
+    adapters: dict[str, Any] = Field(description="N/k/S/r, routing variant, layers, tokens")
+    providers: list[str] = Field(description="execution providers actually in use")
+    graph: str = Field(description="the graph file served")
+    max_batch: int
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries: the error body for each status a route can return."""
+    return {
+        status: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]}
+        for status in statuses
+    }
+
+
+ERROR_DESCRIPTIONS = {
+    400: "invalid_image (not an image, truncated, corrupt), empty_body, bad_multipart",
+    401: "unauthorized: missing or wrong X-API-Key",
+    413: "payload_too_large (body over the size limit), image_too_large (pixel limit)",
+    415: "unsupported_media_type: send image/*, application/octet-stream or multipart 'file'",
+    422: "unknown_task, duplicate_task, invalid_parameter (bad format, png with several tasks)",
+    500: "internal_error",
+    503: "overloaded (queue full; see Retry-After) or not_ready (model still loading)",
+    504: "deadline_exceeded: the request waited longer than the server's timeout",
+}

@@ -1,0 +1,118 @@
+"""The ONNX Runtime session and the NumPy/PIL work around it: images in, maps out.
+
+Pre-processing: bilinear resize to the model's input, scale to [0, 1], ImageNet normalise.
+Post-processing back to the original size: class maps take the argmax at model resolution
+and are resized with nearest (a label never blends into another); probabilities and normals
+are resized bilinearly, and normals are renormalised to unit length afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from server.modeldir import GRAPH_INPUTS, ROUTER_OUTPUTS, ModelDir, ModelDirError
+
+log = logging.getLogger("server.runtime")
+
+
+class ModelRuntime:
+    """One ORT session on the graph that the model directory picks for the provider taken."""
+
+    def __init__(self, model: ModelDir, providers: list[str], threads: int = 0) -> None:
+        self.model = model
+        self._options = ort.SessionOptions()
+        self._options.intra_op_num_threads = threads
+        self._options.log_severity_level = 3  # ORT's own warnings go to our log, not stderr
+        available = ort.get_available_providers()
+        wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        skipped = [p for p in providers if p not in available]
+        if skipped:
+            log.warning("providers not available in this onnxruntime build: %s", skipped)
+        self.session = self._open(model.graph_for(wanted[0]), wanted)
+        taken = self.session.get_providers()[0]
+        if model.graph_for(taken) != model.graph_for(wanted[0]):
+            # The preferred provider failed to start (no GPU): reopen with the graph for the
+            # provider actually taken, as metadata.provider_graph says.
+            self.session = self._open(model.graph_for(taken), [taken])
+        self.providers = self.session.get_providers()
+        self.graph = model.graph_for(self.provider)
+        log.info(
+            "model %s %s on %s (graph %s)",
+            model.name,
+            model.version,
+            self.providers,
+            self.graph.name,
+        )
+
+    def _open(self, graph, providers: list[str]) -> ort.InferenceSession:
+        try:
+            session = ort.InferenceSession(str(graph), self._options, providers=providers)
+        except Exception as error:  # ORT raises several types for a bad file: name them all here
+            raise ModelDirError(f"ONNX Runtime cannot load {graph}: {error}") from None
+        names = tuple(i.name for i in session.get_inputs())
+        outputs = tuple(o.name for o in session.get_outputs())
+        if names != GRAPH_INPUTS or outputs != self.model.outputs:
+            raise ModelDirError(
+                f"{graph} has inputs {names} and outputs {outputs}; metadata.json promises "
+                f"{GRAPH_INPUTS} and {self.model.outputs}"
+            )
+        return session
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+    def run(
+        self, images: np.ndarray, stream_image: np.ndarray, stream_task: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """One forward pass: ``images`` (B, 3, H, W), streams (S,) -> every output by name."""
+        feeds = {"images": images, "stream_image": stream_image, "stream_task": stream_task}
+        values = self.session.run(None, feeds)
+        return dict(zip(self.model.outputs, values, strict=True))
+
+    def warm_up(self, max_batch: int) -> float:
+        """Run a full batch with every task once, so the first request pays no allocation cost."""
+        started = time.perf_counter()
+        images = np.zeros((max_batch, 3, self.model.height, self.model.width), np.float32)
+        stream_image = np.repeat(np.arange(max_batch, dtype=np.int64), len(self.model.tasks))
+        stream_task = np.tile(np.array([t.id for t in self.model.tasks], np.int64), max_batch)
+        outputs = self.run(images, stream_image, stream_task)
+        for name in ROUTER_OUTPUTS:
+            if outputs[name].shape[0] != stream_task.shape[0]:
+                raise ModelDirError(f"{self.graph}: {name} has {outputs[name].shape[0]} rows")
+        return time.perf_counter() - started
+
+
+def preprocess(rgb: np.ndarray, model: ModelDir) -> np.ndarray:
+    """RGB uint8 (h, w, 3) -> normalised float32 (3, H, W) at the model's input size."""
+    resized = Image.fromarray(rgb).resize((model.width, model.height), Image.Resampling.BILINEAR)
+    scaled = np.asarray(resized, dtype=np.float32) / 255.0  # (H, W, 3)
+    normalised = (scaled - np.asarray(model.mean, np.float32)) / np.asarray(model.std, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))  # (3, H, W)
+
+
+def restore_size(kind: str, prediction: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A stream's prediction (C, H, W) at model size -> the map at the image's size.
+
+    ``classes``: uint8 ids (h, w); ``probability``: float32 in [0, 1] (h, w);
+    ``vector``: float32 unit vectors (h, w, 3).
+    """
+    if kind == "classes":
+        ids = prediction.argmax(axis=0).astype(np.uint8)  # (H, W)
+        return np.asarray(Image.fromarray(ids).resize((width, height), Image.Resampling.NEAREST))
+    channels = [_resize_float(channel, width, height) for channel in prediction]
+    if kind == "probability":
+        return np.clip(channels[0], 0.0, 1.0)
+    vectors = np.stack(channels, axis=-1)  # (h, w, 3)
+    norms = np.sqrt(np.einsum("hwc,hwc->hw", vectors, vectors))[..., None]  # (h, w, 1)
+    return vectors / np.maximum(norms, np.float32(1e-6))
+
+
+def _resize_float(channel: np.ndarray, width: int, height: int) -> np.ndarray:
+    image = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32))  # mode "F"
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)

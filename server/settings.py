@@ -1,0 +1,83 @@
+"""The server's one settings class: environment variables (prefix ``ASE_``), overridden by
+``python -m server`` flags. Every value is checked here, so a bad one stops the server at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODEL_DIR = REPO_ROOT / "demo" / "model"
+
+PROVIDER_ALIASES = {
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ASE_", extra="forbid", frozen=True)
+
+    model_dir: Path = Field(DEMO_MODEL_DIR, description="exported model directory (contract 3)")
+    providers: str = Field(
+        "cuda,cpu",
+        description="ONNX Runtime execution providers in order of preference, comma-separated "
+        "(cuda, tensorrt, cpu or full names); the ones not available are skipped",
+    )
+    threads: int = Field(0, ge=0, description="ORT intra-op threads per worker (0: ORT decides)")
+    max_batch: int = Field(8, ge=1, le=256, description="most images in one model call")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="longest a batch waits to fill")
+    max_queue: int = Field(64, ge=1, description="requests allowed to wait; past it: 503")
+    timeout_s: float = Field(30.0, gt=0, description="per-request deadline; past it: 504")
+    max_body_bytes: int = Field(20 * 2**20, ge=1024, description="largest request body; 413")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (w*h); 413")
+    png_compression: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")
+    api_key: SecretStr | None = Field(None, description="when set, required in X-API-Key")
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="port to bind (0: any free port)")
+    workers: int = Field(1, ge=1, le=64, description="server processes (metrics: multiprocess)")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="longest drain on SIGTERM")
+    log_level: str = Field("info", description="critical, error, warning, info or debug")
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: str) -> str:
+        names = [p.strip() for p in value.split(",") if p.strip()]
+        if not names:
+            raise ValueError("at least one provider is needed, e.g. 'cpu'")
+        for name in names:
+            if name.lower() not in PROVIDER_ALIASES and not name.endswith("ExecutionProvider"):
+                known = ", ".join(PROVIDER_ALIASES)
+                raise ValueError(f"unknown provider {name!r}; use {known} or a full ORT name")
+        return ",".join(names)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in ("critical", "error", "warning", "info", "debug"):
+            raise ValueError(f"unknown log level {value!r}")
+        return value.lower()
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is None or value.get_secret_value() else None
+
+    @property
+    def provider_list(self) -> list[str]:
+        """Full ORT provider names, in order of preference."""
+        return [PROVIDER_ALIASES.get(p.lower(), p) for p in self.providers.split(",")]
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as ``ASE_*`` variables: how worker processes receive them."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"ASE_{name.upper()}"] = str(value)
+        return env

@@ -1,0 +1,137 @@
+"""Real servers for the tests: ``python -m server`` processes on 127.0.0.1, on fake model dirs."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.server.fake_model import write_fake_model_dir
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+BASE_FLAGS = ("--providers", "cpu", "--threads", "1", "--log-level", "warning")
+SLOW_MATMULS = 100  # ~0.15 s per model call on one thread
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def metrics(self, **headers) -> dict[tuple[str, frozenset], float]:
+        text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10).text
+        return parse_metrics(text)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+
+def start_server(model_dir: Path, log_dir: Path, *flags: str, env: dict | None = None):
+    port = free_port()
+    log = log_dir / f"server-{port}.log"
+    command = [PYTHON, "-m", "server", "--model-dir", str(model_dir), "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, *BASE_FLAGS, *flags],
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    wait_ready(server)
+    return server
+
+
+def wait_ready(server: ServerProcess, timeout_s: float = 40.0) -> None:
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited:\n{server.log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server not ready in {timeout_s} s:\n{server.log.read_text()}")
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
+    """``(sample name, frozenset of label items) -> value`` for every sample."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(values: dict, name: str, **labels: str) -> float:
+    return values.get((name, frozenset(labels.items())), 0.0)
+
+
+def image_bytes(array: np.ndarray, fmt: str = "PNG", **save) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def random_image(seed: int, height: int = 40, width: int = 56) -> np.ndarray:
+    """A smooth random picture: colour gradients plus blocks, so that maps have structure."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    base = np.stack([np.sin(6 * x + rng.uniform(0, 6)), np.cos(5 * y + rng.uniform(0, 6)),
+                     np.sin(4 * (x + y) + rng.uniform(0, 6))], axis=-1)  # fmt: skip
+    noise = rng.uniform(-0.3, 0.3, (height // 8 + 1, width // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)
+    return np.clip((base + noise[:height, :width] + 1) * 127.5, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    return write_fake_model_dir(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def slow_model_dir(tmp_path_factory) -> Path:
+    return write_fake_model_dir(tmp_path_factory.mktemp("slow"), heavy_matmuls=SLOW_MATMULS)
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def server(model_dir, logs):
+    process = start_server(model_dir, logs, "--max-batch", "8", "--max-wait-ms", "30")
+    yield process
+    process.stop()
