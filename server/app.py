@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     app.state.server = None
+    app.state.settings = settings
     _add_error_handlers(app)
     _add_routes(app)
     if (STATIC_DIR / "index.html").is_file():
@@ -140,6 +141,19 @@ def _add_routes(app: FastAPI) -> None:
             raise ApiError(404, "not_found", "no page is installed; see /docs for the API")
         return FileResponse(STATIC_DIR / "index.html")
 
+    @app.get("/v1/samples", summary="sample images the page offers")
+    async def samples(request: Request) -> dict:
+        names = _sample_names(request.app.state.settings.samples_dir)
+        return {"samples": [f"samples/{name}" for name in names]}
+
+    @app.get("/samples/{name}", include_in_schema=False)
+    async def sample(request: Request, name: str) -> Response:
+        folder = request.app.state.settings.samples_dir
+        # Only names from the listing: never a path the client made up.
+        if name not in _sample_names(folder):
+            raise ApiError(404, "not_found", f"no sample image {name!r}")
+        return FileResponse(folder / name)
+
     @app.post(
         "/predict",
         response_model=PredictResponse,
@@ -160,6 +174,15 @@ def _add_routes(app: FastAPI) -> None:
     ) -> Response:
         options = predict.Options(format, visualize, alpha, router_stats)
         return await predict.handle(request, _ready_state(request), tasks, options)
+
+
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _sample_names(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES)
 
 
 def _ready_state(request: Request, need_warm: bool = True) -> ServerState:
@@ -245,7 +268,11 @@ class _AccessMiddleware:
 
 
 def _is_open(path: str) -> bool:
-    return path in OPEN_PATHS or path == "/" or path.startswith("/static/")
+    return (
+        path in OPEN_PATHS
+        or path in ("/", "/v1/samples")
+        or path.startswith(("/static/", "/samples/"))
+    )
 
 
 def _bearer(value: bytes) -> bytes | None:

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = REPO_ROOT / "demo" / "model"
+DEMO_SAMPLES_DIR = REPO_ROOT / "demo" / "samples"
 
 PROVIDER_ALIASES = {
     "cuda": "CUDAExecutionProvider",
@@ -22,6 +23,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ASE_", extra="forbid", frozen=True)
 
     model_dir: Path = Field(DEMO_MODEL_DIR, description="exported model directory (contract 3)")
+    samples_dir: Path = Field(
+        DEMO_SAMPLES_DIR, description="sample images offered by the page (may be absent)"
+    )
     providers: str = Field(
         "cuda,cpu",
         description="ONNX Runtime execution providers in order of preference, comma-separated "
