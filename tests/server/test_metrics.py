@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import numpy as np
@@ -86,7 +87,7 @@ def test_counts_are_exact_across_worker_processes(model_dir, logs, tmp_path):
     try:
         for seed in range(8):  # a fresh connection each time, so both workers take some
             body = image_bytes(random_image(seed))
-            response = httpx_post(server.url, body, "saliency")
+            response = post_when_ready(server.url, body, "saliency")
             assert response.status_code == 200
         scrapes = [server.metrics() for _ in range(3)]  # any worker answers with the same totals
     finally:
@@ -97,6 +98,17 @@ def test_counts_are_exact_across_worker_processes(model_dir, logs, tmp_path):
         assert metric(values, "ase_stream_tokens_total", layer="1", task="saliency") == 8 * 16
     pids = {dict(labels).get("pid") for (name, labels) in scrapes[0] if name == "ase_model_info"}
     assert pids == {None}  # model info is merged over workers, not one series per process
+
+
+def post_when_ready(url: str, body: bytes, tasks: str) -> httpx.Response:
+    """Post, honouring 503 + Retry-After: a second worker may still be warming up after the
+    first one answered /readyz (only 200s are counted by the assertions)."""
+    for _ in range(100):
+        response = httpx_post(url, body, tasks)
+        if response.status_code != 503:
+            return response
+        time.sleep(0.1)
+    return response
 
 
 def httpx_post(url: str, body: bytes, tasks: str) -> httpx.Response:
