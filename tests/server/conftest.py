@@ -1,4 +1,6 @@
-"""Real servers for the tests: ``python -m server`` processes on 127.0.0.1, on fake model dirs."""
+"""Real servers for the tests: ``python -m server`` processes on 127.0.0.1, on a tiny model
+exported by the real exporter (and, where a deliberately slow model is needed, on the
+contract-conforming fake of ``fake_model.py``)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.export.tiny_export import export_tiny_model_dir
 from tests.server.fake_model import write_fake_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,7 +120,8 @@ def random_image(seed: int, height: int = 40, width: int = 56) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    return write_fake_model_dir(tmp_path_factory.mktemp("model"))
+    """A real tiny ASE network (32 px, 2 blocks, 16/3/1/4) exported by export/to_onnx.py."""
+    return export_tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Every API path against a real server on the fake model."""
+"""Every API path against a real server on a tiny exported model."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_json_has_every_task_at_the_image_size(server):
     assert body["image"] == {"width": 56, "height": 40}
     assert set(body["tasks"]) == set(TASK_NAMES)
     assert set(body["timings_ms"]) == {"decode", "queue", "inference", "postprocess", "total"}
-    assert body["model"]["name"] == "ase-fake" and body["provider"] == "CPUExecutionProvider"
+    assert body["model"]["name"] == "ase-tiny" and body["provider"] == "CPUExecutionProvider"
     for name, entry in body["tasks"].items():
         pixels = decode_png(entry["data"])
         assert list(pixels.shape) == entry["shape"]

@@ -1,4 +1,4 @@
-"""Decoding, post-processing and the fake model, without a server."""
+"""Decoding, post-processing and the exported model, without a server."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_wire_encodings_and_colours():
     assert overlay(image, coloured, 0.0).tolist() == image.tolist()
 
 
-def test_fake_model_routes_different_images_differently(model_dir):
+def test_model_routes_different_images_differently(model_dir):
     model = load_model_dir(model_dir)
     session = ort.InferenceSession(str(model.graphs["dense"]), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)

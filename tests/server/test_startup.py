@@ -28,14 +28,21 @@ def drop_metadata_field(path):
     (path / "metadata.json").write_text(json.dumps(data))
 
 
+def cpu_graph(path) -> str:
+    """The graph the CPU provider will load (metadata.provider_graph decides)."""
+    metadata = json.loads((path / "metadata.json").read_text())
+    return metadata["provider_graph"]["CPUExecutionProvider"]
+
+
 def corrupt_graph(path):
-    (path / "model.dense.onnx").write_bytes(b"garbage" * 100)
+    data = json.loads((path / "metadata.json").read_text())
+    (path / data["graphs"][cpu_graph(path)]["file"]).write_bytes(b"garbage" * 100)
 
 
 def corrupt_graph_and_hash(path):
     corrupt_graph(path)
     data = json.loads((path / "metadata.json").read_text())
-    data["graphs"]["dense"]["sha256"] = None  # the hash no longer catches it: ORT must
+    data["graphs"][cpu_graph(path)]["sha256"] = None  # the hash no longer catches it: ORT must
     (path / "metadata.json").write_text(json.dumps(data))
 
 
