@@ -33,7 +33,13 @@ class Settings(BaseSettings):
     )
     threads: int = Field(0, ge=0, description="ORT intra-op threads per worker (0: ORT decides)")
     max_batch: int = Field(8, ge=1, le=256, description="most images in one model call")
-    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="longest a batch waits to fill")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="longest a batch waits to fill (0: run as soon as the model is free; "
+        "requests arriving while it runs form the next batch)",
+    )
     max_queue: int = Field(64, ge=1, description="requests allowed to wait; past it: 503")
     timeout_s: float = Field(30.0, gt=0, description="per-request deadline; past it: 504")
     max_body_bytes: int = Field(20 * 2**20, ge=1024, description="largest request body; 413")
