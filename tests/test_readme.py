@@ -7,13 +7,12 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from model.presets import PRESETS
-from tests.server.conftest import ServerProcess, free_port, parse_metrics, wait_ready
+from tests.server.conftest import ServerProcess, parse_metrics, start_demo_server
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -35,14 +34,7 @@ def test_make_targets_and_presets_exist():
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("readme") / "server.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", str(port), "--providers", "cpu"],
-        cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
-    wait_ready(server, timeout_s=90)
+    server = start_demo_server(tmp_path_factory.mktemp("readme"))
     yield server
     server.stop()
 

@@ -74,6 +74,19 @@ def start_server(model_dir: Path, log_dir: Path, *flags: str, env: dict | None =
     return server
 
 
+def start_demo_server(log_dir: Path) -> ServerProcess:
+    """The server as ``make serve`` runs it: no --model-dir, so the committed demo model."""
+    port = free_port()
+    log = log_dir / f"demo-{port}.log"
+    process = subprocess.Popen(
+        [PYTHON, "-m", "server", "--port", str(port), "--providers", "cpu"],
+        cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    wait_ready(server, timeout_s=90)
+    return server
+
+
 def wait_ready(server: ServerProcess, timeout_s: float = 40.0) -> None:
     give_up = time.monotonic() + timeout_s
     while time.monotonic() < give_up:

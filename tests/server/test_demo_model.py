@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from model.checkpoint import load_checkpoint
 from model.data import SyntheticScenes
 from model.data.transforms import to_tensors
 from model.evaluate import model_predictor
-from tests.server.conftest import REPO, ServerProcess, free_port, wait_ready
+from tests.server.conftest import REPO, start_demo_server
 
 SAMPLES = REPO / "demo" / "samples"
 SAMPLE_COUNT, SAMPLE_SEED, SAMPLE_SPLIT = 6, 7, "test"  # as demo/samples/README.md says
@@ -26,14 +24,7 @@ SAMPLE_COUNT, SAMPLE_SEED, SAMPLE_SPLIT = 6, 7, "test"  # as demo/samples/README
 
 @pytest.fixture(scope="module")
 def demo_server(logs):
-    port = free_port()
-    log = logs / f"demo-{port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", str(port), "--providers", "cpu"],
-        cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
-    wait_ready(server, timeout_s=90)
+    server = start_demo_server(logs)
     yield server
     server.stop()
 
