@@ -26,9 +26,11 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     step: int = 0,
     metrics: dict[str, float] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint atomically (temp file + rename) so a crash never leaves half a
-    file where a good one was."""
+    file where a good one was. ``extra``: more keys (e.g. the training config) beside the
+    contract's; they may not replace a contract key."""
     path = Path(path)
     payload = {
         "format_version": FORMAT_VERSION,
@@ -39,6 +41,10 @@ def save_checkpoint(
         "step": int(step),
         "metrics": dict(metrics) if metrics is not None else None,
     }
+    clashing = sorted(set(extra or {}) & set(payload))
+    if clashing:
+        raise ValueError(f"extra checkpoint keys {clashing} would replace contract keys")
+    payload.update(extra or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".tmp")
     torch.save(payload, partial)

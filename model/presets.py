@@ -1,0 +1,195 @@
+"""Training configs: typed, validated dataclasses and the named presets of ``model/train.py``.
+
+A run has two stages (the paper starts from a *single-task* pretrained ViT, which does not
+exist here): ``single_task`` trains the backbone's base weights (normally frozen: patch and
+position embeddings, norms, linear layers) and one task's head on that task alone; then
+``multi_task`` freezes them and trains what the paper trains: LoRA, task embeddings, routers,
+experts and every head. Step numbers run across both stages (stage 2 starts where stage 1
+ended), so one ``step`` in a checkpoint says where a resumed run stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from model.config import AdapterConfig, BackboneConfig, ModelConfig, RouterLossConfig
+from model.tasks import TASK_NAMES
+
+AUGMENTATIONS = ("benchmark", "flip", "none")
+"""``benchmark``: scale 0.5-2, crop, flip, photometric (PASCAL recipe); ``flip``: horizontal
+flip only (synthetic scenes are unlimited, so they need no more); ``none``."""
+
+
+def _fail(field_name: str, message: str) -> None:
+    raise ValueError(f"{field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"  # "synthetic" or "pascal_context" (then ``root`` is needed)
+    root: str | None = None
+    val_size: int = 64  # synthetic: held-out scenes evaluated; PASCAL: 0 = the whole split
+    seed: int = 0  # synthetic scenes' seed (train and val splits never overlap)
+    augment: str = "flip"
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.dataset not in ("synthetic", "pascal_context"):
+            _fail("data.dataset", f"expected 'synthetic' or 'pascal_context', got {self.dataset!r}")
+        if self.augment not in AUGMENTATIONS:
+            _fail("data.augment", f"unknown {self.augment!r}; known: {', '.join(AUGMENTATIONS)}")
+        if self.val_size < 0 or self.workers < 0:
+            _fail("data", "val_size and workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    steps: int
+    lr: float
+    warmup: int = 50  # linear warm-up steps, then cosine decay to ``lr * 0.01``
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.warmup < 0:
+            _fail("stage", f"steps and warmup must be >= 0, got {self.steps}, {self.warmup}")
+        if self.lr <= 0:
+            _fail("stage.lr", f"must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    single_task: StageConfig = field(default_factory=lambda: StageConfig(300, 1e-3))
+    single_task_name: str = "semseg"  # the task the backbone is trained on in stage 1
+    multi_task: StageConfig = field(default_factory=lambda: StageConfig(1000, 1e-3))
+    batch_size: int = 16  # per process
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    eval_every: int = 250  # steps; 0: only at the end
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.single_task_name not in TASK_NAMES:
+            _fail("single_task_name", f"unknown task {self.single_task_name!r}")
+        if self.single_task.steps and self.single_task_name not in self.model.tasks:
+            _fail("single_task_name", f"{self.single_task_name!r} is not a task of the model")
+        if self.data.dataset != self.model.dataset:
+            _fail(
+                "data.dataset", f"{self.data.dataset!r} but the model's is {self.model.dataset!r}"
+            )
+        if self.batch_size < 1:
+            _fail("batch_size", f"must be >= 1, got {self.batch_size}")
+        if min(self.eval_every, self.checkpoint_every, self.grad_clip, self.weight_decay) < 0:
+            _fail("train", "eval_every, checkpoint_every, grad_clip, weight_decay must be >= 0")
+
+    @property
+    def total_steps(self) -> int:
+        return self.single_task.steps + self.multi_task.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        return cls(
+            model=ModelConfig.from_dict(data.pop("model")),
+            data=DataConfig(**data.pop("data")),
+            single_task=StageConfig(**data.pop("single_task")),
+            multi_task=StageConfig(**data.pop("multi_task")),
+            **data,
+        )
+
+
+def demo() -> TrainConfig:
+    """CPU demo on synthetic scenes, about 15 minutes on 2 cores (docs/training.md)."""
+    return TrainConfig(
+        model=ModelConfig(
+            backbone=BackboneConfig(image_size=128, patch_size=16, width=192, depth=6, heads=3),
+            adapters=AdapterConfig(spec="16/3/1/4", routing="ase"),
+            router_loss=RouterLossConfig(mi_weight=0.01, balance_weight=0.0),
+        ),
+        data=DataConfig(dataset="synthetic", val_size=64, augment="flip", workers=1),
+        single_task=StageConfig(steps=800, lr=1e-3, warmup=50),
+        multi_task=StageConfig(steps=450, lr=1e-3, warmup=50),
+        batch_size=16,
+        eval_every=400,
+        checkpoint_every=100,
+    )
+
+
+def tiny() -> TrainConfig:
+    """Seconds on a CPU: for tests and smoke runs."""
+    return TrainConfig(
+        model=ModelConfig(
+            backbone=BackboneConfig(image_size=32, patch_size=8, width=32, depth=2, heads=2),
+            adapters=AdapterConfig(spec="8/2/1/2", routing="ase"),
+        ),
+        # No augmentation: a resumed tiny run must reproduce an uninterrupted one exactly.
+        data=DataConfig(dataset="synthetic", val_size=4, augment="none", workers=0),
+        single_task=StageConfig(steps=4, lr=3e-3, warmup=1),
+        multi_task=StageConfig(steps=4, lr=3e-3, warmup=1),
+        batch_size=4,
+        eval_every=0,
+        checkpoint_every=0,
+    )
+
+
+PASCAL_TRAIN_IMAGES = 4998  # ImageSets/Context/train.txt
+
+
+def _pascal(width: int, depth: int, heads: int) -> TrainConfig:
+    """The paper's recipe on PASCAL-Context: 224 px, 40 epochs, standard loss weights (from
+    the task registry), ASE 16/3/1/4, batch 8. The single-task stage is for when no
+    pretrained ViT file is given (``--pretrained`` skips it)."""
+    batch = 8
+    steps = 40 * PASCAL_TRAIN_IMAGES // batch
+    return TrainConfig(
+        model=ModelConfig(
+            backbone=BackboneConfig(
+                image_size=224, patch_size=16, width=width, depth=depth, heads=heads
+            ),
+            adapters=AdapterConfig(spec="16/3/1/4", routing="ase"),
+            dataset="pascal_context",
+        ),
+        data=DataConfig(dataset="pascal_context", val_size=0, augment="benchmark", workers=4),
+        single_task=StageConfig(steps=steps, lr=1e-4, warmup=500),
+        multi_task=StageConfig(steps=steps, lr=2e-4, warmup=500),
+        batch_size=batch,
+        eval_every=2 * PASCAL_TRAIN_IMAGES // batch,
+        checkpoint_every=PASCAL_TRAIN_IMAGES // batch,
+    )
+
+
+def pascal_vit_s() -> TrainConfig:
+    return _pascal(width=384, depth=12, heads=6)
+
+
+def pascal_vit_b() -> TrainConfig:
+    return _pascal(width=768, depth=12, heads=12)
+
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {
+    "demo": demo,
+    "tiny": tiny,
+    "pascal-vit-s": pascal_vit_s,
+    "pascal-vit-b": pascal_vit_b,
+}
+
+
+def preset(name: str) -> TrainConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+def with_adapters(config: TrainConfig, spec: str, routing: str) -> TrainConfig:
+    """The same run with another expert bank (the ablation's variants)."""
+    model = replace(config.model, adapters=AdapterConfig(spec=spec, routing=routing))
+    return replace(config, model=model)
