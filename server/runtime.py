@@ -102,10 +102,16 @@ def restore_size(kind: str, prediction: np.ndarray, width: int, height: int) -> 
     ``classes``: uint8 ids (h, w); ``probability``: float32 in [0, 1] (h, w);
     ``vector``: float32 unit vectors (h, w, 3).
     """
+    same_size = prediction.shape[1:] == (height, width)  # nothing to resize: skip the copies
     if kind == "classes":
         ids = prediction.argmax(axis=0).astype(np.uint8)  # (H, W)
+        if same_size:
+            return ids
         return np.asarray(Image.fromarray(ids).resize((width, height), Image.Resampling.NEAREST))
-    channels = [_resize_float(channel, width, height) for channel in prediction]
+    if same_size:
+        channels = list(prediction.astype(np.float32, copy=False))
+    else:
+        channels = [_resize_float(channel, width, height) for channel in prediction]
     if kind == "probability":
         return np.clip(channels[0], 0.0, 1.0)
     vectors = np.stack(channels, axis=-1)  # (h, w, 3)
