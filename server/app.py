@@ -111,7 +111,13 @@ def _load(settings: Settings) -> ServerState:
 
 
 async def _warm_up(state: ServerState) -> None:
-    seconds = await asyncio.to_thread(state.runtime.warm_up, state.settings.max_batch)
+    try:
+        seconds = await asyncio.to_thread(state.runtime.warm_up, state.settings.max_batch)
+    except Exception:
+        # A model that cannot run a full batch will never serve: say why and exit, rather than
+        # answer /readyz 503 forever. Nothing was accepted yet, so nothing is lost.
+        log.critical("warm-up failed; the model cannot serve", exc_info=True)
+        os._exit(3)
     state.ready = True
     log.info("warmed up in %.3f s; ready", seconds)
 

@@ -92,7 +92,13 @@ class Batcher:
             log.warning("shutdown: %d queued requests abandoned", len(self._pending))
         if self._worker:
             self._worker.cancel()
-        self._executor.shutdown(wait=True)
+        closing = ApiError(503, "shutting_down", "the server is shutting down; retry elsewhere",
+                           headers={"Retry-After": "1"})  # fmt: skip
+        while self._pending:
+            job = self._pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(closing)
+        await asyncio.to_thread(self._executor.shutdown, True)
 
     @property
     def depth(self) -> int:
@@ -108,6 +114,18 @@ class Batcher:
         self._arrived.set()
         return job
 
+    def abandon(self, job: Job, reason: str) -> None:
+        """The request gave up (``deadline`` or ``disconnected``): take its job out of the queue
+        now, so it holds no queue place or batch slot, and count it once."""
+        if not job.future.done():
+            job.future.cancel()
+        try:
+            self._pending.remove(job)
+        except ValueError:
+            return  # already taken by the worker, which counts it in _drop_dead
+        self._metrics.dropped.labels(reason).inc()
+        self._metrics.queue_depth.set(len(self._pending))
+
     async def _work(self) -> None:
         while True:
             batch = await self._collect()
@@ -116,8 +134,12 @@ class Batcher:
                 live = self._drop_dead(batch)
                 if live:
                     await self._run(live)
-            except Exception:  # one bad batch must not stop the worker for everyone after it
+            except Exception as error:  # one bad batch must not stop the worker for the rest
                 log.exception("batch of %d requests failed", len(batch))
+                failure = ApiError(500, "internal_error", f"serving this batch failed: {error}")
+                for job in batch:  # answer now rather than leave clients to their deadline
+                    if not job.future.done():
+                        job.future.set_exception(failure)
             finally:
                 self._idle.set()
 
@@ -147,8 +169,9 @@ class Batcher:
         """Requests whose client left (future cancelled) or whose deadline passed cost nothing."""
         now, live = time.monotonic(), []
         for job in batch:
-            if job.future.done():
-                self._metrics.dropped.labels("disconnected").inc()
+            if job.future.done():  # its request gave up between collection and now
+                reason = "deadline" if now > job.deadline else "disconnected"
+                self._metrics.dropped.labels(reason).inc()
             elif now > job.deadline:
                 self._metrics.dropped.labels("deadline").inc()
                 job.future.set_exception(deadline_error())

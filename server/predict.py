@@ -21,7 +21,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from server import codecs
-from server.batching import Job, JobResult, deadline_error
+from server.batching import Batcher, Job, JobResult, deadline_error
 from server.modeldir import ModelDir, TaskInfo
 from server.protocol import ApiError
 from server.runtime import preprocess, restore_size
@@ -86,7 +86,7 @@ async def handle(
     decoded = time.monotonic()
     deadline = arrived + state.settings.timeout_s
     job = state.batcher.submit(image, tuple(t.id for t in wanted), deadline)
-    result = await wait_for_job(job, request, deadline)
+    result = await wait_for_job(state.batcher, job, request, deadline)
     if result is None:
         return Response(status_code=CLIENT_CLOSED)
     inferred = time.monotonic()
@@ -157,10 +157,13 @@ async def _multipart_file(request: Request, body: bytes, limit: int) -> bytes:
         form = await parser.parse()
     except MultiPartException as error:
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {error.message}") from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(400, "bad_multipart", "multipart body has no file field named 'file'")
-    return await upload.read()
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, "bad_multipart", "multipart body has no file field named 'file'")
+        return await upload.read()
+    finally:
+        await form.close()  # large parts are spooled to temporary files
 
 
 def _too_large(size: int, limit: int) -> ApiError:
@@ -172,24 +175,29 @@ def _decode(body: bytes, state: ServerState) -> tuple[np.ndarray, np.ndarray]:
     return rgb, preprocess(rgb, state.model)
 
 
-async def wait_for_job(job: Job, request: Request, deadline: float) -> JobResult | None:
-    """The job's result; ``None`` if the client left; 504 past the deadline. Either way a job
-    still queued is cancelled, so the batcher drops it."""
+async def wait_for_job(
+    batcher: Batcher, job: Job, request: Request, deadline: float
+) -> JobResult | None:
+    """The job's result; ``None`` if the client left; 504 past the deadline. Whatever ends the
+    wait first, a job still queued leaves the queue, so the model never runs it."""
     watcher = asyncio.create_task(_client_gone(request))
+    reason = "disconnected"  # also when this handler itself is cancelled
     try:
         done, _ = await asyncio.wait(
             {job.future, watcher},
             timeout=max(0.0, deadline - time.monotonic()),
             return_when=asyncio.FIRST_COMPLETED,
         )
+        if job.future.done():
+            return job.future.result()  # raises the job's ApiError (504, 500) if it failed
+        if watcher in done:
+            return None
+        reason = "deadline"
+        raise deadline_error()
     finally:
         watcher.cancel()
-    if job.future.done():
-        return job.future.result()  # raises the job's ApiError (504, 500) if it failed
-    job.future.cancel()
-    if watcher in done:
-        return None
-    raise deadline_error()
+        if not job.future.done():
+            batcher.abandon(job, reason)
 
 
 async def _client_gone(request: Request) -> None:

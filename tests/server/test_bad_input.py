@@ -36,6 +36,9 @@ CASES = [
     ("truncated_png", GOOD[: len(GOOD) // 2], "image/png", {}, 400, "invalid_image"),
     ("truncated_jpeg", JPEG[: len(JPEG) // 2], "image/jpeg", {}, 400, "invalid_image"),
     ("empty_body", b"", "image/png", {}, 400, "empty_body"),
+    # A format PIL can read but the server does not accept: only the promised decoders run.
+    ("ppm_not_accepted", b"P6\n4 4\n255\n" + b"\x80" * 48, "image/x-portable-pixmap", {}, 400,
+     "invalid_image"),
     ("bomb", png_header_only(30000, 30000), "image/png", {}, 413, "image_too_large"),
     ("over_pixel_setting", png_header_only(3000, 3000), "image/png", {}, 413, "image_too_large"),
     ("too_big_body", b"\x00" * 300_000, "image/png", {}, 413, "payload_too_large"),

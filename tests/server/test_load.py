@@ -104,11 +104,22 @@ def test_deadline_answers_504(slow_model_dir, logs):
     try:
         bodies = [image_bytes(random_image(i)) for i in range(6)]
         responses = asyncio.run(post_all(server.url, bodies, ["edges"] * 6))
+        time.sleep(0.5)  # let the model finish what it had started
+        values = server.metrics()
     finally:
         server.stop()
     late = [r for r in responses if r.status_code == 504]
     assert late and any(r.status_code == 200 for r in responses)
     assert all(r.json()["error"]["code"] == "deadline_exceeded" for r in late)
+    # Late requests leave the queue as deadline drops (not disconnects); only one can have been
+    # inside the model (max batch 1) when its deadline passed. Every request was either run or
+    # dropped, never both, and nothing is left queued.
+    dropped = metric(values, "ase_requests_dropped_total", reason="deadline")
+    ran = metric(values, "ase_task_requests_total", task="edges")
+    assert len(late) - 1 <= dropped <= len(late)
+    assert dropped + ran == len(responses)
+    assert metric(values, "ase_requests_dropped_total", reason="disconnected") == 0
+    assert metric(values, "ase_queue_depth") == 0
 
 
 def test_sigterm_finishes_requests_in_flight(slow_model_dir, logs):
