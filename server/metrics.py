@@ -36,6 +36,7 @@ def multiprocess_dir() -> str | None:
 class ServerMetrics:
     def __init__(self, model: ModelDir, provider: str) -> None:
         self.model = model
+        self._children: dict[tuple[str, int], tuple] = {}  # (task, layer) -> router series
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -111,12 +112,29 @@ class ServerMetrics:
             per_expert = expert_tokens[rows].sum(axis=0, dtype=np.float64)  # (L, N)
             mass = shared_gate_mass[rows].sum(axis=0, dtype=np.float64)  # (L,)
             for layer in range(per_expert.shape[0]):
-                self.stream_tokens.labels(str(layer), task.name).inc(streams * tokens_per_stream)
-                self.shared_gate_mass.labels(str(layer), task.name).inc(float(mass[layer]))
-                for expert, count in enumerate(per_expert[layer]):
-                    kind = "shared" if expert in shared else "routed"
-                    labels = (str(layer), task.name, str(expert), kind)
-                    self.expert_tokens.labels(*labels).inc(float(count))
+                layer_tokens, layer_mass, experts = self._router_children(task.name, layer, shared)
+                layer_tokens.inc(streams * tokens_per_stream)
+                layer_mass.inc(float(mass[layer]))
+                for child, count in zip(experts, per_expert[layer], strict=True):
+                    child.inc(float(count))
+
+    def _router_children(self, task: str, layer: int, shared: set[int]) -> tuple:
+        """The (stream tokens, gate mass, [expert tokens]) series of one task and layer, looked
+        up once: label look-ups per expert per batch would otherwise run on the event loop."""
+        key = (task, layer)
+        if key not in self._children:
+            experts = int(self.model.adapters.get("experts") or 0)
+            self._children[key] = (
+                self.stream_tokens.labels(str(layer), task),
+                self.shared_gate_mass.labels(str(layer), task),
+                [
+                    self.expert_tokens.labels(
+                        str(layer), task, str(e), "shared" if e in shared else "routed"
+                    )
+                    for e in range(experts)
+                ],
+            )
+        return self._children[key]
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text: this process's registry, or every worker's in multiprocess mode."""
