@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ModelConfig
+from model.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # what training normalised with
 from model.tasks import DATASETS, TASK_NAMES, TASKS
 
 SCHEMA_VERSION = 1
@@ -21,8 +22,6 @@ METADATA_FILE = "metadata.json"
 GRAPH_FILES = {"dense": "model.dense.onnx", "sparse": "model.sparse.onnx"}
 GRAPH_INPUTS = ("images", "stream_image", "stream_task")
 ROUTER_OUTPUTS = ("expert_tokens", "shared_gate_mass")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TASK_KEYS = ("name", "id", "kind", "channels", "classes", "palette")
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
