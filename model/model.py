@@ -29,6 +29,15 @@ def _balance_term(routing: RouterOutput, slots: Tensor, num_tasks: int) -> Tenso
     return load_balance_loss(routing.routed_probs, routing.selected, slots, num_tasks)
 
 
+def image_major_streams(
+    batch: int, tasks: Sequence[str], device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """Every image x every task, image-major: stream_image, stream_task (B*T,) int64."""
+    ids = torch.tensor([TASK_NAMES.index(require_task(t).name) for t in tasks], device=device)
+    stream_image = torch.arange(batch, device=device).repeat_interleave(len(ids))
+    return stream_image, ids.repeat(batch)
+
+
 def _exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
@@ -78,7 +87,9 @@ class ASEModel(nn.Module):
             for task, streams in self._task_streams(stream_task).items()
         }
         expert_tokens, shared_mass = self._router_statistics(routings, stream_task.shape[0], images)
-        return ModelOutput(maps, expert_tokens, shared_mass, self._aux(routings, slots))
+        # The router losses only steer training: inference (eval mode) does not pay for them.
+        aux = self._aux(routings, slots) if self.training else {}
+        return ModelOutput(maps, expert_tokens, shared_mass, aux)
 
     def predict(self, images: Tensor, stream_image: Tensor, stream_task: Tensor) -> ModelOutput:
         """``forward`` with each map post-processed for its task's kind."""
@@ -88,11 +99,8 @@ class ASEModel(nn.Module):
 
     def forward_tasks(self, images: Tensor, tasks: Sequence[str]) -> ModelOutput:
         """Every image x every task, image-major; each map is then (B, C, H, W)."""
-        ids = torch.tensor([TASK_NAMES.index(require_task(t).name) for t in tasks])
-        batch = images.shape[0]
-        stream_image = torch.arange(batch).repeat_interleave(len(ids))  # (B*T,)
-        stream_task = ids.repeat(batch)  # (B*T,)
-        return self(images, stream_image.to(images.device), stream_task.to(images.device))
+        stream_image, stream_task = image_major_streams(images.shape[0], tasks, images.device)
+        return self(images, stream_image, stream_task)
 
     def merge(self) -> ASEModel:
         """A deep copy for inference/export: backbone LoRA, ``naive_shared``'s shared experts

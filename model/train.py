@@ -44,10 +44,9 @@ from model.data import PascalContext, SyntheticScenes
 from model.data.transforms import EvalTransform, MultiTaskDataset, TrainTransform, collate
 from model.evaluate import eval_loader, evaluate, flat_metrics, model_predictor, primary
 from model.losses import multitask_loss
-from model.model import ASEModel
+from model.model import ASEModel, image_major_streams
 from model.presets import PRESETS, DataConfig, StageConfig, TrainConfig, preset
 from model.pretrained import load_timm_vit
-from model.tasks import TASK_NAMES
 
 STAGES = ("single_task", "multi_task")
 SYNTHETIC_TRAIN_SCENES = 2**40  # scenes are rendered on demand: effectively unlimited
@@ -228,18 +227,11 @@ def stage_bounds(config: TrainConfig) -> dict[str, tuple[int, int]]:
 # ---------------------------------------------------------------- one step
 
 
-def streams_for(batch: int, tasks: tuple[str, ...], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Every image x every task, image-major: stream_image, stream_task (B*T,)."""
-    ids = torch.tensor([TASK_NAMES.index(t) for t in tasks], device=device)
-    stream_image = torch.arange(batch, device=device).repeat_interleave(len(tasks))  # (B*T,)
-    return stream_image, ids.repeat(batch)  # (B*T,), (B*T,)
-
-
 def training_step(
     network: nn.Module, images: Tensor, targets: dict[str, Tensor], tasks: tuple[str, ...], autocast
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Forward every (image, task) stream and return (weighted total loss, per-term losses)."""
-    stream_image, stream_task = streams_for(images.shape[0], tasks, images.device)
+    stream_image, stream_task = image_major_streams(images.shape[0], tasks, images.device)
     with autocast:
         outputs = network(images, stream_image, stream_task)
         return multitask_loss(outputs, {task: targets[task] for task in tasks})

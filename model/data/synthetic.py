@@ -3,7 +3,10 @@
 A scene is 1-4 solids (spheres, boxes, cylinders, cones and, in about half the scenes, one
 articulated person) in front of a tilted, textured background plane, rendered by ray casting
 (``geometry.py``) with an orthographic camera, a z-buffer, Lambertian light from a random
-direction, colour jitter and pixel noise. The scene is drawn from the seed before the
+direction, aerial perspective (haze that grows with distance), colour jitter and pixel noise.
+The plane's tilt is part of the normals ground truth, so the image must show it: its texture is
+laid in the plane's own coordinates (foreshortened along the tilt) and the haze brightens or
+darkens it along the tilt, the farther side more hazy. The scene is drawn from the seed before the
 resolution is known, so the same index renders the same scene at any resolution.
 
 Labels (see ``model/data/__init__.py`` for the shared formats):
@@ -41,6 +44,8 @@ SOLIDS = ("sphere", "box", "cylinder", "cone")
 _CLASS = {name: index for index, name in enumerate(SYNTHETIC_CLASSES)}
 _PART = {name: index for index, name in enumerate(PARTS_CLASSES)}
 _BACKGROUND_DEPTH = 1.6  # the background plane passes through z = -1.6 at the image centre
+HAZE_DENSITY = 0.35  # per unit of ray distance beyond _HAZE_START
+_HAZE_START = RAY_START - 1.0  # z = 1: nothing in a scene is nearer than this
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Scene:
     plane_normal: np.ndarray  # (3,) unit, z > 0
     texture: dict  # background texture parameters, see ``_background_albedo``
     light: np.ndarray  # (3,) unit direction towards the light, z > 0
+    haze: np.ndarray  # (3,) colour that distant surfaces fade to
     ambient: float
     gain: np.ndarray  # (3,) per-channel colour jitter
     noise: float  # std of the additive pixel noise, in [0, 1] intensity units
@@ -121,6 +127,7 @@ def sample_scene(rng: np.random.Generator, person_probability: float = 0.5) -> S
         plane_normal=_unit(np.array([tilt[0], tilt[1], 1.0])),
         texture=_sample_texture(rng),
         light=_unit(light),
+        haze=rng.uniform(0.45, 0.85) + rng.uniform(-0.05, 0.05, size=3),
         ambient=float(rng.uniform(0.2, 0.45)),
         gain=rng.uniform(0.85, 1.15, size=3),
         noise=float(rng.uniform(0.0, 0.04)),
@@ -305,14 +312,25 @@ def _background_buffers(scene: Scene, x: np.ndarray, y: np.ndarray) -> dict[str,
     xx, yy = np.meshgrid(x, y)  # (H, W) each
     n = scene.plane_normal
     plane_z = -_BACKGROUND_DEPTH - (n[0] * xx + n[1] * yy) / n[2]
+    # Texture coordinates from the plane's point at the image centre, where it is laid out.
+    u, v = plane_coordinates(n, np.stack([xx, yy, plane_z + _BACKGROUND_DEPTH], axis=-1))
     return {
         "depth": RAY_START - plane_z,  # ray distance, same convention as geometry.cast
         "normal": np.broadcast_to(n, (height, width, 3)).copy(),
-        "albedo": _background_albedo(scene.texture, xx, yy),
+        "albedo": _background_albedo(scene.texture, u, v),
         "class": np.zeros((height, width), dtype=np.int32),
         "instance": np.zeros((height, width), dtype=np.int32),
         "part": np.zeros((height, width), dtype=np.int32),
     }
+
+
+def plane_coordinates(normal: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v) of ``points`` (..., 3) in an orthonormal frame of the plane with unit ``normal``:
+    u along the world x axis projected into the plane, v = normal x u. For a frontal plane
+    these are the world x and y."""
+    u_axis = _unit(np.array([1.0, 0.0, 0.0]) - normal[0] * normal)
+    v_axis = np.cross(normal, u_axis)
+    return points @ u_axis, points @ v_axis
 
 
 def _background_albedo(texture: dict, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
@@ -365,10 +383,12 @@ def _draw(primitive: Primitive, x: np.ndarray, y: np.ndarray, buffers: dict) -> 
 
 
 def _shade(scene: Scene, buffers: dict) -> np.ndarray:
-    """Lambertian shading, colour jitter and noise -> (H, W, 3) uint8."""
+    """Lambertian shading, haze, colour jitter and noise -> (H, W, 3) uint8."""
     diffuse = np.clip(buffers["normal"] @ scene.light, 0.0, None)
     light = scene.ambient + (1.0 - scene.ambient) * diffuse
-    image = buffers["albedo"] * light[..., None] * scene.gain
+    image = buffers["albedo"] * light[..., None]
+    clear = np.exp(-HAZE_DENSITY * (buffers["depth"] - _HAZE_START))[..., None]
+    image = (image * clear + scene.haze * (1.0 - clear)) * scene.gain
     noise_rng = np.random.default_rng(scene.noise_seed)
     image = image + noise_rng.normal(0.0, scene.noise, size=image.shape)
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

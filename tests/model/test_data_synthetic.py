@@ -1,13 +1,14 @@
 """Synthetic scenes: labels agree with each other and with the geometry; seeds decide all."""
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from model.data import SyntheticScenes
 from model.data.labels import label_boundaries
-from model.data.synthetic import render_buffers, sample_scene
+from model.data.synthetic import plane_coordinates, render, render_buffers, sample_scene
 from model.tasks import IGNORE_INDEX, PARTS_CLASSES, SYNTHETIC_CLASSES
 
 PERSON = SYNTHETIC_CLASSES.index("person")
@@ -108,3 +109,34 @@ def test_bad_arguments_are_named():
         SyntheticScenes(64, 1, split="training")
     with pytest.raises(IndexError):
         SyntheticScenes(64, 2)[2]
+
+
+def test_texture_coordinates_measure_lengths_on_the_plane():
+    rng = np.random.default_rng(3)
+    for normal in (np.array([0.0, 0.0, 1.0]), np.array([0.4, -0.3, 1.0])):
+        normal = normal / np.linalg.norm(normal)
+        xy = rng.uniform(-1, 1, size=(50, 2))
+        z = -(normal[0] * xy[:, 0] + normal[1] * xy[:, 1]) / normal[2]  # on the plane
+        points = np.column_stack([xy, z])
+        u, v = plane_coordinates(normal, points)
+        along_plane = np.linalg.norm(points[:, None] - points[None], axis=2)
+        in_texture = np.hypot(u[:, None] - u[None], v[:, None] - v[None])
+        np.testing.assert_allclose(in_texture, along_plane, atol=1e-9)  # an isometry
+    frontal = plane_coordinates(np.array([0.0, 0.0, 1.0]), points)
+    np.testing.assert_allclose(np.column_stack(frontal), points[:, :2], atol=1e-12)
+
+
+def test_the_background_tilt_shows_in_the_image():
+    """The plane's normal is ground truth, so the pixels must carry it: with a uniform
+    background colour and no objects, the farther (hazier) side of the plane is the side it
+    tilts away from, and tilting the other way mirrors the brightness ramp."""
+    scene = sample_scene(np.random.default_rng(5))
+    flat = dict(scene.texture, kind="gradient", colours=np.full((2, 3), 0.2))
+    ramps = []
+    for tilt_x in (0.4, -0.4):
+        normal = np.array([tilt_x, 0.0, 1.0]) / np.hypot(tilt_x, 1.0)
+        tilted = replace(scene, primitives=(), plane_normal=normal, texture=flat, noise=0.0)
+        image = render(tilted, 32, 32).image.astype(float).mean(axis=2)
+        ramps.append(image[:, 24:].mean() - image[:, :8].mean())  # right minus left
+    # The haze colour is brighter than the dark plane: the farther side looks brighter.
+    assert ramps[0] > 5 and ramps[1] < -5, ramps

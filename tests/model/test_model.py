@@ -196,6 +196,16 @@ def test_aux_terms_follow_their_weights():
     assert set(ASEModel(config).forward_tasks(images(1), TASK_NAMES).aux) == {"mi"}
 
 
+def test_inference_skips_the_router_losses():
+    model = tiny_model("ase")
+    trained = model.forward_tasks(images(1), TASK_NAMES)
+    model.eval()
+    inferred = model.forward_tasks(images(1), TASK_NAMES)
+    assert set(trained.aux) == {"mi", "balance"} and inferred.aux == {}
+    for task, raw in trained.maps.items():
+        torch.testing.assert_close(inferred.maps[task], raw)
+
+
 @pytest.mark.parametrize(
     ("make", "field"),
     [
