@@ -12,6 +12,18 @@ layouts (task subsets, orders, repeated tasks, a task nobody asked for). Pass cr
   larger (a near-tie between two routed logits may flip in fp16), ``shared_gate_mass``
   within ``1e-2``. Measured on tiny
   random models: max |diff| <= 6.4e-3, labels >= 99.8%, at most one token moved.
+- int8 (dynamic quantisation of the backbone's and heads' constant-weight GEMMs): label maps
+  >= 98% identical, every map's mean |diff| within ``5e-2`` and max |diff| within ``1``,
+  expert counts off by at most max(1 token, 10%), ``shared_gate_mass`` within ``0.2`` (a sum
+  over the tokens). Measured (tiny random models, 3 seeds; demo checkpoint): labels >= 98.8%,
+  mean |diff| <= 1.2e-2, max |diff| <= 0.18, one token of 16 or 2 of 64 moved, gate mass
+  <= 7.9e-2. The real accuracy cost is measured with the metrics: bench/int8_accuracy.py.
+
+Routing near-ties: when two routed logits of a token are within ``TIE_MARGIN`` of each other
+at the top-k boundary, any correct re-implementation may pick either expert (a difference in
+the last bits decides; seen once in ~500 demo-checkpoint cases, gap 6e-8). Such inputs are
+ill-posed for an exact comparison, so the check redraws them (deterministically, from the same
+seed) rather than loosening the criteria.
 """
 
 from __future__ import annotations
@@ -24,9 +36,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.metadata import read_metadata
+from export.metadata import graph_precision, read_metadata
 from model.checkpoint import load_checkpoint
 from model.model import ASEModel
+from model.routing import RouterOutput, TaskRouter
 from model.tasks import TASK_NAMES, TASKS
 
 
@@ -42,7 +55,11 @@ class Tolerance:
 TOLERANCES = {
     "fp32": Tolerance(1e-4, 1e-4, 0.999, 0.0, 1e-4),
     "fp16": Tolerance(2e-2, 2e-3, 0.99, 0.05, 1e-2),
+    "int8": Tolerance(1.0, 5e-2, 0.98, 0.10, 0.2),
 }
+TIE_MARGIN = 1e-5
+"""Smallest gap between the k-th and (k+1)-th routed logit the reference may have (see above)."""
+MAX_DRAWS = 20
 
 
 @dataclass(frozen=True)
@@ -122,19 +139,42 @@ def open_session(path: Path, threads: int = 2) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def eager_outputs(
+def eager_reference(
     model: ASEModel, images: np.ndarray, stream_image: np.ndarray, stream_task: np.ndarray
-) -> dict[str, np.ndarray]:
-    """The reference in contract-3 form; tasks without streams give (0, C, H, W)."""
-    with torch.no_grad():
-        out = model.predict(
-            torch.from_numpy(images), torch.from_numpy(stream_image), torch.from_numpy(stream_task)
-        )
-    return {
+) -> tuple[dict[str, np.ndarray], float]:
+    """The reference in contract-3 form (tasks without streams give (0, C, H, W)) and the
+    smallest top-k boundary gap of any router's logits (inf: no router)."""
+    margins: list[float] = []
+    hooks = [
+        router.register_forward_hook(lambda m, _, out: margins.append(_top_k_gap(m.k, out)))
+        for router in model.modules()
+        if isinstance(router, TaskRouter)
+    ]
+    try:
+        with torch.no_grad():
+            out = model.predict(
+                torch.from_numpy(images),
+                torch.from_numpy(stream_image),
+                torch.from_numpy(stream_task),
+            )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    outputs = {
         **{task: value.numpy() for task, value in out.maps.items()},
         "expert_tokens": out.expert_tokens.numpy(),
         "shared_gate_mass": out.shared_gate_mass.numpy(),
     }
+    return outputs, min(margins, default=float("inf"))
+
+
+def _top_k_gap(k: int, routing: RouterOutput) -> float:
+    """Smallest (k-th - (k+1)-th largest routed logit) over all tokens."""
+    logits = routing.routed_logits
+    if k == 0 or k >= logits.shape[-1] or logits.numel() == 0:
+        return float("inf")  # no boundary to cross
+    values = torch.topk(logits, k + 1, dim=-1).values  # (S, T, k+1)
+    return float((values[..., k - 1] - values[..., k]).min())
 
 
 def compare(
@@ -211,23 +251,35 @@ def check_model_dir(
     metadata = read_metadata(model_dir)
     model = load_checkpoint(reference)[0] if isinstance(reference, str | Path) else reference
     model = model.eval()
-    tolerance = TOLERANCES[metadata["precision"]]
     tokens = metadata["adapters"]["tokens_per_stream"]
     size = (metadata["input"]["height"], metadata["input"]["width"])
     cases = cases or default_cases(model.config.tasks)
     generator = np.random.default_rng(seed)
     results, providers = [], []
     for graph, entry in metadata["graphs"].items():
+        tolerance = TOLERANCES[graph_precision(metadata, graph)]
         path = model_dir / entry["file"]
         check_graph_file(path)
         session = open_session(path)
         providers = session.get_providers()
         names = [output.name for output in session.get_outputs()]
         for case in cases:
-            images = generator.standard_normal((case.images, 3, *size)).astype(np.float32)
+            images, want = _draw(generator, model, case, size)
             stream_image, stream_task = case.tensors()
             feeds = {"images": images, "stream_image": stream_image, "stream_task": stream_task}
             got = dict(zip(names, session.run(None, feeds), strict=True))
-            want = eager_outputs(model, images, stream_image, stream_task)
             results.append(compare(graph, case, got, want, tolerance, tokens))
     return CheckReport(results, providers)
+
+
+def _draw(
+    generator: np.random.Generator, model: ASEModel, case: StreamCase, size: tuple[int, int]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Random images for ``case`` whose reference routing has no near-tie, and the reference."""
+    stream_image, stream_task = case.tensors()
+    for _ in range(MAX_DRAWS):
+        images = generator.standard_normal((case.images, 3, *size)).astype(np.float32)
+        want, margin = eager_reference(model, images, stream_image, stream_task)
+        if margin >= TIE_MARGIN:
+            break
+    return images, want

@@ -19,7 +19,14 @@ from model.tasks import DATASETS, TASK_NAMES, TASKS
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
-GRAPH_FILES = {"dense": "model.dense.onnx", "sparse": "model.sparse.onnx"}
+GRAPH_FILES = {
+    "dense": "model.dense.onnx",
+    "sparse": "model.sparse.onnx",
+    "int8": "model.int8.onnx",
+}
+GRAPH_PRECISION = {"int8": "int8"}
+"""Graphs whose precision differs from the directory's ``precision`` say so in their entry."""
+INT8_SCHEME = "dynamic: int8 weights per output channel, uint8 activations per tensor"
 GRAPH_INPUTS = ("images", "stream_image", "stream_task")
 ROUTER_OUTPUTS = ("expert_tokens", "shared_gate_mass")
 TASK_KEYS = ("name", "id", "kind", "channels", "classes", "palette")
@@ -77,8 +84,10 @@ def build_metadata(
     opset: int,
     source: dict[str, Any],
     exporter: dict[str, str],
+    quantized_from: str | None = None,
 ) -> dict[str, Any]:
-    """The metadata dict; ``graphs`` maps dispatch mode -> written graph file (hashed here)."""
+    """The metadata dict; ``graphs`` maps dispatch mode -> written graph file (hashed here);
+    ``quantized_from``: the fp32 graph the ``int8`` graph was made from."""
     size = config.backbone.image_size
     return {
         "schema_version": SCHEMA_VERSION,
@@ -95,9 +104,7 @@ def build_metadata(
             "std": list(IMAGENET_STD),
         },
         "adapters": adapters_entry(config),
-        "graphs": {
-            mode: {"file": path.name, "sha256": file_sha256(path)} for mode, path in graphs.items()
-        },
+        "graphs": {mode: graph_entry(mode, path, quantized_from) for mode, path in graphs.items()},
         "provider_graph": dict(provider_graph),
         "precision": precision,
         "opset": opset,
@@ -105,6 +112,21 @@ def build_metadata(
         "source": dict(source),
         "exporter": dict(exporter),
     }
+
+
+def graph_entry(mode: str, path: Path, quantized_from: str | None = None) -> dict[str, str]:
+    """One ``graphs`` entry; the int8 graph also names its precision, scheme and fp32 source
+    (keys the server ignores: it picks graphs by ``provider_graph`` alone)."""
+    entry = {"file": path.name, "sha256": file_sha256(path)}
+    if mode in GRAPH_PRECISION:
+        entry |= {"precision": GRAPH_PRECISION[mode], "quantization": INT8_SCHEME}
+        entry |= {"quantized_from": quantized_from} if quantized_from else {}
+    return entry
+
+
+def graph_precision(metadata: dict[str, Any], mode: str) -> str:
+    """The precision graph ``mode`` computes in: its own entry's, else the directory's."""
+    return metadata["graphs"][mode].get("precision", metadata["precision"])
 
 
 def version_string(step: int | None, checkpoint_sha256: str) -> str:

@@ -1,11 +1,18 @@
 """Checkpoint -> model directory (docs/architecture.md, contract 3).
 
-    python export/to_onnx.py ckpt.pt [-o DIR] [--dispatch auto|sparse|dense] [--fp16] [--check]
+    python export/to_onnx.py ckpt.pt [-o DIR] [--dispatch auto|sparse|dense] [--fp16] [--int8]
+                             [--plain] [--check]
 
 Writes ``metadata.json`` and one graph per dispatch mode. ``auto`` writes both (``sparse``
 only for variants with an expert bank) and records which graph each execution provider
 should run: CUDA takes ``sparse``; the CPU takes ``dense`` when N*r <= d (design.md 2: the
 dense gated bank is then cheaper than any sparse dispatch), ``sparse`` otherwise.
+
+fp32 graphs are lean (``export/lean.py``: attention, GELU and router in fewer, fused
+onnxruntime contrib-op nodes); ``--plain`` keeps to standard ONNX ops (other runtimes), and
+``--fp16`` graphs are always plain (the contrib kernels used are fp32 on the CPU).
+``--int8`` also writes ``model.int8.onnx``, the CPU graph dynamically quantised
+(``export/quantize.py``), and maps the CPU provider to it.
 
 Graphs need at least one stream (S >= 1): onnxruntime 1.31 dies with SIGFPE on S = 0.
 Tasks with no streams are fine (their outputs are empty, their heads run on nothing).
@@ -32,6 +39,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from export.dispatch import DISPATCH_MODES, export_module, keep_routers_fp32  # noqa: E402
+from export.lean import make_lean  # noqa: E402
 from export.metadata import (  # noqa: E402
     GRAPH_FILES,
     GRAPH_INPUTS,
@@ -41,6 +49,7 @@ from export.metadata import (  # noqa: E402
     output_names,
     write_metadata,
 )
+from export.quantize import quantize_graph  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.heads import postprocess  # noqa: E402
@@ -81,9 +90,15 @@ def example_inputs(config: ModelConfig) -> tuple[Tensor, Tensor, Tensor]:
     return images, stream_image, stream_task
 
 
-def trace_to_onnx(model: ASEModel, dispatch: str, half: bool = False) -> onnx.ModelProto:
-    """The dynamo export of ``model`` in ``dispatch`` form, dynamic in B and S."""
-    module = GraphModule(export_module(model, dispatch), half).eval()
+def trace_to_onnx(
+    model: ASEModel, dispatch: str, half: bool = False, lean: bool = True
+) -> onnx.ModelProto:
+    """The dynamo export of ``model`` in ``dispatch`` form, dynamic in B and S; ``lean`` (fp32
+    only) swaps in the fused export forms of ``export/lean.py``."""
+    network = export_module(model, dispatch)
+    if lean and not half:
+        network = make_lean(network)
+    module = GraphModule(network, half).eval()
     batch, streams = torch.export.Dim("B"), torch.export.Dim("S")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's progress chatter is not ours to show
@@ -132,8 +147,18 @@ def _graphs(graph: onnx.GraphProto):
                 yield from _graphs(sub)
 
 
-def write_graph(model: ASEModel, dispatch: str, path: Path, fp16: bool = False) -> Path:
-    proto = make_deterministic(trace_to_onnx(model, dispatch, fp16))
+def write_graph(
+    model: ASEModel, dispatch: str, path: Path, fp16: bool = False, lean: bool = True
+) -> Path:
+    proto = make_deterministic(trace_to_onnx(model, dispatch, fp16, lean))
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return path
+
+
+def write_int8_graph(source: Path, path: Path) -> Path:
+    """The dynamically quantised form of the fp32 graph ``source``, made deterministic."""
+    quantize_graph(source, path)
+    proto = make_deterministic(onnx.load(str(path)))
     onnx.save_model(proto, str(path), save_as_external_data=False)
     return path
 
@@ -159,12 +184,19 @@ def provider_graph(config: ModelConfig, modes: list[str]) -> dict[str, str]:
     return {"CUDAExecutionProvider": "sparse", "CPUExecutionProvider": cpu}
 
 
+def check_options(fp16: bool, int8: bool) -> None:
+    if fp16 and int8:
+        raise ValueError("--int8 quantises an fp32 graph; it cannot be combined with --fp16")
+
+
 def export_model_dir(
     model: ASEModel,
     out_dir: Path,
     *,
     dispatch: str = "auto",
     fp16: bool = False,
+    int8: bool = False,
+    lean: bool = True,
     name: str = "ase-model",
     source: dict | None = None,
 ) -> Path:
@@ -172,20 +204,29 @@ def export_model_dir(
     (``checkpoint``, ``checkpoint_sha256``, ``step``). Returns ``out_dir``."""
     out_dir = Path(out_dir)
     modes = graph_modes(model.config, dispatch)
+    check_options(fp16, int8)
     out_dir.mkdir(parents=True, exist_ok=True)
-    graphs = {mode: write_graph(model, mode, out_dir / GRAPH_FILES[mode], fp16) for mode in modes}
-    for stale in set(GRAPH_FILES) - set(modes):  # a previous export's other graph
+    graphs = {
+        mode: write_graph(model, mode, out_dir / GRAPH_FILES[mode], fp16, lean) for mode in modes
+    }
+    providers = provider_graph(model.config, modes)
+    quantized_from = providers["CPUExecutionProvider"] if int8 else None
+    if quantized_from:  # the CPU's graph, quantised; the CPU then runs it
+        graphs["int8"] = write_int8_graph(graphs[quantized_from], out_dir / GRAPH_FILES["int8"])
+        providers["CPUExecutionProvider"] = "int8"
+    for stale in set(GRAPH_FILES) - set(graphs):  # a previous export's other graphs
         (out_dir / GRAPH_FILES[stale]).unlink(missing_ok=True)
     source = source or {"checkpoint": None, "checkpoint_sha256": "0" * 64, "step": 0}
     metadata = build_metadata(
         model.config,
         name=name,
         graphs=graphs,
-        provider_graph=provider_graph(model.config, modes),
+        provider_graph=providers,
         precision="fp16" if fp16 else "fp32",
         opset=OPSET,
         source=source,
         exporter={"torch": torch.__version__, "onnx": onnx.__version__},
+        quantized_from=quantized_from,
     )
     write_metadata(out_dir, metadata)
     return out_dir
@@ -197,18 +238,23 @@ def export_checkpoint(
     *,
     dispatch: str = "auto",
     fp16: bool = False,
+    int8: bool = False,
+    lean: bool = True,
     name: str = "ase-model",
 ) -> Path:
     """Load a checkpoint (errors name the problem) and export it."""
     checkpoint = Path(checkpoint)
+    check_options(fp16, int8)  # reject bad options before the slow part
     model, payload = load_checkpoint(checkpoint)
-    graph_modes(model.config, dispatch)  # reject bad options before the slow part
+    graph_modes(model.config, dispatch)
     source = {
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": file_sha256(checkpoint),
         "step": int(payload.get("step") or 0),
     }
-    return export_model_dir(model, out_dir, dispatch=dispatch, fp16=fp16, name=name, source=source)
+    return export_model_dir(
+        model, out_dir, dispatch=dispatch, fp16=fp16, int8=int8, lean=lean, name=name, source=source
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -217,6 +263,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-o", "--output", type=Path, default=None, help="model directory")
     parser.add_argument("--dispatch", choices=DISPATCH_CHOICES, default="auto")
     parser.add_argument("--fp16", action="store_true", help="fp16 weights and compute")
+    parser.add_argument(
+        "--int8", action="store_true", help="also write model.int8.onnx; the CPU runs it"
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="standard ONNX ops only (no onnxruntime contrib ops)"
+    )
     parser.add_argument("--check", action="store_true", help="verify against PyTorch eager")
     parser.add_argument("--name", default="ase-model", help="model name in metadata.json")
     return parser.parse_args(argv)
@@ -228,7 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.output or args.checkpoint.parent / f"{args.checkpoint.stem}-onnx"
     try:
         export_checkpoint(
-            args.checkpoint, out_dir, dispatch=args.dispatch, fp16=args.fp16, name=args.name
+            args.checkpoint,
+            out_dir,
+            dispatch=args.dispatch,
+            fp16=args.fp16,
+            int8=args.int8,
+            lean=not args.plain,
+            name=args.name,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

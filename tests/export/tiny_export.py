@@ -35,12 +35,16 @@ def export_tiny_model_dir(
     fp16: bool = False,
     seed: int = 0,
     name: str = "ase-tiny",
+    int8: bool = False,
+    lean: bool = True,
 ) -> Path:
     """Export a tiny model to the model directory ``path``; its checkpoint is written beside it
     as ``<path>.ckpt.pt``. Returns ``path``."""
     path = Path(path)
     checkpoint = write_tiny_checkpoint(path.with_name(path.name + ".ckpt.pt"), routing, spec, seed)
-    return export_checkpoint(checkpoint, path, dispatch=dispatch, fp16=fp16, name=name)
+    return export_checkpoint(
+        checkpoint, path, dispatch=dispatch, fp16=fp16, int8=int8, lean=lean, name=name
+    )
 
 
 def checkpoint_of(model_dir: Path) -> Path:

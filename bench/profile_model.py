@@ -1,0 +1,91 @@
+"""Where ONNX Runtime spends its time: per-operator kernel time of the exported graphs, from
+onnxruntime's own profiler (``SessionOptions.enable_profiling``), for one image and 5 tasks.
+
+    .venv/bin/python bench/profile_model.py [--size demo|vits] [--tasks 5] [--runs 30]
+
+Exports the same random model as ``bench/bench_model.py`` (ASE 16/3/1/4) as a lean, a
+``--plain`` and an ``--int8`` graph and prints, per graph, the node count and the operator
+types by total kernel time per run. Profiling adds overhead: use it for shares, and
+``bench/bench_model.py`` for timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from bench.bench_model import SIZES, random_model  # noqa: E402
+from export.metadata import GRAPH_FILES  # noqa: E402
+from export.to_onnx import export_model_dir  # noqa: E402
+
+WARM_UP = 3
+
+
+def profile(path: Path, size: int, tasks: int, runs: int, threads: int) -> Counter:
+    """Operator type -> kernel microseconds per run."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {
+        "images": np.random.default_rng(0).standard_normal((1, 3, size, size), np.float32),
+        "stream_image": np.zeros(tasks, np.int64),
+        "stream_task": np.arange(tasks, dtype=np.int64),
+    }
+    for _ in range(WARM_UP + runs):
+        session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    # the profiler cannot start late: leave out the warm-up runs' events by their start time
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    measured_from = starts[WARM_UP]
+    per_type: Counter = Counter()
+    for event in events:
+        kernel = event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+        if kernel and event["ts"] >= measured_from:
+            per_type[event["args"]["op_name"]] += event["dur"]
+    return Counter({op: total / runs for op, total in per_type.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=list(SIZES), default="demo")
+    parser.add_argument("--tasks", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--top", type=int, default=10)
+    args = parser.parse_args(argv)
+    model = random_model(SIZES[args.size], "ase")
+    size = SIZES[args.size].image_size
+    with tempfile.TemporaryDirectory() as workdir:
+        lean = export_model_dir(model, Path(workdir) / "lean", dispatch="dense", int8=True)
+        plain = export_model_dir(model, Path(workdir) / "plain", dispatch="dense", lean=False)
+        graphs = {
+            "plain": plain / GRAPH_FILES["dense"],
+            "lean": lean / GRAPH_FILES["dense"],
+            "int8": lean / GRAPH_FILES["int8"],
+        }
+        for name, path in graphs.items():
+            nodes = len(onnx.load(str(path)).graph.node)
+            times = profile(path, size, args.tasks, args.runs, args.threads)
+            total = sum(times.values())
+            print(f"{args.size} {name}: {nodes} nodes, kernels {total / 1e3:.2f} ms per run")
+            for op, us in times.most_common(args.top):
+                print(f"  {op:24s} {us / 1e3:7.3f} ms  {us / total:6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
