@@ -4,8 +4,17 @@
 
 Starts ``python -m server`` on 127.0.0.1 (or uses ``--url``), sends one synthetic JPEG for all
 five tasks at concurrency 1, 4 and 16 (each level bounded by ``--requests`` and ``--seconds``),
-and times the ORT session in-process on the same preprocessed input. Server overhead at
-concurrency 1 = (server p50 - model p50) / model p50: decoding, resizing, PNG encoding and HTTP.
+and times the ORT session in-process on the same preprocessed input. The load client is a bare
+keep-alive HTTP/1.1 connection (``Connection``), so that the client's own CPU time stays small
+on the cores it shares with the server.
+
+At concurrency 1 each request alternates with one in-process run of the model (A, B, A, B, ...),
+so both see the same machine, and the overhead is reported three ways (p50 each):
+``client``: (round trip - model alone) / model alone: everything between the client's send and
+its last byte, HTTP included. ``server``: (``Server-Timing`` total - model alone) / model
+alone: from the request's arrival in the handler to the response built. ``in_request``:
+(total - inference) / inference, both from the same responses' ``Server-Timing``: the server's
+own work against the model call it made, immune to the machine getting faster or slower.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from server.codecs import decode_image  # noqa: E402
 from server.modeldir import load_model_dir  # noqa: E402
-from server.runtime import ModelRuntime, preprocess  # noqa: E402
+from server.runtime import SPIN_CONFIG, ModelRuntime, preprocess  # noqa: E402
 
 
 def synthetic_jpeg(height: int, width: int) -> bytes:
@@ -45,50 +54,118 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}
 
 
-def model_alone(model_dir: Path, body: bytes, threads: int, runs: int) -> dict[str, float]:
-    model = load_model_dir(model_dir)
-    runtime = ModelRuntime(model, ["CPUExecutionProvider"], threads)
-    image = preprocess(decode_image(body, 10**9), model)[None]  # (1, 3, H, W)
-    task_ids = np.array([t.id for t in model.tasks], np.int64)
-    streams = np.zeros(len(task_ids), np.int64)
-    runtime.run(image, streams, task_ids)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        runtime.run(image, streams, task_ids)
-        times.append(time.perf_counter() - started)
-    return percentiles(times)
+class ModelAlone:
+    """The ORT session in this process on the request's preprocessed image: the reference."""
+
+    def __init__(self, model_dir: Path, body: bytes, threads: int, spin: str) -> None:
+        model = load_model_dir(model_dir)
+        self.runtime = ModelRuntime(model, ["CPUExecutionProvider"], threads, spin)
+        self.image = preprocess(decode_image(body, 10**9), model)[None]  # (1, 3, H, W)
+        self.task_ids = np.array([t.id for t in model.tasks], np.int64)
+        self.streams = np.zeros(len(self.task_ids), np.int64)
+        self.times: list[float] = []
+        self.cpu_s = 0.0  # this process's CPU time inside the runs (not the client's)
+        for _ in range(3):  # warm-up
+            self.runtime.run(self.image, self.streams, self.task_ids)
+
+    def run_once(self) -> None:
+        started, cpu = time.perf_counter(), time.process_time()
+        self.runtime.run(self.image, self.streams, self.task_ids)
+        self.times.append(time.perf_counter() - started)
+        self.cpu_s += time.process_time() - cpu
 
 
-async def load_level(url: str, body: bytes, concurrency: int, requests: int, seconds: float):
-    latencies, give_up = [], time.monotonic() + seconds
+def server_timing(header: str) -> dict[str, float]:
+    """``"decode;dur=1.2, total;dur=20.1"`` -> ``{"decode": 1.2, "total": 20.1}`` (ms)."""
+    spans = (part.strip().split(";dur=") for part in header.split(",") if ";dur=" in part)
+    return {name: float(value) for name, value in spans}
+
+
+class Connection:
+    """A bare HTTP/1.1 keep-alive client: one POST at a time, the body read by Content-Length.
+
+    httpx spends 3-4 ms of CPU per 36 KB JSON response (measured here, 2026-11-29), on the same
+    two cores as the server; this reads the bytes and parses only the status and headers.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, url: str) -> Connection:
+        host, port = url.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def post(self, target: str, body: bytes, content_type: str) -> tuple[int, dict, bytes]:
+        head = (f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}"
+                f"\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+        self.writer.write(head.encode() + body)
+        status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+        headers = {}
+        for line in filter(None, lines):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        payload = await self.reader.readexactly(int(headers["content-length"]))
+        return int(status_line.split()[1]), headers, payload
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def load_level(url: str, body: bytes, concurrency: int, requests: int, seconds: float,
+                     model: ModelAlone | None = None):  # fmt: skip
+    """One concurrency level; with ``model`` (concurrency 1), one model run before each request."""
+    latencies, spans, give_up = [], [], time.monotonic() + seconds
     budget = iter(range(requests))
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        for _ in budget:
-            if time.monotonic() > give_up:
-                return
-            started = time.perf_counter()
-            response = await client.post("/predict", content=body,
-                                         headers={"Content-Type": "image/jpeg"})  # fmt: skip
-            response.raise_for_status()
-            latencies.append(time.perf_counter() - started)
+    async def client_loop() -> None:
+        connection = await Connection.open(url)
+        try:
+            for _ in budget:
+                if time.monotonic() > give_up:
+                    return
+                if model is not None:
+                    model.run_once()
+                started = time.perf_counter()
+                status, headers, payload = await connection.post("/predict", body, "image/jpeg")
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    raise SystemExit(f"HTTP {status}: {payload[:300]!r}")
+                spans.append(server_timing(headers.get("server-timing", "")))
+        finally:
+            connection.close()
 
-    started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-    wall = time.perf_counter() - started
+    started, client_cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    wall, client_cpu = time.perf_counter() - started, time.process_time() - client_cpu
+    client_cpu -= model.cpu_s if model is not None else 0.0
     throughput = round(len(latencies) / wall, 2)
-    return {"concurrency": concurrency, "requests": len(latencies),
-            "throughput_rps": throughput, **percentiles(latencies)}  # fmt: skip
+    names = spans[0] if spans else {}
+    inside = {name: round(float(np.median([s[name] for s in spans])), 2) for name in names}
+    own_work = [(s["total"] - s["inference"]) / s["inference"] for s in spans]
+    return {"concurrency": concurrency, "requests": len(latencies), "throughput_rps": throughput,
+            **percentiles(latencies), "server_timing_p50_ms": inside,
+            "in_request_overhead_p50": round(float(np.median(own_work)), 3),
+            "client_cpu_ms_per_request": round(client_cpu * 1000 / len(latencies), 2)}  # fmt: skip
 
 
-def start_server(model_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def overheads(first: dict, model_p50: float) -> dict[str, float]:
+    """Concurrency 1's overhead against the model alone, three ways (module docstring)."""
+    total = first["server_timing_p50_ms"]["total"]
+    return {
+        "client": round((first["p50"] - model_p50) / model_p50, 3),
+        "server": round((total - model_p50) / model_p50, 3),
+        "in_request": first["in_request_overhead_p50"],
+    }
+
+
+def start_server(model_dir: Path, threads: int, spin: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "server", "--model-dir", str(model_dir), "--port", str(port),
-               "--providers", "cpu", "--threads", str(threads), "--log-level=warning"]  # fmt: skip
+               "--providers", "cpu", "--threads", str(threads), "--log-level=warning",
+               "--ort-spin", spin]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -108,6 +185,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="most requests per level")
     parser.add_argument("--seconds", type=float, default=20.0, help="longest time per level")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads")
+    parser.add_argument("--ort-spin", default="brief", choices=SPIN_CONFIG, help="see runtime.py")
     parser.add_argument("--image", default="480x640", help="HxW of the synthetic JPEG")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -115,18 +193,22 @@ def main() -> None:
         raise SystemExit("loopback only: --url must be http://127.0.0.1:PORT")
     height, width = (int(v) for v in args.image.split("x"))
     body = synthetic_jpeg(height, width)
-    model = model_alone(args.model_dir, body, args.threads, runs=max(10, args.requests // 2))
-    process, url = (None, args.url) if args.url else start_server(args.model_dir, args.threads)
+    model = ModelAlone(args.model_dir, body, args.threads, args.ort_spin)
+    process, url = (
+        (None, args.url) if args.url else start_server(args.model_dir, args.threads, args.ort_spin)
+    )
     try:
-        levels = [asyncio.run(load_level(url, body, c, args.requests, args.seconds))
-                  for c in (1, 4, 16)]  # fmt: skip
+        levels = [asyncio.run(load_level(url, body, 1, args.requests, args.seconds, model))]
+        levels += [asyncio.run(load_level(url, body, c, args.requests, args.seconds))
+                   for c in (4, 16)]  # fmt: skip
     finally:
         if process:
             process.terminate()
             process.wait(timeout=30)
-    overhead = (levels[0]["p50"] - model["p50"]) / model["p50"]
-    results = {"image": args.image, "model_alone_ms": model, "server": levels,
-               "overhead_at_c1": round(overhead, 3)}  # fmt: skip
+    alone = percentiles(model.times)
+    overhead = overheads(levels[0], alone["p50"])
+    results = {"image": args.image, "model_alone_ms": alone, "server": levels,
+               "overhead_at_c1": overhead}  # fmt: skip
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ class ServerState:
     runtime: ModelRuntime
     metrics: ServerMetrics
     batcher: Batcher
+    render_pool: ThreadPoolExecutor  # restores and encodes the maps of responses
     ready: bool = False
 
 
@@ -92,6 +94,7 @@ def _lifespan(settings: Settings):
             state.ready = False
             warm_up.cancel()
             await state.batcher.stop(settings.shutdown_timeout_s)
+            await asyncio.to_thread(state.render_pool.shutdown, True)
             mark_worker_dead(os.getpid())
             log.info("drained and stopped")
 
@@ -100,14 +103,17 @@ def _lifespan(settings: Settings):
 
 def _load(settings: Settings) -> ServerState:
     model = load_model_dir(settings.model_dir)
-    runtime = ModelRuntime(model, settings.provider_list, settings.threads)
+    runtime = ModelRuntime(model, settings.provider_list, settings.threads, settings.ort_spin)
     metrics = ServerMetrics(model, runtime.provider)
     batcher = Batcher(
         runtime.run, model, metrics,
         max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
         max_queue=settings.max_queue,
     )  # fmt: skip
-    return ServerState(settings, model, runtime, metrics, batcher)
+    render_pool = ThreadPoolExecutor(
+        settings.render_threads or os.cpu_count() or 1, thread_name_prefix="ase-render"
+    )
+    return ServerState(settings, model, runtime, metrics, batcher, render_pool)
 
 
 async def _warm_up(state: ServerState) -> None:

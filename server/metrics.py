@@ -111,12 +111,16 @@ class ServerMetrics:
             self.task_requests.labels(task.name).inc(streams)
             per_expert = expert_tokens[rows].sum(axis=0, dtype=np.float64)  # (L, N)
             mass = shared_gate_mass[rows].sum(axis=0, dtype=np.float64)  # (L,)
-            for layer in range(per_expert.shape[0]):
-                layer_tokens, layer_mass, experts = self._router_children(task.name, layer, shared)
+            # Plain floats (tolist) and no zero increments: this runs on the event loop for
+            # every batch, between the model's answer and the responses.
+            layers = zip(per_expert.tolist(), mass.tolist(), strict=True)
+            for layer, (counts, layer_mass) in enumerate(layers):
+                layer_tokens, mass_series, experts = self._router_children(task.name, layer, shared)
                 layer_tokens.inc(streams * tokens_per_stream)
-                layer_mass.inc(float(mass[layer]))
-                for child, count in zip(experts, per_expert[layer], strict=True):
-                    child.inc(float(count))
+                mass_series.inc(layer_mass)
+                for child, count in zip(experts, counts, strict=True):
+                    if count:
+                        child.inc(count)
 
     def _router_children(self, task: str, layer: int, shared: set[int]) -> tuple:
         """The (stream tokens, gate mass, [expert tokens]) series of one task and layer, looked

@@ -1,8 +1,10 @@
 """``POST /predict``: read the body within limits, queue the image, render the maps.
 
 Everything CPU-heavy (decode, resize, PNG encoding) runs in worker threads; the event loop only
-routes bytes. While a request waits for its batch, a watcher notices if the client leaves, and
-the queued job is then cancelled so that the model never runs it.
+routes bytes. The maps of one response are restored and encoded side by side in the render
+pool (PIL, NumPy and zlib release the GIL), so they use every core. While a request waits for
+its batch, a watcher notices if the client leaves, and the queued job is then cancelled so that
+the model never runs it.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from fastapi import Request
@@ -29,6 +33,7 @@ from server.runtime import preprocess, restore_size
 if TYPE_CHECKING:
     from server.app import ServerState
 
+T = TypeVar("T")
 CLIENT_CLOSED = 499  # nginx's convention; the client never sees it, the metrics do
 TASKS_HELP = "comma-separated task names (duplicates are an error); omitted: all of the model's"
 FORMAT_HELP = (
@@ -90,7 +95,7 @@ async def handle(
     if result is None:
         return Response(status_code=CLIENT_CLOSED)
     inferred = time.monotonic()
-    response = await asyncio.to_thread(_render, state, wanted, rgb, result, options)
+    response = await _render(state, wanted, rgb, result, options)
     timings = {
         "decode": decoded - arrived,
         "queue": result.queue_s,
@@ -205,28 +210,70 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-def _render(state: ServerState, wanted: list[TaskInfo], rgb: np.ndarray, result: JobResult,
-            options: Options) -> Response | dict:  # fmt: skip
+async def _render(state: ServerState, wanted: list[TaskInfo], rgb: np.ndarray,
+                  result: JobResult, options: Options) -> Response | dict:  # fmt: skip
     """A binary response, or the JSON body without its timings (added last)."""
-    height, width = rgb.shape[:2]
-    maps = {t.name: restore_size(t.kind, result.maps[t.name], width, height) for t in wanted}
     if options.format == "npz":
-        return _npz(state, wanted, maps, result, options)
+        return await _npz(state, wanted, rgb, result, options)
     level = state.settings.png_compression
-    pngs = {
-        t.name: codecs.encode_png(_picture(t, maps[t.name], rgb, options), level) for t in wanted
-    }
+    encode = _task_json if options.format == "json" else _task_png
+    encoded = await _each_task(
+        state, wanted, rgb, lambda t: encode(t, result.maps[t.name], rgb, options, level)
+    )
     if options.format == "png":
-        return Response(pngs[wanted[0].name], media_type="image/png")
+        return Response(encoded[wanted[0].name], media_type="image/png")
+    height, width = rgb.shape[:2]
     body = {
         "model": {"name": state.model.name, "version": state.model.version},
         "provider": state.runtime.provider,
         "image": {"width": width, "height": height},
-        "tasks": {t.name: _task_json(t, pngs[t.name], maps[t.name], options) for t in wanted},
+        "tasks": {t.name: encoded[t.name] for t in wanted},
     }
     if options.router_stats:
         body["router"] = {t.name: _router_json(state.model, result, t.name) for t in wanted}
     return body
+
+
+# Maps smaller than this (pixels) are all rendered by one pool job: handing each task to a
+# thread costs more than running them side by side saves (docs/benchmarks.md, server section).
+PARALLEL_FROM_PIXELS = 2**15  # 128x128 maps are faster in one job, 192x192 split up
+# Time to restore and encode one map, relative to a probability map (measured at 480x640).
+KIND_COST = {"vector": 4.0, "probability": 1.0, "classes": 0.25}
+
+
+async def _each_task(state: ServerState, wanted: list[TaskInfo], rgb: np.ndarray,
+                     work: Callable[[TaskInfo], T]) -> dict[str, T]:  # fmt: skip
+    """``work(task)`` for every task in the render pool, by task name.
+
+    PIL, NumPy and zlib release the GIL, so one response's maps use every core. Large maps
+    are one job per task, the costliest first: the pool starts jobs in order, so the longest
+    one does not start last.
+    """
+    height, width = rgb.shape[:2]
+    if height * width < PARALLEL_FROM_PIXELS:
+        groups = [wanted]
+    else:
+        groups = [[t] for t in sorted(wanted, key=lambda t: -KIND_COST[t.kind])]
+    done = await _in_pool(state, (partial(_work_on, work, group) for group in groups))
+    return {t.name: value for g, values in zip(groups, done, strict=True)
+            for t, value in zip(g, values, strict=True)}  # fmt: skip
+
+
+def _work_on(work: Callable[[TaskInfo], T], tasks: list[TaskInfo]) -> list[T]:
+    return [work(task) for task in tasks]
+
+
+async def _in_pool(state: ServerState, jobs: Iterable[Callable[[], T]]) -> list[T]:
+    loop = asyncio.get_running_loop()
+    return await asyncio.gather(*(loop.run_in_executor(state.render_pool, job) for job in jobs))
+
+
+def _task_png(task: TaskInfo, prediction: np.ndarray, rgb: np.ndarray, options: Options,
+              level: int) -> bytes:  # fmt: skip
+    """One stream's prediction (C, H, W) -> the PNG of its map at the image's size."""
+    height, width = rgb.shape[:2]
+    values = restore_size(task.kind, prediction, width, height)
+    return codecs.encode_png(_picture(task, values, rgb, options), level)
 
 
 def _picture(task: TaskInfo, values: np.ndarray, rgb: np.ndarray, options: Options) -> np.ndarray:
@@ -236,9 +283,11 @@ def _picture(task: TaskInfo, values: np.ndarray, rgb: np.ndarray, options: Optio
     return codecs.overlay(rgb, codecs.colourise(task.kind, wire, task.palette), options.alpha)
 
 
-def _task_json(task: TaskInfo, png: bytes, values: np.ndarray, options: Options) -> dict:
-    shape = list(values.shape) + ([3] if options.visualize and values.ndim == 2 else [])
-    entry = {"kind": task.kind, "shape": shape, "encoding": "png",
+def _task_json(task: TaskInfo, prediction: np.ndarray, rgb: np.ndarray, options: Options,
+               level: int) -> dict:  # fmt: skip
+    png = _task_png(task, prediction, rgb, options, level)
+    planes = [3] if options.visualize or task.kind == "vector" else []
+    entry = {"kind": task.kind, "shape": [*rgb.shape[:2], *planes], "encoding": "png",
              "data": base64.b64encode(png).decode("ascii")}  # fmt: skip
     if task.kind == "classes":
         entry["classes"] = list(task.classes)
@@ -256,18 +305,26 @@ def _router_json(model: ModelDir, result: JobResult, task: str) -> dict:
     }
 
 
-def _npz(state: ServerState, wanted: list[TaskInfo], maps: dict, result: JobResult,
-         options: Options) -> Response:  # fmt: skip
-    arrays = {}
-    for task in wanted:
-        values = maps[task.name]
-        arrays[task.name] = values if task.kind == "vector" else codecs.to_uint8(task.kind, values)
-        if options.router_stats:
+async def _npz(state: ServerState, wanted: list[TaskInfo], rgb: np.ndarray, result: JobResult,
+               options: Options) -> Response:  # fmt: skip
+    height, width = rgb.shape[:2]
+    maps = await _each_task(
+        state, wanted, rgb, lambda t: _npz_map(t, result.maps[t.name], width, height)
+    )
+    arrays = {t.name: maps[t.name] for t in wanted}
+    if options.router_stats:
+        for task in wanted:
             router = _router_json(state.model, result, task.name)
             arrays[f"router_{task.name}"] = np.asarray(router["expert_tokens"], np.float32)
             share = np.asarray(router["shared_gate_share"], np.float32)
             arrays[f"router_{task.name}_shared_gate_share"] = share
-    return Response(codecs.encode_npz(arrays), media_type="application/x-npz")
+    [body] = await _in_pool(state, [partial(codecs.encode_npz, arrays)])
+    return Response(body, media_type="application/x-npz")
+
+
+def _npz_map(task: TaskInfo, prediction: np.ndarray, width: int, height: int) -> np.ndarray:
+    values = restore_size(task.kind, prediction, width, height)
+    return values if task.kind == "vector" else codecs.to_uint8(task.kind, values)
 
 
 def _finish(rendered: Response | dict, state: ServerState, timings: dict[str, float]) -> Response:

@@ -20,14 +20,30 @@ from server.modeldir import GRAPH_INPUTS, ROUTER_OUTPUTS, ModelDir, ModelDirErro
 log = logging.getLogger("server.runtime")
 
 
+# How ORT's pool threads wait for work. ORT's default ("always") busy-waits between parallel
+# sections, which keeps the model fast, and also long after a run, which takes a core from
+# the decoding and PNG encoding around it. "brief" spins at most 100 us before sleeping: as
+# fast a model, and the cores free right after it. "never" sleeps at once and wakes threads
+# for every parallel section: a slower model. Measured in docs/benchmarks.md, server section.
+SPIN_CONFIG: dict[str, dict[str, str]] = {
+    "brief": {"session.intra_op.spin_duration_us": "100"},
+    "always": {},
+    "never": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+}
+
+
 class ModelRuntime:
     """One ORT session on the graph that the model directory picks for the provider taken."""
 
-    def __init__(self, model: ModelDir, providers: list[str], threads: int = 0) -> None:
+    def __init__(
+        self, model: ModelDir, providers: list[str], threads: int = 0, spin: str = "brief"
+    ) -> None:
         self.model = model
         self._options = ort.SessionOptions()
         self._options.intra_op_num_threads = threads
         self._options.log_severity_level = 3  # ORT's own warnings go to our log, not stderr
+        for key, value in SPIN_CONFIG[spin].items():
+            self._options.add_session_config_entry(key, value)
         available = ort.get_available_providers()
         wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         skipped = [p for p in providers if p not in available]
@@ -104,7 +120,7 @@ def restore_size(kind: str, prediction: np.ndarray, width: int, height: int) -> 
     """
     same_size = prediction.shape[1:] == (height, width)  # nothing to resize: skip the copies
     if kind == "classes":
-        ids = prediction.argmax(axis=0).astype(np.uint8)  # (H, W)
+        ids = class_ids(prediction)  # (H, W)
         if same_size:
             return ids
         return np.asarray(Image.fromarray(ids).resize((width, height), Image.Resampling.NEAREST))
@@ -114,9 +130,39 @@ def restore_size(kind: str, prediction: np.ndarray, width: int, height: int) -> 
         channels = [_resize_float(channel, width, height) for channel in prediction]
     if kind == "probability":
         return np.clip(channels[0], 0.0, 1.0)
-    vectors = np.stack(channels, axis=-1)  # (h, w, 3)
-    norms = np.sqrt(np.einsum("hwc,hwc->hw", vectors, vectors))[..., None]  # (h, w, 1)
-    return vectors / np.maximum(norms, np.float32(1e-6))
+    return _unit_vectors(channels)
+
+
+def class_ids(logits: np.ndarray) -> np.ndarray:
+    """(C, H, W) logits -> uint8 (H, W) argmax, the first class winning ties, like ``argmax``.
+
+    ``argmax(axis=0)`` walks the class axis with a stride of a whole plane and costs more than
+    PNG-encoding the result; comparing whole planes class after class is contiguous. (Only NaN
+    logits, which no exported model emits, would be ranked differently.)
+    """
+    best = logits[0].copy()  # (H, W)
+    ids = np.zeros(best.shape, np.uint8)
+    for index in range(1, logits.shape[0]):
+        higher = logits[index] > best
+        ids[higher] = index
+        np.maximum(best, logits[index], out=best)
+    return ids
+
+
+def _unit_vectors(channels: list[np.ndarray]) -> np.ndarray:
+    """Three (h, w) planes -> (h, w, 3) unit vectors. Full-size maps are megabytes: every pass
+    writes into an array made once rather than a new temporary (fresh pages cost more than the
+    arithmetic)."""
+    x, y, z = channels
+    norms = x * x  # (h, w); summed in x, y, z order, as a dot product over the last axis does
+    norms += y * y
+    norms += z * z
+    np.sqrt(norms, out=norms)
+    np.maximum(norms, np.float32(1e-6), out=norms)
+    vectors = np.empty((*norms.shape, 3), np.float32)  # (h, w, 3)
+    for axis, plane in enumerate(channels):
+        np.divide(plane, norms, out=vectors[..., axis])
+    return vectors
 
 
 def _resize_float(channel: np.ndarray, width: int, height: int) -> np.ndarray:

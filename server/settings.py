@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,14 @@ class Settings(BaseSettings):
         "(cuda, tensorrt, cpu or full names); the ones not available are skipped",
     )
     threads: int = Field(0, ge=0, description="ORT intra-op threads per worker (0: ORT decides)")
+    ort_spin: Literal["brief", "always", "never"] = Field(
+        "brief",
+        description="how ORT's threads wait for work: brief (spin at most 100 us, then sleep), "
+        "always (ORT's default: spin on, taking cores from decoding and encoding), never",
+    )
+    render_threads: int = Field(
+        0, ge=0, description="threads encoding response maps, all tasks at once (0: one per core)"
+    )
     max_batch: int = Field(8, ge=1, le=256, description="most images in one model call")
     max_wait_ms: float = Field(
         0.0,

@@ -1,0 +1,115 @@
+"""Post-processing of one response, piece by piece: PIL's PNG encoder against the server's
+(`server/codecs.py:encode_png`, one "Up" filter), and one render job against one job per task.
+
+    .venv/bin/python bench/bench_render.py [--model-dir demo/model] [--repeats 40]
+
+Runs the demo model once on a synthetic JPEG to get real maps, then times each variant on
+them, A and B alternating, and prints medians (ms) and PNG sizes as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_server import synthetic_jpeg  # noqa: E402
+
+from server import codecs, predict  # noqa: E402
+from server.batching import JobResult  # noqa: E402
+from server.modeldir import load_model_dir  # noqa: E402
+from server.runtime import ModelRuntime, preprocess, restore_size  # noqa: E402
+
+
+def pil_png(pixels: np.ndarray, level: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=level)
+    return buffer.getvalue()
+
+
+def alternate(variants: dict, repeats: int) -> dict[str, float]:
+    """Median ms of each zero-argument callable, run in turn (A, B, A, B, ...)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, call in variants.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return {name: round(statistics.median(t) * 1000, 3) for name, t in times.items()}
+
+
+def encoders(model, maps, height: int, width: int, repeats: int) -> list[dict]:
+    rows = []
+    for task in model.tasks:
+        wire = codecs.to_uint8(task.kind, restore_size(task.kind, maps[task.name], width, height))
+        variants = {
+            "pil": lambda w=wire: pil_png(w, 1),
+            "server": lambda w=wire: codecs.encode_png(w, 1),
+        }
+        medians = alternate(variants, repeats)
+        ours = codecs.encode_png(wire, 1)
+        if not np.array_equal(np.asarray(Image.open(io.BytesIO(ours))), wire):
+            raise SystemExit(f"{task.name}: the server's PNG decodes to other pixels")
+        sizes = {"pil_bytes": len(pil_png(wire, 1)), "server_bytes": len(ours)}
+        rows.append({"image": f"{height}x{width}", "task": task.name, **medians, **sizes})
+    return rows
+
+
+def render_jobs(model, maps, height: int, width: int, repeats: int) -> dict:
+    rgb = np.zeros((height, width, 3), np.uint8)
+    result = JobResult(maps, {}, {}, 0.0, 0.0, 1)
+    options = predict.Options("json", False, 0.5, False)
+    pool = ThreadPoolExecutor(2)
+    settings = SimpleNamespace(png_compression=1)
+    runtime = SimpleNamespace(provider="CPUExecutionProvider")
+    state = SimpleNamespace(settings=settings, model=model, runtime=runtime, render_pool=pool)
+    loop = asyncio.new_event_loop()
+
+    def render(split_from: int):
+        predict.PARALLEL_FROM_PIXELS = split_from
+        return loop.run_until_complete(
+            predict._render(state, list(model.tasks), rgb, result, options)
+        )
+
+    medians = alternate({"one_job": lambda: render(10**12), "job_per_task": lambda: render(0)},
+                        repeats)  # fmt: skip
+    pool.shutdown()
+    loop.close()
+    return {"image": f"{height}x{width}", **medians}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=REPO / "demo" / "model")
+    parser.add_argument("--repeats", type=int, default=40)
+    args = parser.parse_args()
+    model = load_model_dir(args.model_dir)
+    runtime = ModelRuntime(model, ["CPUExecutionProvider"], 2)
+    sizes = [(model.height, model.width), (480, 640)]
+    image = preprocess(codecs.decode_image(synthetic_jpeg(480, 640), 10**9), model)[None]
+    task_ids = np.array([t.id for t in model.tasks], np.int64)
+    outputs = runtime.run(image, np.zeros(len(task_ids), np.int64), task_ids)
+    maps = {t.name: outputs[t.name][0] for t in model.tasks}  # (C, H, W) each
+    results = {
+        "png": [row for h, w in sizes for row in encoders(model, maps, h, w, args.repeats)],
+        "render": [render_jobs(model, maps, h, w, args.repeats) for h, w in sizes],
+    }
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
