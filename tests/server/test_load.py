@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.server.conftest import image_bytes, metric, random_image, start_server
+from tests.server.fake_model import write_fake_model_dir
 
 TASK_SETS = [
     "semseg",
@@ -76,36 +77,58 @@ def test_full_queue_answers_503_with_retry_after(slow_server):
     assert metric(values, "ase_requests_total", endpoint="/predict", status="503") == len(rejected)
 
 
-def test_client_that_leaves_costs_no_model_time(slow_server):
-    before = slow_server.metrics()
+@pytest.fixture(scope="module")
+def slower_server(tmp_path_factory, logs):
+    """~1 s a model call: room for a loaded machine to queue a request behind a running one."""
+    model_dir = write_fake_model_dir(tmp_path_factory.mktemp("slower"), heavy_matmuls=700)
+    flags = ("--max-batch", "1", "--max-queue", "2", "--max-wait-ms", "0", "--timeout-s", "20")
+    server = start_server(model_dir, logs, *flags)
+    yield server
+    server.stop()
+
+
+def wait_for(condition, seconds: float = 10.0) -> None:
+    give_up = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < give_up, "timed out waiting for the server"
+        time.sleep(0.02)
+
+
+def test_client_that_leaves_costs_no_model_time(slower_server):
+    server = slower_server
+    before = server.metrics()
     body = image_bytes(random_image(1))
+    port = int(server.url.rsplit(":", 1)[1])
     with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(httpx.post, f"{slow_server.url}/predict?tasks=edges", content=body,
+        busy = pool.submit(httpx.post, f"{server.url}/predict?tasks=edges", content=body,
                            headers={"Content-Type": "image/png"}, timeout=30)  # fmt: skip
-        time.sleep(0.05)  # the first request occupies the model; the next one waits in the queue
-        port = int(slow_server.url.rsplit(":", 1)[1])
+        time.sleep(0.2)  # the first request reaches the model (a ~1 s call)
         with socket.create_connection(("127.0.0.1", port)) as sock:
             head = (f"POST /predict?tasks=semseg HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
             sock.sendall(head + body)
-            time.sleep(0.05)
+            wait_for(lambda: metric(server.metrics(), "ase_queue_depth") == 1)  # queued behind
         assert busy.result().status_code == 200
-    time.sleep(0.5)
-    after = slow_server.metrics()
-    dropped = metric(after, "ase_requests_dropped_total", reason="disconnected")
-    assert dropped - metric(before, "ase_requests_dropped_total", reason="disconnected") == 1
+    name, reason = "ase_requests_dropped_total", "disconnected"
+    wait_for(
+        lambda: metric(server.metrics(), name, reason=reason) > metric(before, name, reason=reason)
+    )
+    time.sleep(0.2)
+    after = server.metrics()
+    assert metric(after, name, reason=reason) - metric(before, name, reason=reason) == 1
     served = metric(after, "ase_task_requests_total", task="semseg")
     assert served == metric(before, "ase_task_requests_total", task="semseg")
+    assert metric(after, "ase_queue_depth") == 0
 
 
 def test_deadline_answers_504(slow_model_dir, logs):
-    # ~0.15 s a call: the first requests finish well inside 0.5 s even on a loaded machine,
-    # the last ones of eight cannot.
-    flags = ("--max-batch", "1", "--max-queue", "16", "--timeout-s", "0.5")
+    # ~0.15 s a call, one request at a time: the first of ten finish inside 1 s even when the
+    # machine is three times slower, the last cannot finish in time even when it is not.
+    flags = ("--max-batch", "1", "--max-queue", "16", "--timeout-s", "1.0")
     server = start_server(slow_model_dir, logs, *flags)
     try:
-        bodies = [image_bytes(random_image(i)) for i in range(8)]
-        responses = asyncio.run(post_all(server.url, bodies, ["edges"] * 8))
+        bodies = [image_bytes(random_image(i)) for i in range(10)]
+        responses = asyncio.run(post_all(server.url, bodies, ["edges"] * 10))
         time.sleep(0.5)  # let the model finish what it had started
         values = server.metrics()
     finally:
