@@ -136,12 +136,13 @@ def test_deadline_answers_504(slow_model_dir, logs):
     late = [r for r in responses if r.status_code == 504]
     assert late and any(r.status_code == 200 for r in responses)
     assert all(r.json()["error"]["code"] == "deadline_exceeded" for r in late)
-    # Late requests leave the queue as deadline drops (not disconnects); only one can have been
-    # inside the model (max batch 1) when its deadline passed. Every request was either run or
-    # dropped, never both, and nothing is left queued.
+    # A late request either never reached the model (it leaves the queue as a deadline drop,
+    # not a disconnect) or was inside it when its deadline passed; deadlines count from each
+    # request's arrival, so several can end mid-call one after another, but the last ones can
+    # never start. Every request was either run or dropped, never both; nothing is left queued.
     dropped = metric(values, "ase_requests_dropped_total", reason="deadline")
     ran = metric(values, "ase_task_requests_total", task="edges")
-    assert len(late) - 1 <= dropped <= len(late)
+    assert 1 <= dropped <= len(late)
     assert dropped + ran == len(responses)
     assert metric(values, "ase_requests_dropped_total", reason="disconnected") == 0
     assert metric(values, "ase_queue_depth") == 0
