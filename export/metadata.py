@@ -8,17 +8,21 @@ checkpoint's hash, so the same checkpoint always gives a byte-identical file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from export.contract import (
+    GRAPH_INPUTS,
+    METADATA_FILE,
+    ROUTER_OUTPUTS,
+    SCHEMA_VERSION,
+    file_sha256,
+)
 from model.config import ModelConfig
 from model.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # what training normalised with
 from model.tasks import DATASETS, TASK_NAMES, TASKS
 
-SCHEMA_VERSION = 1
-METADATA_FILE = "metadata.json"
 GRAPH_FILES = {
     "dense": "model.dense.onnx",
     "sparse": "model.sparse.onnx",
@@ -26,23 +30,15 @@ GRAPH_FILES = {
 }
 GRAPH_PRECISION = {"int8": "int8"}
 """Graphs whose precision differs from the directory's ``precision`` say so in their entry."""
-INT8_SCHEME = "dynamic: int8 weights per output channel, uint8 activations per tensor"
-GRAPH_INPUTS = ("images", "stream_image", "stream_task")
-ROUTER_OUTPUTS = ("expert_tokens", "shared_gate_mass")
+INT8_SCHEME = (
+    "dynamic: int8 weights in a 7-bit range per output channel, uint8 activations per tensor"
+)
 TASK_KEYS = ("name", "id", "kind", "channels", "classes", "palette")
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 class MetadataError(ValueError):
     """A metadata file that breaks contract 3; the message names the field."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def output_names(config: ModelConfig) -> list[str]:

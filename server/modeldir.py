@@ -7,7 +7,6 @@ the problem, instead of failing on the first prediction.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from export.contract import (
+    GRAPH_INPUTS,
+    METADATA_FILE,
+    ROUTER_OUTPUTS,
+    SCHEMA_VERSION,
+    file_sha256,
+)
 from model.tasks import TASK_NAMES, TASKS
-
-SCHEMA_VERSION = 1
-ROUTER_OUTPUTS = ("expert_tokens", "shared_gate_mass")
-GRAPH_INPUTS = ("images", "stream_image", "stream_task")
 
 
 class ModelDirError(RuntimeError):
@@ -136,7 +138,7 @@ def load_model_dir(path: Path, verify_hashes: bool = True) -> ModelDir:
     for provider, variant in metadata.provider_graph.items():
         if variant not in graphs:
             raise ModelDirError(
-                f"{path / 'metadata.json'}: provider_graph maps {provider} to {variant!r}, "
+                f"{path / METADATA_FILE}: provider_graph maps {provider} to {variant!r}, "
                 f"but graphs only has {sorted(graphs)}"
             )
     return ModelDir(
@@ -157,7 +159,7 @@ def load_model_dir(path: Path, verify_hashes: bool = True) -> ModelDir:
 
 
 def _read_metadata(path: Path) -> _Metadata:
-    file = path / "metadata.json"
+    file = path / METADATA_FILE
     if not path.is_dir():
         raise ModelDirError(f"model directory {path} does not exist (set --model-dir)")
     if not file.is_file():
@@ -182,7 +184,7 @@ def _read_metadata(path: Path) -> _Metadata:
 
 
 def _check_task(entry: _TaskEntry, path: Path) -> TaskInfo:
-    where = f"{path / 'metadata.json'}: task {entry.name!r}"
+    where = f"{path / METADATA_FILE}: task {entry.name!r}"
     if entry.name not in TASKS:
         raise ModelDirError(f"{where} is not in the task registry ({', '.join(TASK_NAMES)})")
     if entry.id != TASK_NAMES.index(entry.name) or entry.kind != TASKS[entry.name].kind:
@@ -205,7 +207,7 @@ def _check_io(metadata: _Metadata, tasks: tuple[TaskInfo, ...], path: Path) -> N
     expected_outputs = [t.name for t in sorted(tasks, key=lambda t: t.id)] + list(ROUTER_OUTPUTS)
     if metadata.io.outputs != expected_outputs or metadata.io.inputs != list(GRAPH_INPUTS):
         raise ModelDirError(
-            f"{path / 'metadata.json'}: io must be inputs {list(GRAPH_INPUTS)} and outputs "
+            f"{path / METADATA_FILE}: io must be inputs {list(GRAPH_INPUTS)} and outputs "
             f"{expected_outputs}, got {metadata.io.inputs} and {metadata.io.outputs}"
         )
 
@@ -222,11 +224,3 @@ def _check_graph(path: Path, entry: _GraphEntry, verify_hash: bool) -> Path:
                 f"metadata.json's {entry.sha256[:12]}..."
             )
     return file
-
-
-def file_sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

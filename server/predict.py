@@ -234,9 +234,10 @@ async def _render(state: ServerState, wanted: list[TaskInfo], rgb: np.ndarray,
     return body
 
 
-# Maps smaller than this (pixels) are all rendered by one pool job: handing each task to a
-# thread costs more than running them side by side saves (docs/benchmarks.md, server section).
-PARALLEL_FROM_PIXELS = 2**15  # 128x128 maps are faster in one job, 192x192 split up
+# Maps smaller than this (pixels) are all rendered by one pool job: there, handing each task to
+# a thread saves nothing (128x128: 2.21 ms in one job, 2.17 ms split; 480x640: 22.3 vs 17.3 ms;
+# bench/bench_render.py, docs/benchmarks.md).
+PARALLEL_FROM_PIXELS = 2**15
 # Time to restore and encode one map, relative to a probability map (measured at 480x640).
 KIND_COST = {"vector": 4.0, "probability": 1.0, "classes": 0.25}
 
