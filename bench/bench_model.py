@@ -148,12 +148,40 @@ def counted_gflop(model: ASEModel, images: torch.Tensor, tasks: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def session(path: Path, threads: int) -> ort.InferenceSession:
+def session(path: Path, threads: int, brief_spin: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if brief_spin:  # idle threads sleep after 100 us: two sessions can take turns
+        options.add_session_config_entry("session.intra_op.spin_duration_us", "100")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def adapter_overhead_ab(name: str, threads: int, repeats: int, workdir: Path) -> dict:
+    """ASE vs the bare backbone, lean ORT dense graphs, 5 tasks, runs alternating (A, B, A,
+    B, ...) in one process, so that both see the same machine; medians and the median of the
+    per-pair ratios."""
+    backbone = SIZES[name]
+    images = torch.randn(1, 3, backbone.image_size, backbone.image_size)
+    calls = {}
+    for routing in ("ase", "none"):
+        path = export_model_dir(random_model(backbone, routing), workdir / f"ab-{name}-{routing}",
+                                dispatch="dense")  # fmt: skip
+        make = _ort_call(session(path / GRAPH_FILES["dense"], threads, brief_spin=True), images)
+        calls[routing] = make(len(TASK_NAMES))
+    times: dict[str, list[float]] = {"ase": [], "none": []}
+    for _ in range(3):  # warm-up
+        [call() for call in calls.values()]
+    for _ in range(repeats):
+        for routing, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[routing].append(time.perf_counter() - started)
+    ase, bare = (np.asarray(times[r]) * 1000 for r in ("ase", "none"))
+    return {"size": name, "ase_ms": float(np.median(ase)), "none_ms": float(np.median(bare)),
+            "overhead": float(np.median(ase) / np.median(bare) - 1),
+            "pairwise_overhead": float(np.median(ase / bare) - 1)}  # fmt: skip
 
 
 Engine = Callable[[], Callable[[int], Callable[[], object]]]
@@ -276,8 +304,20 @@ def main(argv: list[str] | None = None) -> int:
         default=0.05,
         help="re-measure a block while other processes use more than this share of the CPU",
     )
+    parser.add_argument(
+        "--adapters-ab", action="store_true", help="only the adapters' overhead, A/B alternating"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.adapters_ab:
+        with tempfile.TemporaryDirectory() as workdir:
+            for name in args.sizes:
+                result = adapter_overhead_ab(name, args.threads, args.repeats, Path(workdir))
+                print(f"{name}, 5 tasks, ORT dense, alternating medians of {args.repeats}: "
+                      f"ase {result['ase_ms']:.2f} ms, none {result['none_ms']:.2f} ms, "
+                      f"overhead {result['overhead']:+.1%} (median of pairs "
+                      f"{result['pairwise_overhead']:+.1%})", flush=True)  # fmt: skip
+        return 0
     peak = gemm_peak_gflops(args.threads, args.repeats)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:

@@ -2,11 +2,14 @@
 onnxruntime's own profiler (``SessionOptions.enable_profiling``), for one image and 5 tasks.
 
     .venv/bin/python bench/profile_model.py [--size demo|vits] [--tasks 5] [--runs 30]
+    .venv/bin/python bench/profile_model.py --adapters   # ASE vs the bare backbone, per operator
 
 Exports the same random model as ``bench/bench_model.py`` (ASE 16/3/1/4) as a lean, a
 ``--plain`` and an ``--int8`` graph and prints, per graph, the node count and the operator
-types by total kernel time per run. Profiling adds overhead: use it for shares, and
-``bench/bench_model.py`` for timings.
+types by total kernel time per run. With ``--adapters``: the lean dense graphs of the same
+backbone with ASE and with no adapters, operator by operator (time and node count), ordered by
+what the adapters add. Profiling adds overhead: use it for shares, and ``bench/bench_model.py``
+for timings.
 """
 
 from __future__ import annotations
@@ -66,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--adapters", action="store_true", help="ASE vs no adapters, per op")
     args = parser.parse_args(argv)
+    if args.adapters:
+        return compare_adapters(args)
     model = random_model(SIZES[args.size], "ase")
     size = SIZES[args.size].image_size
     with tempfile.TemporaryDirectory() as workdir:
@@ -84,6 +90,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.size} {name}: {nodes} nodes, kernels {total / 1e3:.2f} ms per run")
             for op, us in times.most_common(args.top):
                 print(f"  {op:24s} {us / 1e3:7.3f} ms  {us / total:6.1%}")
+    return 0
+
+
+def compare_adapters(args: argparse.Namespace) -> int:
+    size = SIZES[args.size].image_size
+    profiles = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for routing in ("ase", "none"):
+            model = random_model(SIZES[args.size], routing)
+            path = export_model_dir(model, Path(workdir) / routing, dispatch="dense")
+            graph = path / GRAPH_FILES["dense"]
+            nodes = Counter(node.op_type for node in onnx.load(str(graph)).graph.node)
+            profiles[routing] = (profile(graph, size, args.tasks, args.runs, args.threads), nodes)
+    (ase, ase_nodes), (bare, bare_nodes) = profiles["ase"], profiles["none"]
+    ase_ms, bare_ms = sum(ase.values()) / 1e3, sum(bare.values()) / 1e3
+    print(f"{args.size}, {args.tasks} tasks, kernels per run: ase {ase_ms:.2f} ms "
+          f"({ase_nodes.total()} nodes), none {bare_ms:.2f} ms ({bare_nodes.total()} nodes): "
+          f"+{ase_ms / bare_ms - 1:.1%}")  # fmt: skip
+    print("| op | ase ms (nodes) | none ms (nodes) | added ms |")
+    print("| --- | --- | --- | --- |")
+    added = sorted(set(ase) | set(bare), key=lambda op: bare.get(op, 0) - ase.get(op, 0))
+    for op in added[: args.top]:
+        a, b = ase.get(op, 0) / 1e3, bare.get(op, 0) / 1e3
+        print(f"| {op} | {a:.3f} ({ase_nodes[op]}) | {b:.3f} ({bare_nodes[op]}) | {a - b:+.3f} |")
     return 0
 
 
