@@ -125,8 +125,10 @@ def prometheus(server, tmp_path_factory) -> Iterator[str]:
         log.close()
 
 
-def query(prometheus: str, expr: str) -> list[dict]:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+def query(prometheus: str, expr: str, at: float | None = None) -> list[dict]:
+    """An instant query, now or at unix time ``at``."""
+    params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    response = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=10)
     body = response.json()
     assert response.status_code == 200 and body["status"] == "success", (expr, body)
     return body["data"]["result"]
@@ -331,18 +333,23 @@ def test_dead_experts_are_the_unrouted_ones(prometheus, traffic):
 
 def test_balance_statistics_match_the_recorded_shares(prometheus, traffic):
     """Balancedness, CV and entropy recomputed here from the shares Prometheus recorded."""
+    # Every query reads the same finished rule evaluation: one group evaluates every second,
+    # so at "now" a new evaluation could land between two queries (the rates move with time).
+    at = time.time() - 2.5
     shares: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for s in query(prometheus, "layer_task_expert:ase_expert_load_share:ratio_rate5m"):
+    for s in query(prometheus, "layer_task_expert:ase_expert_load_share:ratio_rate5m", at):
         shares[(s["metric"]["layer"], s["metric"]["task"])].append(float(s["value"][1]))
 
     def recorded(name: str) -> dict[tuple[str, str], float]:
         return {(s["metric"]["layer"], s["metric"]["task"]): float(s["value"][1])
-                for s in query(prometheus, name)}  # fmt: skip
+                for s in query(prometheus, name, at)}  # fmt: skip
 
     balance = recorded("layer_task:ase_expert_load_balancedness:ratio_rate5m")
     cv = recorded("layer_task:ase_expert_load_cv:ratio_rate5m")
     entropy = recorded("layer_task:ase_expert_load_entropy:normalized_rate5m")
     assert set(balance) == set(cv) == set(entropy) == set(shares)
+    now = query(prometheus, "layer_task:ase_expert_load_balancedness:ratio_rate5m")
+    assert now and set(shares) == {(s["metric"]["layer"], s["metric"]["task"]) for s in now}
     for key, values in shares.items():
         v = np.asarray(values)
         positive = v[v > 0]
