@@ -36,6 +36,7 @@ from export.to_onnx import export_model_dir  # noqa: E402
 from model.config import AdapterConfig, BackboneConfig, ModelConfig  # noqa: E402
 from model.model import ASEModel  # noqa: E402
 from model.tasks import TASK_NAMES  # noqa: E402
+from server.runtime import SPIN_CONFIG  # noqa: E402
 
 SIZES = {
     "demo": BackboneConfig(),  # 128 px, patch 16, width 192, depth 6
@@ -153,8 +154,9 @@ def session(path: Path, threads: int, brief_spin: bool = False) -> ort.Inference
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if brief_spin:  # idle threads sleep after 100 us: two sessions can take turns
-        options.add_session_config_entry("session.intra_op.spin_duration_us", "100")
+    if brief_spin:  # the server's "brief" wait: idle threads sleep soon, sessions can take turns
+        for key, value in SPIN_CONFIG["brief"].items():
+            options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -172,7 +174,8 @@ def adapter_overhead_ab(name: str, threads: int, repeats: int, workdir: Path) ->
         calls[routing] = make(len(TASK_NAMES))
     times: dict[str, list[float]] = {"ase": [], "none": []}
     for _ in range(3):  # warm-up
-        [call() for call in calls.values()]
+        for call in calls.values():
+            call()
     for _ in range(repeats):
         for routing, call in calls.items():
             started = time.perf_counter()
