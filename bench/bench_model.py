@@ -9,6 +9,12 @@ Weights are random (speed does not depend on them); the models are exported to a
 directory with the real exporter. Medians over ``--repeats`` runs after 3 warm-up runs. On a
 shared machine, other processes' CPU use is measured for every block of runs (the "others'
 CPU" column) and a block is re-measured, up to 5 times, while it exceeds ``--max-others``.
+
+    .venv/bin/python bench/bench_model.py --ab [--sizes demo vits] [--repeats 60]
+
+``--ab``: only ASE, the bare backbone and the peak GEMM (in onnxruntime), taking turns run by
+run, so that the share of the peak and the adapters' overhead are ratios measured on the same
+machine state (the blocks above are timed minutes apart, on machines that drift).
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from bench.timing import alternate  # noqa: E402
 from export.metadata import GRAPH_FILES  # noqa: E402
 from export.to_onnx import export_model_dir  # noqa: E402
 from model.config import AdapterConfig, BackboneConfig, ModelConfig  # noqa: E402
@@ -43,6 +51,8 @@ SIZES = {
     "vits": BackboneConfig(image_size=224, width=384, depth=12, heads=6),  # ViT-S/16 224
 }
 TASK_COUNTS = (1, 3, 5)
+PEAK_SHAPE = (4096, 384, 1536)
+"""M, K, N of the peak GEMM: a ViT-S FFN's first matmul over 4096 tokens."""
 
 
 @dataclass(frozen=True)
@@ -119,11 +129,12 @@ def _own_cpu_seconds() -> float:
 
 
 def gemm_peak_gflops(threads: int, repeats: int) -> float:
-    """fp32 GEMM (1024 x 1536 x 384 x 4, a ViT-S FFN shape) in torch with ``threads``."""
+    """fp32 GEMM ``PEAK_SHAPE`` (a ViT-S FFN shape) in torch with ``threads``."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(4096, 384), torch.randn(384, 1536)
+    m, k, n = PEAK_SHAPE
+    a, b = torch.randn(m, k), torch.randn(k, n)
     ms = median_ms(lambda: a @ b, repeats * 4)
-    return 2 * 4096 * 384 * 1536 / (ms / 1e3) / 1e9
+    return 2 * m * k * n / (ms / 1e3) / 1e9
 
 
 def random_model(backbone: BackboneConfig, routing: str) -> ASEModel:
@@ -160,31 +171,91 @@ def session(path: Path, threads: int, brief_spin: bool = False) -> ort.Inference
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def adapter_overhead_ab(name: str, threads: int, repeats: int, workdir: Path) -> dict:
-    """ASE vs the bare backbone, lean ORT dense graphs, 5 tasks, runs alternating (A, B, A,
-    B, ...) in one process, so that both see the same machine; medians and the median of the
-    per-pair ratios."""
+def ort_gemm(
+    threads: int, workdir: Path, shape: tuple[int, int, int] = PEAK_SHAPE
+) -> tuple[Callable[[], object], float]:
+    """An fp32 GEMM (M, K, N) as a one-MatMul ONNX graph in onnxruntime (MLAS, the kernel the
+    exported MatMuls run on) with the server's brief spin; returns (call, GFLOP per call).
+
+    Not torch's GEMM in the A/B runs: torch's OpenMP threads keep spinning after a call and
+    slowed the ORT session timed next to them 1.6x (measured 2026-11-29)."""
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    weight = onnx.numpy_helper.from_array(rng.normal(size=(k, n)).astype(np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [m, k])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [m, n])], [weight],
+    )  # fmt: skip
+    path = workdir / f"gemm-{m}x{k}x{n}.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)],
+                                     ir_version=8), path)  # fmt: skip
+    gemm = session(path, threads, brief_spin=True)
+    feeds = {"x": rng.normal(size=(m, k)).astype(np.float32)}
+    return lambda: gemm.run(None, feeds), 2 * m * k * n / 1e9
+
+
+def ab_run(name: str, threads: int, repeats: int, workdir: Path) -> dict:
+    """ASE, the bare backbone (lean ORT dense graphs, 5 tasks) and the peak GEMM, taking turns
+    run by run in one process (``bench/timing.py``), so that all three see the same machine:
+    the adapters' overhead and each model's share of the GEMM peak, as ratios of medians and
+    as medians of the per-round ratios."""
     backbone = SIZES[name]
     images = torch.randn(1, 3, backbone.image_size, backbone.image_size)
-    calls = {}
+    calls, gflop = {}, {}
     for routing in ("ase", "none"):
-        path = export_model_dir(random_model(backbone, routing), workdir / f"ab-{name}-{routing}",
-                                dispatch="dense")  # fmt: skip
+        model = random_model(backbone, routing)
+        gflop[routing] = counted_gflop(model.merge(), images, len(TASK_NAMES))
+        path = export_model_dir(model, workdir / f"ab-{name}-{routing}", dispatch="dense")
         make = _ort_call(session(path / GRAPH_FILES["dense"], threads, brief_spin=True), images)
         calls[routing] = make(len(TASK_NAMES))
-    times: dict[str, list[float]] = {"ase": [], "none": []}
-    for _ in range(3):  # warm-up
-        for call in calls.values():
-            call()
-    for _ in range(repeats):
-        for routing, call in calls.items():
-            started = time.perf_counter()
-            call()
-            times[routing].append(time.perf_counter() - started)
-    ase, bare = (np.asarray(times[r]) * 1000 for r in ("ase", "none"))
-    return {"size": name, "ase_ms": float(np.median(ase)), "none_ms": float(np.median(bare)),
-            "overhead": float(np.median(ase) / np.median(bare) - 1),
-            "pairwise_overhead": float(np.median(ase / bare) - 1)}  # fmt: skip
+    calls["gemm"], gflop["gemm"] = ort_gemm(threads, workdir)
+    # The model's own largest GEMM: its FFN's first matmul over 5 streams of tokens. Small
+    # shapes cannot reach the peak; this is the ceiling the model's MatMuls meet at this size.
+    ffn = (len(TASK_NAMES) * backbone.tokens, backbone.width, 4 * backbone.width)
+    calls["ffn_gemm"], gflop["ffn_gemm"] = ort_gemm(threads, workdir, ffn)
+    times = alternate(calls, repeats)
+    rates = {key: gflop[key] / (times[key] / 1000) for key in calls}  # GFLOP/s per round
+    peak = float(np.median(rates["gemm"]))
+    result = {"size": name, "peak_gflops": peak, "gemm_ms": float(np.median(times["gemm"])),
+              "ffn_shape": ffn, "ffn_gflops": float(np.median(rates["ffn_gemm"]))}  # fmt: skip
+    for routing in ("ase", "none"):
+        result[routing] = {
+            "ms": float(np.median(times[routing])), "gflop": gflop[routing],
+            "gflops": float(np.median(rates[routing])),
+            "share_of_peak": float(np.median(rates[routing])) / peak,
+            "pairwise_share_of_peak": float(np.median(rates[routing] / rates["gemm"])),
+        }  # fmt: skip
+    result["adapter_overhead"] = result["ase"]["ms"] / result["none"]["ms"] - 1
+    result["pairwise_adapter_overhead"] = float(np.median(times["ase"] / times["none"]) - 1)
+    return result
+
+
+def ab_markdown(results: list[dict], repeats: int) -> str:
+    lines = [
+        f"Alternating medians of {repeats} rounds (ASE, bare, GEMM in turn), 5 tasks, ORT dense:",
+        "",
+        "| size | GEMM peak GFLOP/s | model | median ms | counted GFLOP | GFLOP/s | % of peak "
+        "| median of per-round % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        for routing in ("ase", "none"):
+            row = r[routing]
+            lines.append(
+                f"| {r['size']} | {r['peak_gflops']:.0f} | {routing} | {row['ms']:.2f} | "
+                f"{row['gflop']:.2f} | {row['gflops']:.0f} | {row['share_of_peak']:.0%} | "
+                f"{row['pairwise_share_of_peak']:.0%} |"
+            )
+    lines.append("")
+    for r in results:
+        m, k, n = r["ffn_shape"]
+        lines.append(
+            f"- {r['size']}: adapter overhead {r['adapter_overhead']:+.1%} (median of rounds "
+            f"{r['pairwise_adapter_overhead']:+.1%}); the model's FFN GEMM alone ({m}x{k}x{n}): "
+            f"{r['ffn_gflops']:.0f} GFLOP/s, {r['ffn_gflops'] / r['peak_gflops']:.0%} of peak"
+        )
+    return "\n".join(lines)
 
 
 Engine = Callable[[], Callable[[int], Callable[[], object]]]
@@ -308,18 +379,21 @@ def main(argv: list[str] | None = None) -> int:
         help="re-measure a block while other processes use more than this share of the CPU",
     )
     parser.add_argument(
-        "--adapters-ab", action="store_true", help="only the adapters' overhead, A/B alternating"
-    )
+        "--ab", "--adapters-ab", action="store_true",
+        help="only ASE vs bare backbone vs the GEMM peak, taking turns (5 tasks, ORT dense)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.adapters_ab:
+    if args.ab:
+        # A cross-check of the ORT GEMM peak, before the rounds: torch's threads would keep
+        # spinning beside the rounds (ort_gemm)
+        torch_peak = gemm_peak_gflops(args.threads, args.repeats)
+        print(f"torch fp32 GEMM {PEAK_SHAPE}, before the rounds: {torch_peak:.0f} GFLOP/s")
         with tempfile.TemporaryDirectory() as workdir:
-            for name in args.sizes:
-                result = adapter_overhead_ab(name, args.threads, args.repeats, Path(workdir))
-                print(f"{name}, 5 tasks, ORT dense, alternating medians of {args.repeats}: "
-                      f"ase {result['ase_ms']:.2f} ms, none {result['none_ms']:.2f} ms, "
-                      f"overhead {result['overhead']:+.1%} (median of pairs "
-                      f"{result['pairwise_overhead']:+.1%})", flush=True)  # fmt: skip
+            results = [ab_run(name, args.threads, args.repeats, Path(workdir))
+                       for name in args.sizes]  # fmt: skip
+        print(ab_markdown(results, args.repeats))
+        print(f"onnxruntime {ort.__version__}, torch {torch.__version__}")
         return 0
     peak = gemm_peak_gflops(args.threads, args.repeats)
     rows = []

@@ -1,5 +1,6 @@
 """Post-processing of one response, piece by piece: PIL's PNG encoder against the server's
-(`server/codecs.py:encode_png`, one "Up" filter), and one render job against one job per task.
+(`server/codecs.py:encode_png`, one "Up" filter), and the maps rendered in turn on the event loop
+against one render-pool job per task.
 
     .venv/bin/python bench/bench_render.py [--model-dir demo/model] [--repeats 40]
 
@@ -13,9 +14,7 @@ import argparse
 import asyncio
 import io
 import json
-import statistics
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +28,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_server import synthetic_jpeg  # noqa: E402
 
+from bench.timing import alternate  # noqa: E402
 from server import codecs, predict  # noqa: E402
 from server.batching import JobResult  # noqa: E402
 from server.modeldir import load_model_dir  # noqa: E402
@@ -41,15 +41,9 @@ def pil_png(pixels: np.ndarray, level: int) -> bytes:
     return buffer.getvalue()
 
 
-def alternate(variants: dict, repeats: int) -> dict[str, float]:
-    """Median ms of each zero-argument callable, run in turn (A, B, A, B, ...)."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, call in variants.items():
-            started = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - started)
-    return {name: round(statistics.median(t) * 1000, 3) for name, t in times.items()}
+def median_ms(variants: dict, repeats: int) -> dict[str, float]:
+    """Median ms of each zero-argument callable, run in turn (``bench/timing.py``)."""
+    return {name: round(float(np.median(t)), 3) for name, t in alternate(variants, repeats).items()}
 
 
 def encoders(model, maps, height: int, width: int, repeats: int) -> list[dict]:
@@ -60,7 +54,7 @@ def encoders(model, maps, height: int, width: int, repeats: int) -> list[dict]:
             "pil": lambda w=wire: pil_png(w, 1),
             "server": lambda w=wire: codecs.encode_png(w, 1),
         }
-        medians = alternate(variants, repeats)
+        medians = median_ms(variants, repeats)
         ours = codecs.encode_png(wire, 1)
         if not np.array_equal(np.asarray(Image.open(io.BytesIO(ours))), wire):
             raise SystemExit(f"{task.name}: the server's PNG decodes to other pixels")
@@ -85,8 +79,8 @@ def render_jobs(model, maps, height: int, width: int, repeats: int) -> dict:
             predict._render(state, list(model.tasks), rgb, result, options)
         )
 
-    medians = alternate({"one_job": lambda: render(10**12), "job_per_task": lambda: render(0)},
-                        repeats)  # fmt: skip
+    variants = {"in_turn": lambda: render(10**12), "job_per_task": lambda: render(0)}
+    medians = median_ms(variants, repeats)
     pool.shutdown()
     loop.close()
     return {"image": f"{height}x{width}", **medians}

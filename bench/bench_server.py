@@ -26,6 +26,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -188,7 +189,28 @@ def main() -> None:
     parser.add_argument("--ort-spin", default="brief", choices=SPIN_CONFIG, help="see runtime.py")
     parser.add_argument("--image", default="480x640", help="HxW of the synthetic JPEG")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--random-model", choices=("vits",),
+        help="serve a random-weight ASE ViT-S/16 224 export instead of --model-dir (needs torch)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.random_model:
+        with tempfile.TemporaryDirectory() as workdir:
+            args.model_dir = export_random_model(args.random_model, Path(workdir))
+            return run(args)
+    return run(args)
+
+
+def export_random_model(size: str, workdir: Path) -> Path:
+    """A model directory as big as a real one (``bench_model.SIZES``), weights random: the
+    server's time per request does not depend on the weights' values."""
+    from bench.bench_model import SIZES, random_model
+    from export.to_onnx import export_model_dir
+
+    return export_model_dir(random_model(SIZES[size], "ase"), workdir / size, dispatch="auto")
+
+
+def run(args: argparse.Namespace) -> None:
     if args.url and not args.url.startswith(("http://127.0.0.1", "http://localhost")):
         raise SystemExit("loopback only: --url must be http://127.0.0.1:PORT")
     height, width = (int(v) for v in args.image.split("x"))
@@ -207,7 +229,8 @@ def main() -> None:
             process.wait(timeout=30)
     alone = percentiles(model.times)
     overhead = overheads(levels[0], alone["p50"])
-    results = {"image": args.image, "model_alone_ms": alone, "server": levels,
+    model_name = f"random {args.random_model}" if args.random_model else str(args.model_dir)
+    results = {"model": model_name, "image": args.image, "model_alone_ms": alone, "server": levels,
                "overhead_at_c1": overhead}  # fmt: skip
     print(json.dumps(results, indent=2))
     if args.json:

@@ -144,7 +144,9 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/metrics", responses=error_responses(401, 503), summary="Prometheus exposition")
     async def metrics(request: Request) -> Response:
-        body, content_type = _ready_state(request, need_warm=False).metrics.render()
+        state = _ready_state(request, need_warm=False)
+        state.batcher.flush_router()  # every answered batch, to the last one
+        body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)
 
     @app.get("/", include_in_schema=False)

@@ -26,6 +26,8 @@ from server.protocol import ApiError
 
 log = logging.getLogger("server.batching")
 
+ROUTER_FLUSH_AFTER_S = 1.0
+"""Longest time a batch's router statistics wait outside the counters (``_observe``)."""
 RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
 
@@ -78,6 +80,7 @@ class Batcher:
         self._worker: asyncio.Task | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name="ase-batcher")
@@ -98,6 +101,7 @@ class Batcher:
             job = self._pending.popleft()
             if not job.future.done():
                 job.future.set_exception(closing)
+        self.flush_router()
         await asyncio.to_thread(self._executor.shutdown, True)
 
     @property
@@ -228,6 +232,18 @@ class Batcher:
         metrics.batch_size.observe(len(jobs))
         metrics.batch_streams.observe(len(stream_task))
         metrics.observe_router(stream_task, outputs["expert_tokens"], outputs["shared_gate_mass"])
+        # Responses flush the router totals into the counters once sent (predict.py); this
+        # timer covers batches whose requests never got one (client gone).
+        if self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(ROUTER_FLUSH_AFTER_S, self.flush_router)
+
+    def flush_router(self) -> None:
+        """The batches' router statistics into the Prometheus counters (``ServerMetrics``)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        self._metrics.flush_router()
 
 
 def deadline_error() -> ApiError:

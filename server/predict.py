@@ -1,8 +1,9 @@
 """``POST /predict``: read the body within limits, queue the image, render the maps.
 
-Everything CPU-heavy (decode, resize, PNG encoding) runs in worker threads; the event loop only
-routes bytes. The maps of one response are restored and encoded side by side in the render
-pool (PIL, NumPy and zlib release the GIL), so they use every core. While a request waits for
+Large images are decoded, and their maps restored and encoded, in worker threads, the maps of
+one response side by side in the render pool (PIL, NumPy and the deflate encoders release the
+GIL), so they use every core. Small ones (the model's own size) are decoded and rendered on the
+event loop: a millisecond or so, less than the thread hand-offs would add. While a request waits for
 its batch, a watcher notices if the client leaves, and the queued job is then cancelled so that
 the model never runs it.
 """
@@ -18,8 +19,11 @@ from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+from PIL import Image
+from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -87,7 +91,11 @@ async def handle(
         body = await read_image_body(request, state.settings.max_body_bytes)
     except ClientDisconnect:
         return Response(status_code=CLIENT_CLOSED)
-    rgb, image = await asyncio.to_thread(_decode, body, state)
+    opened = codecs.open_image(body, state.settings.max_pixels)  # the header only
+    if opened.width * opened.height <= INLINE_DECODE_PIXELS:
+        rgb, image = _decode(opened, state)
+    else:
+        rgb, image = await asyncio.to_thread(_decode, opened, state)
     decoded = time.monotonic()
     deadline = arrived + state.settings.timeout_s
     job = state.batcher.submit(image, tuple(t.id for t in wanted), deadline)
@@ -175,8 +183,14 @@ def _too_large(size: int, limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"body is {size}+ bytes; the limit is {limit}")
 
 
-def _decode(body: bytes, state: ServerState) -> tuple[np.ndarray, np.ndarray]:
-    rgb = codecs.decode_image(body, state.settings.max_pixels)
+# Images up to this many pixels are decoded on the event loop: a hand-off to a thread and back
+# costs more than decoding them (128x128 JPEG: 0.3 ms). Larger ones go to a thread, so the loop
+# never stalls on one (480x640: 1.3 ms; a 40-megapixel PNG: seconds).
+INLINE_DECODE_PIXELS = 2**16
+
+
+def _decode(opened: Image.Image, state: ServerState) -> tuple[np.ndarray, np.ndarray]:
+    rgb = codecs.image_pixels(opened)
     return rgb, preprocess(rgb, state.model)
 
 
@@ -234,9 +248,11 @@ async def _render(state: ServerState, wanted: list[TaskInfo], rgb: np.ndarray,
     return body
 
 
-# Maps smaller than this (pixels) are all rendered by one pool job: there, handing each task to
-# a thread saves nothing (128x128: 2.21 ms in one job, 2.17 ms split; 480x640: 22.3 vs 17.3 ms;
-# bench/bench_render.py, docs/benchmarks.md).
+# Maps smaller than this (pixels) are rendered on the event loop, all tasks in turn: there a
+# job per task costs twice one job (128x128: 2.25 vs 1.19 ms), and even one pool job adds a
+# thread hand-off (about 0.3 ms of the request's 1.3 ms post-processing); from this size on,
+# a job per task (480x640: 12.6 ms vs 18.2 in one job). bench/bench_render.py,
+# docs/benchmarks.md.
 PARALLEL_FROM_PIXELS = 2**15
 # Time to restore and encode one map, relative to a probability map (measured at 480x640).
 KIND_COST = {"vector": 4.0, "probability": 1.0, "classes": 0.25}
@@ -244,17 +260,14 @@ KIND_COST = {"vector": 4.0, "probability": 1.0, "classes": 0.25}
 
 async def _each_task(state: ServerState, wanted: list[TaskInfo], rgb: np.ndarray,
                      work: Callable[[TaskInfo], T]) -> dict[str, T]:  # fmt: skip
-    """``work(task)`` for every task in the render pool, by task name.
-
-    PIL, NumPy and zlib release the GIL, so one response's maps use every core. Large maps
-    are one job per task, the costliest first: the pool starts jobs in order, so the longest
-    one does not start last.
-    """
+    """``work(task)`` for every task, by task name: small maps in turn on the event loop (about
+    a millisecond for five), large ones one pool job per task. PIL, NumPy and the deflate
+    encoders release the GIL, so one response's large maps use every core; the costliest
+    start first, as the pool starts jobs in order."""
     height, width = rgb.shape[:2]
     if height * width < PARALLEL_FROM_PIXELS:
-        groups = [wanted]
-    else:
-        groups = [[t] for t in sorted(wanted, key=lambda t: -KIND_COST[t.kind])]
+        return {t.name: work(t) for t in wanted}
+    groups = [[t] for t in sorted(wanted, key=lambda t: -KIND_COST[t.kind])]
     done = await _in_pool(state, (partial(_work_on, work, group) for group in groups))
     return {t.name: value for g, values in zip(groups, done, strict=True)
             for t, value in zip(g, values, strict=True)}  # fmt: skip
@@ -332,7 +345,16 @@ def _finish(rendered: Response | dict, state: ServerState, timings: dict[str, fl
     """Timings: in the JSON body, and as a ``Server-Timing`` header for every format."""
     milliseconds = {name: round(seconds * 1000, 3) for name, seconds in timings.items()}
     if isinstance(rendered, dict):
-        rendered = JSONResponse({**rendered, "timings_ms": milliseconds})
+        # orjson: 0.005 ms for a 128x128 five-task body where json.dumps took 0.16 ms
+        body = orjson.dumps({**rendered, "timings_ms": milliseconds})
+        rendered = Response(body, media_type="application/json")
     rendered.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in milliseconds.items())
     rendered.headers["X-Model-Version"] = state.model.version
+    # The router counters are updated once the response has gone out (Starlette runs the
+    # background after the last byte), not between the model's answer and the response.
+    rendered.background = BackgroundTask(_flush_router, state.batcher)
     return rendered
+
+
+async def _flush_router(batcher: Batcher) -> None:  # async: Starlette runs it on the loop
+    batcher.flush_router()

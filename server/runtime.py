@@ -8,6 +8,7 @@ are resized bilinearly, and normals are renormalised to unit length afterwards.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -105,11 +106,28 @@ class ModelRuntime:
 
 
 def preprocess(rgb: np.ndarray, model: ModelDir) -> np.ndarray:
-    """RGB uint8 (h, w, 3) -> normalised float32 (3, H, W) at the model's input size."""
-    resized = Image.fromarray(rgb).resize((model.width, model.height), Image.Resampling.BILINEAR)
-    scaled = np.asarray(resized, dtype=np.float32) / 255.0  # (H, W, 3)
-    normalised = (scaled - np.asarray(model.mean, np.float32)) / np.asarray(model.std, np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1))  # (3, H, W)
+    """RGB uint8 (h, w, 3) -> normalised float32 (3, H, W) at the model's input size.
+
+    Each channel's 256 possible values are normalised once (``normalise_table``) and looked up:
+    the same float32 values as ``(rgb / 255 - mean) / std`` computed per pixel, in one pass.
+    """
+    if rgb.shape[:2] != (model.height, model.width):
+        size = (model.width, model.height)
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    table = normalise_table(model.mean, model.std)  # (3, 256)
+    normalised = np.empty((3, *rgb.shape[:2]), np.float32)
+    for channel in range(3):
+        np.take(table[channel], rgb[..., channel], out=normalised[channel])
+    return normalised
+
+
+@functools.cache
+def normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: ``(v / 255 - mean[c]) / std[c]`` for every uint8 value v, in float32
+    steps."""
+    values = np.arange(256, dtype=np.float32) / 255.0
+    mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return np.stack([(values - mean32[c]) / std32[c] for c in range(3)])
 
 
 def restore_size(kind: str, prediction: np.ndarray, width: int, height: int) -> np.ndarray:

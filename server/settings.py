@@ -53,7 +53,12 @@ class Settings(BaseSettings):
     timeout_s: float = Field(30.0, gt=0, description="per-request deadline; past it: 504")
     max_body_bytes: int = Field(20 * 2**20, ge=1024, description="largest request body; 413")
     max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (w*h); 413")
-    png_compression: int = Field(1, ge=0, le=9, description="zlib level of PNG responses")
+    png_compression: int = Field(
+        1,
+        ge=0,
+        le=9,
+        description="PNG maps' deflate level: 0 none, 1-3 ISA-L (fast), 4-9 zlib (smaller)",
+    )
     api_key: SecretStr | None = Field(None, description="when set, required in X-API-Key")
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="port to bind (0: any free port)")

@@ -41,4 +41,19 @@ def test_bench_render_compares_encoders_on_the_same_maps():
     assert {row["image"] for row in printed["png"]} == {"128x128", "480x640"}
     assert all(row["pil_bytes"] > 0 and row["server_bytes"] > 0 for row in printed["png"])
     assert [row["image"] for row in printed["render"]] == ["128x128", "480x640"]
-    assert all(row["one_job"] > 0 and row["job_per_task"] > 0 for row in printed["render"])
+    assert all(row["in_turn"] > 0 and row["job_per_task"] > 0 for row in printed["render"])
+
+
+def test_bench_model_ab_rounds_report_shares_of_the_peak():
+    done = subprocess.run([sys.executable, "bench/bench_model.py", "--ab", "--sizes", "demo",
+                           "--repeats", "2", "--threads", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()
+            if line.startswith("| demo |")]  # fmt: skip
+    assert [row[2].strip() for row in rows] == ["ase", "none"]
+    for row in rows:
+        peak, gflops, share = float(row[1]), float(row[5]), float(row[6].strip(" %"))
+        assert peak > 0 and gflops > 0
+        assert abs(share - 100 * gflops / peak) <= 1  # the share is this row's rate over the peak
+    assert "adapter overhead" in done.stdout and "FFN GEMM alone (320x192x768)" in done.stdout

@@ -70,7 +70,9 @@ def test_full_queue_answers_503_with_retry_after(slow_server):
     responses = asyncio.run(post_all(slow_server.url, bodies, ["edges"] * 10))
     statuses = [r.status_code for r in responses]
     rejected = [r for r in responses if r.status_code == 503]
-    assert rejected and statuses.count(200) >= 3 and set(statuses) == {200, 503}
+    # At least the two queue places are served (a third when the model took one request
+    # before the others had all arrived); the rest are turned away at once.
+    assert rejected and statuses.count(200) >= 2 and set(statuses) == {200, 503}
     assert all(r.headers["Retry-After"] == "1" for r in rejected)
     assert all(r.json()["error"]["code"] == "overloaded" for r in rejected)
     values = slow_server.metrics()

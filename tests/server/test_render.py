@@ -18,7 +18,7 @@ from server import predict
 from server.batching import JobResult
 from server.codecs import encode_png, to_uint8
 from server.modeldir import load_model_dir
-from server.runtime import SPIN_CONFIG, ModelRuntime, class_ids, restore_size
+from server.runtime import SPIN_CONFIG, ModelRuntime, class_ids, preprocess, restore_size
 from server.settings import Settings
 
 
@@ -33,7 +33,7 @@ SHAPES = [(1, 1), (1, 7), (9, 1), (33, 57), (48, 64, 3), (1, 1, 3), (5, 2, 3)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("level", [0, 1, 9])
+@pytest.mark.parametrize("level", [0, 1, 2, 3, 4, 9])  # 1-3: ISA-L; 0, 4-9: zlib
 def test_png_decodes_to_the_same_pixels(shape, level):
     rng = np.random.default_rng(len(shape) * 100 + shape[0])
     for pixels in (rng.integers(0, 256, shape, dtype=np.uint8), smooth_map(*shape)):
@@ -47,6 +47,22 @@ def test_png_of_a_strided_view_and_of_a_smooth_map():
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(pixels, 1)))), pixels)
     smooth = smooth_map(256, 256)
     assert len(encode_png(smooth, 1)) < smooth.size // 4  # the Up filter makes it compress
+
+
+@pytest.mark.parametrize("shape", [(128, 128), (97, 203), (480, 640), (1, 1)])
+def test_preprocess_equals_the_per_pixel_definition(shape):
+    """The lookup-table normalisation gives the same float32 values as computing
+    ``(resized / 255 - mean) / std`` for every pixel."""
+    model = SimpleNamespace(height=128, width=128, mean=(0.485, 0.456, 0.406),
+                            std=(0.229, 0.224, 0.225))  # fmt: skip
+    rgb = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    resized = Image.fromarray(rgb).resize((128, 128), Image.Resampling.BILINEAR)
+    scaled = np.asarray(resized, dtype=np.float32) / 255.0  # (H, W, 3)
+    mean, std = np.asarray(model.mean, np.float32), np.asarray(model.std, np.float32)
+    expected = ((scaled - mean) / std).transpose(2, 0, 1)  # (3, H, W)
+    got = preprocess(rgb, model)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, expected)
 
 
 def test_class_ids_equal_argmax_ties_included():
@@ -123,7 +139,7 @@ def render(model, maps, rgb, options):
 
 
 @pytest.mark.parametrize("format", ["json", "npz"])
-def test_one_job_or_one_per_task_render_the_same(model_dir, monkeypatch, format):
+def test_in_turn_or_one_job_per_task_render_the_same(model_dir, monkeypatch, format):
     model = load_model_dir(model_dir)
     rng = np.random.default_rng(3)
     maps = {t.name: rng.normal(size=(t.channels, 32, 32)).astype(np.float32) for t in model.tasks}
