@@ -216,15 +216,17 @@ def ab_run(name: str, threads: int, repeats: int, workdir: Path) -> dict:
     calls["ffn_gemm"], gflop["ffn_gemm"] = ort_gemm(threads, workdir, ffn)
     times = alternate(calls, repeats)
     rates = {key: gflop[key] / (times[key] / 1000) for key in calls}  # GFLOP/s per round
-    peak = float(np.median(rates["gemm"]))
-    result = {"size": name, "peak_gflops": peak, "gemm_ms": float(np.median(times["gemm"])),
-              "ffn_shape": ffn, "ffn_gflops": float(np.median(rates["ffn_gemm"]))}  # fmt: skip
+    # The peak is the faster of the two GEMMs (on some rounds the model-shaped one wins)
+    gemms = {key: float(np.median(rates[key])) for key in ("gemm", "ffn_gemm")}
+    peak, round_peaks = max(gemms.values()), np.maximum(rates["gemm"], rates["ffn_gemm"])
+    result = {"size": name, "peak_gflops": peak, "gemm_gflops": gemms["gemm"],
+              "ffn_shape": ffn, "ffn_gflops": gemms["ffn_gemm"]}  # fmt: skip
     for routing in ("ase", "none"):
         result[routing] = {
             "ms": float(np.median(times[routing])), "gflop": gflop[routing],
             "gflops": float(np.median(rates[routing])),
             "share_of_peak": float(np.median(rates[routing])) / peak,
-            "pairwise_share_of_peak": float(np.median(rates[routing] / rates["gemm"])),
+            "pairwise_share_of_peak": float(np.median(rates[routing] / round_peaks)),
         }  # fmt: skip
     result["adapter_overhead"] = result["ase"]["ms"] / result["none"]["ms"] - 1
     result["pairwise_adapter_overhead"] = float(np.median(times["ase"] / times["none"]) - 1)
@@ -232,18 +234,21 @@ def ab_run(name: str, threads: int, repeats: int, workdir: Path) -> dict:
 
 
 def ab_markdown(results: list[dict], repeats: int) -> str:
+    m, k, n = PEAK_SHAPE
     lines = [
-        f"Alternating medians of {repeats} rounds (ASE, bare, GEMM in turn), 5 tasks, ORT dense:",
+        f"Alternating medians of {repeats} rounds (ASE, bare, two GEMMs in turn), 5 tasks, ORT "
+        f"dense; peak: the faster GEMM, {m}x{k}x{n} or the model's FFN shape:",
         "",
-        "| size | GEMM peak GFLOP/s | model | median ms | counted GFLOP | GFLOP/s | % of peak "
-        "| median of per-round % |",
+        f"| size | GEMM GFLOP/s ({m} rows / FFN shape) | model | median ms | counted GFLOP "
+        "| GFLOP/s | % of peak | median of per-round % |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         for routing in ("ase", "none"):
             row = r[routing]
             lines.append(
-                f"| {r['size']} | {r['peak_gflops']:.0f} | {routing} | {row['ms']:.2f} | "
+                f"| {r['size']} | {r['gemm_gflops']:.0f} / {r['ffn_gflops']:.0f} | {routing} | "
+                f"{row['ms']:.2f} | "
                 f"{row['gflop']:.2f} | {row['gflops']:.0f} | {row['share_of_peak']:.0%} | "
                 f"{row['pairwise_share_of_peak']:.0%} |"
             )
@@ -252,8 +257,8 @@ def ab_markdown(results: list[dict], repeats: int) -> str:
         m, k, n = r["ffn_shape"]
         lines.append(
             f"- {r['size']}: adapter overhead {r['adapter_overhead']:+.1%} (median of rounds "
-            f"{r['pairwise_adapter_overhead']:+.1%}); the model's FFN GEMM alone ({m}x{k}x{n}): "
-            f"{r['ffn_gflops']:.0f} GFLOP/s, {r['ffn_gflops'] / r['peak_gflops']:.0%} of peak"
+            f"{r['pairwise_adapter_overhead']:+.1%}); the model's FFN GEMM ({m}x{k}x{n}): "
+            f"{r['ffn_gflops'] / r['gemm_gflops']:.0%} of the {PEAK_SHAPE[0]}-row GEMM's rate"
         )
     return "\n".join(lines)
 
