@@ -1,10 +1,10 @@
 """``POST /predict``: read the body within limits, queue the image, render the maps.
 
-Large images are decoded, and their maps restored and encoded, in worker threads, the maps of
-one response side by side in the render pool (PIL, NumPy and the deflate encoders release the
-GIL), so they use every core. Small ones (the model's own size) are decoded and rendered on the
-event loop: a millisecond or so, less than the thread hand-offs would add. While a request waits for
-its batch, a watcher notices if the client leaves, and the queued job is then cancelled so that
+Uploads are decoded in worker threads, and large maps restored and encoded in the render pool,
+the maps of one response side by side (PIL, NumPy and the deflate encoders release the GIL), so
+they use every core. Small baseline JPEGs and small maps (the model's own size) are handled on
+the event loop: bounded work, less than the thread hand-offs would add. While a request waits
+for its batch, a watcher notices if the client leaves, and the queued job is then cancelled so that
 the model never runs it.
 """
 
@@ -91,11 +91,11 @@ async def handle(
         body = await read_image_body(request, state.settings.max_body_bytes)
     except ClientDisconnect:
         return Response(status_code=CLIENT_CLOSED)
-    opened = codecs.open_image(body, state.settings.max_pixels)  # the header only
-    if opened.width * opened.height <= INLINE_DECODE_PIXELS:
+    opened = _small_jpeg_header(body, state.settings.max_pixels)
+    if opened is not None and decodes_on_the_loop(opened):
         rgb, image = _decode(opened, state)
     else:
-        rgb, image = await asyncio.to_thread(_decode, opened, state)
+        rgb, image = await asyncio.to_thread(_decode, opened or body, state)
     decoded = time.monotonic()
     deadline = arrived + state.settings.timeout_s
     job = state.batcher.submit(image, tuple(t.id for t in wanted), deadline)
@@ -183,14 +183,38 @@ def _too_large(size: int, limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"body is {size}+ bytes; the limit is {limit}")
 
 
-# Images up to this many pixels are decoded on the event loop: a hand-off to a thread and back
-# costs more than decoding them (128x128 JPEG: 0.3 ms). Larger ones go to a thread, so the loop
-# never stalls on one (480x640: 1.3 ms; a 40-megapixel PNG: seconds).
+# Small baseline JPEGs (the usual upload at the model's size) are decoded on the event loop: a
+# hand-off to a thread and back costs more than decoding them (128x128: 0.3 ms). Every other
+# upload is opened and decoded in a thread, so that no upload can hold the loop: reading a PNG's
+# header can inflate its text chunks (up to 64 MB in PIL), a progressive JPEG can carry any
+# number of scans, and large images take milliseconds (480x640: 1.3 ms; 40 megapixels: seconds).
+# A JPEG's header is markers only, read in time linear in the body, which is small here.
 INLINE_DECODE_PIXELS = 2**16
+INLINE_DECODE_BYTES = 2**18
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def _decode(opened: Image.Image, state: ServerState) -> tuple[np.ndarray, np.ndarray]:
-    rgb = codecs.image_pixels(opened)
+def _small_jpeg_header(body: bytes, max_pixels: int) -> Image.Image | None:
+    """A small JPEG upload opened (its header only); ``None`` for any other upload."""
+    if len(body) > INLINE_DECODE_BYTES or not body.startswith(JPEG_MAGIC):
+        return None
+    return codecs.open_image(body, max_pixels)
+
+
+def decodes_on_the_loop(opened: Image.Image) -> bool:
+    """A baseline JPEG of at most ``INLINE_DECODE_PIXELS`` pixels: bounded, sub-millisecond."""
+    return (
+        opened.format == "JPEG"
+        and not opened.info.get("progressive")
+        and opened.width * opened.height <= INLINE_DECODE_PIXELS
+    )
+
+
+def _decode(upload: Image.Image | bytes, state: ServerState) -> tuple[np.ndarray, np.ndarray]:
+    """An opened image or the raw upload -> (RGB at its size, normalised model input)."""
+    if isinstance(upload, bytes):
+        upload = codecs.open_image(upload, state.settings.max_pixels)
+    rgb = codecs.image_pixels(upload)
     return rgb, preprocess(rgb, state.model)
 
 

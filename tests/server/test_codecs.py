@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from server import predict
 from server.codecs import colourise, decode_image, overlay, to_rgb, to_uint8
 from server.modeldir import load_model_dir
 from server.protocol import ApiError
@@ -31,6 +32,24 @@ def test_pixel_limit_is_checked_before_decoding():
     with pytest.raises(ApiError) as caught:
         decode_image(image_bytes(random_image(0, 40, 50)), 40 * 50 - 1)
     assert caught.value.status == 413 and "2000" in caught.value.message
+
+
+def test_only_small_baseline_jpegs_are_decoded_on_the_event_loop():
+    """Every other upload is opened and decoded in a thread: a PNG's header can inflate text
+    chunks, a progressive JPEG can hold any number of scans, large images take long."""
+    small = random_image(1, 128, 128)
+
+    def on_loop(body: bytes) -> bool:
+        opened = predict._small_jpeg_header(body, 10**8)
+        return opened is not None and predict.decodes_on_the_loop(opened)
+
+    assert on_loop(image_bytes(small, "JPEG", quality=90))
+    assert not on_loop(image_bytes(small, "JPEG", quality=90, progressive=True))
+    assert not on_loop(image_bytes(small, "PNG"))
+    assert not on_loop(image_bytes(random_image(2, 300, 300), "JPEG"))  # 90,000 pixels
+    padded = image_bytes(small, "JPEG") + bytes(predict.INLINE_DECODE_BYTES)  # trailing bytes
+    assert not on_loop(padded)  # a long body, even of a small picture
+    assert predict._small_jpeg_header(padded, 10**8) is None
 
 
 def test_class_maps_take_argmax_then_nearest():
