@@ -106,9 +106,9 @@ def encode_png(pixels: np.ndarray, compress_level: int) -> bytes:
 
     Written here rather than by PIL, whose encoder picks a filter per row by trying them all.
     One "Up" filter for every row (a NumPy subtraction; dense maps are smooth, so most
-    differences are 0), then deflate, which releases the GIL (``deflate``). Files as small, in a
-    fifth to a quarter of PIL's time (docs/benchmarks.md, server section). Any PNG reader
-    decodes the same pixels.
+    differences are 0), then deflate, which releases the GIL (``deflate``). Files about as
+    small as PIL's, in a third to a thirteenth of its time (demo maps, 128x128 and 480x640;
+    docs/benchmarks.md, server section). Any PNG reader decodes the same pixels.
     """
     height, width = pixels.shape[:2]
     rows = pixels.reshape(height, -1)  # (h, w * channels)
@@ -128,7 +128,7 @@ def encode_png(pixels: np.ndarray, compress_level: int) -> bytes:
 
 def deflate(data: bytes | memoryview, level: int) -> bytes:
     """A zlib stream, as PNG's IDAT holds. Levels 1-3: ISA-L's igzip, about 4x faster than
-    zlib's level 1 on our maps and no larger; 0 (stored) and 4-9: zlib's own levels."""
+    zlib's level 1 on our maps and about as small; 0 (stored) and 4-9: zlib's own levels."""
     if ISAL_LEVELS[0] <= level <= ISAL_LEVELS[1]:
         return isal_zlib.compress(data, level)
     return zlib.compress(data, level)
