@@ -254,10 +254,10 @@ def ab_markdown(results: list[dict], repeats: int) -> str:
             )
     lines.append("")
     for r in results:
-        m, k, n = r["ffn_shape"]
+        ffn = "x".join(str(dim) for dim in r["ffn_shape"])
         lines.append(
             f"- {r['size']}: adapter overhead {r['adapter_overhead']:+.1%} (median of rounds "
-            f"{r['pairwise_adapter_overhead']:+.1%}); the model's FFN GEMM ({m}x{k}x{n}): "
+            f"{r['pairwise_adapter_overhead']:+.1%}); the model's FFN GEMM ({ffn}): "
             f"{r['ffn_gflops'] / r['gemm_gflops']:.0%} of the {PEAK_SHAPE[0]}-row GEMM's rate"
         )
     return "\n".join(lines)

@@ -41,7 +41,7 @@ def pil_png(pixels: np.ndarray, level: int) -> bytes:
     return buffer.getvalue()
 
 
-def median_ms(variants: dict, repeats: int) -> dict[str, float]:
+def alternating_medians(variants: dict, repeats: int) -> dict[str, float]:
     """Median ms of each zero-argument callable, run in turn (``bench/timing.py``)."""
     return {name: round(float(np.median(t)), 3) for name, t in alternate(variants, repeats).items()}
 
@@ -54,7 +54,7 @@ def encoders(model, maps, height: int, width: int, repeats: int) -> list[dict]:
             "pil": lambda w=wire: pil_png(w, 1),
             "server": lambda w=wire: codecs.encode_png(w, 1),
         }
-        medians = median_ms(variants, repeats)
+        medians = alternating_medians(variants, repeats)
         ours = codecs.encode_png(wire, 1)
         if not np.array_equal(np.asarray(Image.open(io.BytesIO(ours))), wire):
             raise SystemExit(f"{task.name}: the server's PNG decodes to other pixels")
@@ -80,7 +80,7 @@ def render_jobs(model, maps, height: int, width: int, repeats: int) -> dict:
         )
 
     variants = {"in_turn": lambda: render(10**12), "job_per_task": lambda: render(0)}
-    medians = median_ms(variants, repeats)
+    medians = alternating_medians(variants, repeats)
     pool.shutdown()
     loop.close()
     return {"image": f"{height}x{width}", **medians}

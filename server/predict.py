@@ -95,7 +95,8 @@ async def handle(
     if opened is not None and decodes_on_the_loop(opened):
         rgb, image = _decode(opened, state)
     else:
-        rgb, image = await asyncio.to_thread(_decode, opened or body, state)
+        upload = body if opened is None else opened  # a PNG, a large JPEG, ...: in a thread
+        rgb, image = await asyncio.to_thread(_decode, upload, state)
     decoded = time.monotonic()
     deadline = arrived + state.settings.timeout_s
     job = state.batcher.submit(image, tuple(t.id for t in wanted), deadline)
@@ -291,14 +292,9 @@ async def _each_task(state: ServerState, wanted: list[TaskInfo], rgb: np.ndarray
     height, width = rgb.shape[:2]
     if height * width < PARALLEL_FROM_PIXELS:
         return {t.name: work(t) for t in wanted}
-    groups = [[t] for t in sorted(wanted, key=lambda t: -KIND_COST[t.kind])]
-    done = await _in_pool(state, (partial(_work_on, work, group) for group in groups))
-    return {t.name: value for g, values in zip(groups, done, strict=True)
-            for t, value in zip(g, values, strict=True)}  # fmt: skip
-
-
-def _work_on(work: Callable[[TaskInfo], T], tasks: list[TaskInfo]) -> list[T]:
-    return [work(task) for task in tasks]
+    costliest_first = sorted(wanted, key=lambda t: -KIND_COST[t.kind])
+    done = await _in_pool(state, (partial(work, task) for task in costliest_first))
+    return {t.name: value for t, value in zip(costliest_first, done, strict=True)}
 
 
 async def _in_pool(state: ServerState, jobs: Iterable[Callable[[], T]]) -> list[T]:
