@@ -46,6 +46,7 @@ COPY demo/model /opt/ase/models/demo
 ENV PATH=${VENV}/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/tmp/numba \
     ASE_MODEL_DIR=/opt/ase/models/demo
 WORKDIR /opt/ase
 USER ase

@@ -17,7 +17,6 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
@@ -29,10 +28,12 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_server import synthetic_jpeg  # noqa: E402
 
 from bench.timing import alternate  # noqa: E402
-from server import codecs, predict  # noqa: E402
+from server import codecs, render  # noqa: E402
 from server.batching import JobResult  # noqa: E402
+from server.maps import restore_size, to_uint8  # noqa: E402
 from server.modeldir import load_model_dir  # noqa: E402
-from server.runtime import ModelRuntime, preprocess, restore_size  # noqa: E402
+from server.pipeline import MapRequest, Pipeline, Prediction, preprocess  # noqa: E402
+from server.runtime import ModelRuntime  # noqa: E402
 
 
 def pil_png(pixels: np.ndarray, level: int) -> bytes:
@@ -49,7 +50,7 @@ def alternating_medians(variants: dict, repeats: int) -> dict[str, float]:
 def encoders(model, maps, height: int, width: int, repeats: int) -> list[dict]:
     rows = []
     for task in model.tasks:
-        wire = codecs.to_uint8(task.kind, restore_size(task.kind, maps[task.name], width, height))
+        wire = to_uint8(task.kind, restore_size(task.kind, maps[task.name], width, height))
         variants = {
             "pil": lambda w=wire: pil_png(w, 1),
             "server": lambda w=wire: codecs.encode_png(w, 1),
@@ -63,23 +64,24 @@ def encoders(model, maps, height: int, width: int, repeats: int) -> list[dict]:
     return rows
 
 
+def prediction_for(model, maps, height: int, width: int) -> Prediction:
+    """The model's maps as the server holds them for an upload of ``width`` x ``height``."""
+    upload = codecs.open_upload(synthetic_jpeg(height, width), 10**9)
+    plan = Pipeline(model, None, None, 10**9).plan(upload, MapRequest(tuple(model.tasks)))
+    return Prediction(plan, JobResult(maps, {}, {}, 0.0, 0.0, 1), None, None, {})
+
+
 def render_jobs(model, maps, height: int, width: int, repeats: int) -> dict:
-    rgb = np.zeros((height, width, 3), np.uint8)
-    result = JobResult(maps, {}, {}, 0.0, 0.0, 1)
-    options = predict.Options("json", False, 0.5, False)
+    prediction = prediction_for(model, maps, height, width)
     pool = ThreadPoolExecutor(2)
-    settings = SimpleNamespace(png_compression=1)
-    runtime = SimpleNamespace(provider="CPUExecutionProvider")
-    state = SimpleNamespace(settings=settings, model=model, runtime=runtime, render_pool=pool)
     loop = asyncio.new_event_loop()
 
-    def render(split_from: int):
-        predict.PARALLEL_FROM_PIXELS = split_from
-        return loop.run_until_complete(
-            predict._render(state, list(model.tasks), rgb, result, options)
-        )
+    def encode(split_from: int):
+        render.PARALLEL_FROM_PIXELS = split_from
+        work = lambda task: render.task_json(prediction, task, render.Look())  # noqa: E731
+        return loop.run_until_complete(render.each_task(pool, prediction, model.tasks, work))
 
-    variants = {"in_turn": lambda: render(10**12), "job_per_task": lambda: render(0)}
+    variants = {"in_turn": lambda: encode(10**12), "job_per_task": lambda: encode(0)}
     medians = alternating_medians(variants, repeats)
     pool.shutdown()
     loop.close()

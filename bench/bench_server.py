@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO))
 
 from server.codecs import decode_image  # noqa: E402
 from server.modeldir import load_model_dir  # noqa: E402
-from server.runtime import SPIN_CONFIG, ModelRuntime, preprocess  # noqa: E402
+from server.pipeline import preprocess  # noqa: E402
+from server.runtime import SPIN_CONFIG, ModelRuntime  # noqa: E402
 
 
 def synthetic_jpeg(height: int, width: int) -> bytes:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from server.errors import Internal, Unavailable, deadline_exceeded, overloaded
 from server.metrics import ServerMetrics
 from server.modeldir import ModelDir
-from server.protocol import ApiError
 
 log = logging.getLogger("server.batching")
 
@@ -50,14 +50,6 @@ class Job:
     deadline: float  # time.monotonic()
     future: asyncio.Future[JobResult]
     enqueued: float = field(default_factory=time.monotonic)
-
-
-class QueueFullError(ApiError):
-    def __init__(self, depth: int) -> None:
-        super().__init__(
-            503, "overloaded", f"the server is at capacity ({depth} requests waiting); retry soon",
-            headers={"Retry-After": "1"},
-        )  # fmt: skip
 
 
 class Batcher:
@@ -95,8 +87,7 @@ class Batcher:
             log.warning("shutdown: %d queued requests abandoned", len(self._pending))
         if self._worker:
             self._worker.cancel()
-        closing = ApiError(503, "shutting_down", "the server is shutting down; retry elsewhere",
-                           headers={"Retry-After": "1"})  # fmt: skip
+        closing = Unavailable("shutting_down", "the server is shutting down; retry elsewhere", 1)
         while self._pending:
             job = self._pending.popleft()
             if not job.future.done():
@@ -109,9 +100,9 @@ class Batcher:
         return len(self._pending)
 
     def submit(self, image: np.ndarray, task_ids: tuple[int, ...], deadline: float) -> Job:
-        """Queue one request; a full queue raises :class:`QueueFullError` (503) at once."""
+        """Queue one request; a full queue raises ``overloaded`` (503) at once."""
         if len(self._pending) >= self._max_queue:
-            raise QueueFullError(len(self._pending))
+            raise overloaded(f"{len(self._pending)} requests waiting")
         job = Job(image, task_ids, deadline, asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._metrics.queue_depth.set(len(self._pending))
@@ -140,7 +131,7 @@ class Batcher:
                     await self._run(live)
             except Exception as error:  # one bad batch must not stop the worker for the rest
                 log.exception("batch of %d requests failed", len(batch))
-                failure = ApiError(500, "internal_error", f"serving this batch failed: {error}")
+                failure = Internal("internal_error", f"serving this batch failed: {error}")
                 for job in batch:  # answer now rather than leave clients to their deadline
                     if not job.future.done():
                         job.future.set_exception(failure)
@@ -178,7 +169,7 @@ class Batcher:
                 self._metrics.dropped.labels(reason).inc()
             elif now > job.deadline:
                 self._metrics.dropped.labels("deadline").inc()
-                job.future.set_exception(deadline_error())
+                job.future.set_exception(deadline_exceeded())
             else:
                 live.append(job)
         return live
@@ -195,7 +186,7 @@ class Batcher:
             )
         except Exception as error:
             log.exception("model call failed")
-            failure = ApiError(500, "internal_error", f"the model failed on this batch: {error}")
+            failure = Internal("internal_error", f"the model failed on this batch: {error}")
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(failure)
@@ -244,10 +235,3 @@ class Batcher:
             self._flush_timer.cancel()
             self._flush_timer = None
         self._metrics.flush_router()
-
-
-def deadline_error() -> ApiError:
-    return ApiError(
-        504, "deadline_exceeded",
-        "the request was not served within the server's timeout; retry later or with fewer tasks",
-    )  # fmt: skip

@@ -1,68 +1,117 @@
-"""Bytes <-> arrays: decoding uploads safely, encoding maps as PNG, npz and overlays.
+"""Bytes <-> arrays: opening and decoding uploads safely, encoding maps as PNG and npz.
 
-Decoding never trusts the upload: the pixel count is checked from the header before any pixel is
-decoded (decompression bombs), truncation is an error (not grey padding), EXIF orientation is
-applied, and every mode becomes RGB uint8.
+Decoding never trusts the upload: the pixel count is checked from the header before any pixel
+is decoded (decompression bombs), truncation is an error (not grey padding), EXIF orientation
+is applied, and every mode becomes RGB uint8. A JPEG can be decoded at 1/2, 1/4 or 1/8 of its
+size in the DCT domain (libjpeg's scaled IDCT), which costs a fraction of a full decode.
+Encoders take maps band by band (``server/maps.py``), so that no whole-size copy is made.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from server.protocol import ApiError
+from server.errors import InvalidInput, TooLarge
 
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+DCT_SCALES = (8, 4, 2, 1)
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Image file bytes -> RGB uint8 (h, w, 3), upright; an :class:`ApiError` on any problem."""
-    return image_pixels(open_image(data, max_pixels))
+@dataclass(frozen=True)
+class Upload:
+    """An upload whose header was read: ``width`` and ``height`` upright (after EXIF)."""
+
+    image: Image.Image
+    width: int
+    height: int
+    body_bytes: int
+
+    @property
+    def format(self) -> str:
+        return self.image.format or ""
+
+    @property
+    def transposed(self) -> bool:
+        """Whether the stored pixels are the upright image turned a quarter (EXIF 5-8)."""
+        return (self.width, self.height) != self.image.size
+
+    def dct_scale(self, min_width: int, min_height: int) -> int:
+        """The largest of 1/8, 1/4, 1/2 a JPEG can be decoded at with both upright sides at
+        least the minimum; 1 for every other format, and for JPEGs PIL cannot scale."""
+        if self.format != "JPEG" or len(self.image.tile) != 1:
+            return 1
+        fits = min(self.width // max(min_width, 1), self.height // max(min_height, 1))
+        return next((s for s in DCT_SCALES if fits >= s), 1)
+
+    def scaled_size(self, scale: int) -> tuple[int, int]:
+        """Upright size when decoded at ``1/scale`` (libjpeg rounds up)."""
+        return -(-self.width // scale), -(-self.height // scale)
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
+def open_upload(data: bytes, max_pixels: int) -> Upload:
     """Read the image's header only (cheap): its format and size are checked, no pixel decoded."""
     if not data:
-        raise ApiError(400, "empty_body", "the request body is empty: send the image bytes")
+        raise InvalidInput("empty_body", "the request body is empty: send the image bytes")
     try:
         # Only the formats we promise: never hand untrusted bytes to every PIL plugin.
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as error:
-        raise ApiError(413, "image_too_large", f"image rejected as too large: {error}") from None
+        raise TooLarge("image_too_large", f"image rejected as too large: {error}") from None
     except (UnidentifiedImageError, OSError, ValueError):
-        raise ApiError(
-            400, "invalid_image", "the body is not an image this server can read "
+        raise InvalidInput(
+            "invalid_image", "the body is not an image this server can read "
             "(send JPEG, PNG, WebP, GIF, BMP or TIFF)"
         ) from None  # fmt: skip
     width, height = image.size
     if width * height > max_pixels:
-        raise ApiError(
-            413, "image_too_large",
+        raise TooLarge(
+            "image_too_large",
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
-        )  # fmt: skip
+        )
     if width == 0 or height == 0:
-        raise ApiError(400, "invalid_image", f"image has zero size ({width}x{height})")
-    return image
+        raise InvalidInput("invalid_image", f"image has zero size ({width}x{height})")
+    if _orientation(image) in TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
+    return Upload(image, width, height, len(data))
 
 
-def image_pixels(image: Image.Image) -> np.ndarray:
-    """An opened image (``open_image``) -> RGB uint8 (h, w, 3), upright."""
+def _orientation(image: Image.Image) -> int:
     try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # a malformed EXIF block: ImageOps.exif_transpose ignores it too
+        return 1
+
+
+def decode(upload: Upload, scale: int = 1) -> np.ndarray:
+    """The upload's pixels -> RGB uint8 (h, w, 3), upright; JPEGs at ``1/scale`` in the DCT."""
+    image = upload.image
+    try:
+        if scale > 1:
+            stored = image.size
+            image.draft(None, (stored[0] // scale, stored[1] // scale))
         image.load()
         image = ImageOps.exif_transpose(image)
         return np.asarray(to_rgb(image), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as error:
-        raise ApiError(
-            400,
-            "invalid_image",
-            f"the image is truncated or corrupt ({error}); send the whole file",
+        raise InvalidInput(
+            "invalid_image", f"the image is truncated or corrupt ({error}); send the whole file"
         ) from None
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Image file bytes -> RGB uint8 (h, w, 3), upright, at full size."""
+    return decode(open_upload(data, max_pixels))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -88,50 +137,52 @@ def _value_range(mode: str, largest: float) -> float:
     return 65535.0 if largest > 255 else 255.0  # mode "I" carries no bit depth
 
 
-def to_uint8(kind: str, values: np.ndarray) -> np.ndarray:
-    """A map at image size -> its uint8 wire form (normals: v = round((n + 1) * 127.5))."""
-    if kind == "classes":
-        return values.astype(np.uint8)
-    if kind == "probability":
-        scaled = values * np.float32(255.0)
-    else:  # the same float32 steps as round((clip(n) + 1) * 127.5), in one scratch array
-        scaled = np.clip(values, -1.0, 1.0)
-        scaled += np.float32(1.0)
-        scaled *= np.float32(127.5)
-    return np.rint(scaled, out=scaled).astype(np.uint8)
-
-
 def encode_png(pixels: np.ndarray, compress_level: int) -> bytes:
-    """uint8 (h, w) or (h, w, 3) -> PNG bytes; level 0-9 trades size for CPU time.
+    """uint8 (h, w) or (h, w, 3) -> PNG bytes; level 0-9 trades size for CPU time."""
+    return encode_png_bands([pixels], pixels.shape[1], pixels.shape[0], compress_level)
 
-    Written here rather than by PIL, whose encoder picks a filter per row by trying them all.
-    One "Up" filter for every row (a NumPy subtraction; dense maps are smooth, so most
-    differences are 0), then deflate, which releases the GIL (``deflate``). Files about as
-    small as PIL's, in a third to a thirteenth of its time (demo maps, 128x128 and 480x640;
-    docs/benchmarks.md, server section). Any PNG reader decodes the same pixels.
+
+def encode_png_bands(
+    bands: Iterable[np.ndarray], width: int, height: int, compress_level: int
+) -> bytes:
+    """A map given as bands of rows (each uint8 (rows, w) or (rows, w, 3)) -> one PNG.
+
+    Written here rather than by PIL, whose encoder picks a filter per row by trying them all:
+    one "Up" filter for every row (a NumPy subtraction; dense maps are smooth, so most
+    differences are 0), then deflate, which releases the GIL. Files about as small as PIL's, in
+    a third to a thirteenth of its time (docs/benchmarks.md, server section). Any PNG reader
+    decodes the same pixels.
     """
-    height, width = pixels.shape[:2]
-    rows = pixels.reshape(height, -1)  # (h, w * channels)
-    filtered = np.empty((height, rows.shape[1] + 1), np.uint8)  # each row: filter byte, bytes
-    filtered[:, 0] = PNG_FILTER_UP
-    filtered[0, 1:] = rows[0]  # the first row's "above" is zeros
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps mod 256
-    colour_type = PNG_GREY if pixels.ndim == 2 else PNG_RGB
+    compressor = compressobj(compress_level)
+    idat, above, colour_type = [], None, PNG_GREY
+    for band in bands:
+        colour_type = PNG_GREY if band.ndim == 2 else PNG_RGB
+        rows = band.reshape(band.shape[0], -1)  # (rows, w * channels)
+        filtered = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
+        filtered[:, 0] = PNG_FILTER_UP
+        if above is None:
+            filtered[0, 1:] = rows[0]  # the first row's "above" is zeros
+        else:
+            np.subtract(rows[0], above, out=filtered[0, 1:])
+        np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps
+        above = rows[-1].copy()
+        idat.append(compressor.compress(filtered.data))
+    idat.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return b"".join((
         PNG_SIGNATURE,
         _png_chunk(b"IHDR", header),
-        _png_chunk(b"IDAT", deflate(filtered.data, compress_level)),
+        _png_chunk(b"IDAT", b"".join(idat)),
         _png_chunk(b"IEND", b""),
     ))  # fmt: skip
 
 
-def deflate(data: bytes | memoryview, level: int) -> bytes:
-    """A zlib stream, as PNG's IDAT holds. Levels 1-3: ISA-L's igzip, about 4x faster than
-    zlib's level 1 on our maps and about as small; 0 (stored) and 4-9: zlib's own levels."""
+def compressobj(level: int):
+    """A zlib stream compressor, as PNG's IDAT holds. Levels 1-3: ISA-L's igzip, 10-20 times
+    faster than zlib's level 1 on our maps and about as small; 0 (stored) and 4-9: zlib's."""
     if ISAL_LEVELS[0] <= level <= ISAL_LEVELS[1]:
-        return isal_zlib.compress(data, level)
-    return zlib.compress(data, level)
+        return isal_zlib.compressobj(level)
+    return zlib.compressobj(level)
 
 
 ISAL_LEVELS = (1, 3)
@@ -145,32 +196,66 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
+@dataclass(frozen=True)
+class NpzEntry:
+    """One array of a streamed npz: its name, shape, dtype, and its bytes in row bands."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    bands: Iterable[np.ndarray]
+
+
 def encode_npz(arrays: dict[str, np.ndarray]) -> bytes:
     """Arrays -> one uncompressed ``.npz`` body (``numpy.load(io.BytesIO(body))`` reads it)."""
+    entries = [NpzEntry(k, v.shape, v.dtype, [v]) for k, v in arrays.items()]
+    return b"".join(stream_npz(entries))
+
+
+def stream_npz(entries: Iterable[NpzEntry]) -> Iterator[bytes]:
+    """An uncompressed ``.npz`` (a zip of ``.npy`` files) as a stream of chunks, produced as
+    the bands come: nothing but the band in hand is held. The zip is written for a reader that
+    cannot seek back (sizes and CRCs follow each file: zip "data descriptors"), which is what
+    ``numpy.load`` and every zip reader read."""
+    sink = _Chunks()
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for entry in entries:
+            with archive.open(f"{entry.name}.npy", mode="w", force_zip64=True) as member:
+                member.write(_npy_header(entry.shape, entry.dtype))
+                yield sink.take()
+                for band in entry.bands:
+                    member.write(np.ascontiguousarray(band, entry.dtype).data.cast("B"))
+                    yield sink.take()
+    yield sink.take()
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(shape)}  # fmt: skip
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
 
 
-def heat_colours() -> np.ndarray:
-    """(256, 3) uint8 ramp for probabilities: black -> red -> yellow -> white."""
-    v = np.linspace(0.0, 1.0, 256)
-    rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], 1)
-    return np.rint(rgb * 255).astype(np.uint8)
+class _Chunks(io.RawIOBase):
+    """A write-only, unseekable file that hands out what was written since the last ``take``."""
 
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._written = 0
 
-def colourise(kind: str, wire: np.ndarray, palette: tuple | None) -> np.ndarray:
-    """uint8 wire map -> RGB uint8 (h, w, 3) for people to look at."""
-    if kind == "classes":
-        colours = np.zeros((256, 3), np.uint8)
-        colours[: len(palette)] = np.asarray(palette, np.uint8)
-        return colours[wire]
-    if kind == "probability":
-        return heat_colours()[wire]
-    return wire  # normals are already RGB-encoded
+    def writable(self) -> bool:
+        return True
 
+    def write(self, data) -> int:
+        chunk = bytes(data)  # a copy: zipfile may reuse its buffers
+        self._parts.append(chunk)
+        self._written += len(chunk)
+        return len(chunk)
 
-def overlay(rgb: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
-    """Blend ``colour`` over the image: ``alpha`` 0 shows the image, 1 the map only."""
-    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colour.astype(np.float32)
-    return np.rint(blended).astype(np.uint8)
+    def tell(self) -> int:  # zipfile asks where it is; it never seeks
+        return self._written
+
+    def take(self) -> bytes:
+        parts, self._parts = self._parts, []
+        return b"".join(parts)

@@ -13,20 +13,6 @@ from pydantic import BaseModel, Field
 OutputFormat = Literal["json", "npz", "png"]
 
 
-class ApiError(Exception):
-    """A failure the client can act on; rendered as :class:`ErrorResponse`."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "status": self.status}}
-
-
 class ErrorDetail(BaseModel):
     code: str = Field(description="stable machine-readable reason, e.g. 'unsupported_media_type'")
     message: str = Field(description="what went wrong and what to do about it")
@@ -49,7 +35,10 @@ class ImageSize(BaseModel):
 
 class TaskMap(BaseModel):
     kind: Literal["classes", "probability", "vector"]
-    shape: list[int] = Field(description="[h, w] or [h, w, 3] of the map at the image's size")
+    shape: list[int] = Field(
+        description="[h, w] or [h, w, 3] of the map (the upload's size "
+        "unless size or max_side ask otherwise)"
+    )
     encoding: Literal["png"] = "png"
     data: str = Field(
         description="base64 PNG: uint8 class ids (classes), 0-255 (probability), normals as "
@@ -74,10 +63,17 @@ class Timings(BaseModel):
     total: float
 
 
+class MapGrid(BaseModel):
+    width: int = Field(description="the maps' width")
+    height: int = Field(description="the maps' height")
+    scale: list[float] = Field(description="upload pixels per map pixel, [x, y]")
+
+
 class PredictResponse(BaseModel):
     model: ModelRef
     provider: str
-    image: ImageSize
+    image: ImageSize = Field(description="the upload's size, upright")
+    maps: MapGrid
     tasks: dict[str, TaskMap]
     timings_ms: Timings
     router: dict[str, RouterStats] | None = None
@@ -86,6 +82,9 @@ class PredictResponse(BaseModel):
 class ModelsResponse(BaseModel):
     name: str
     version: str
+    dataset: str | None = Field(
+        None, description="what the model was trained on: 'synthetic' (the demo) or a dataset"
+    )
     tasks: list[dict[str, Any]]
     input: dict[str, Any]
     adapters: dict[str, Any] = Field(description="N/k/S/r, routing variant, layers, tokens")

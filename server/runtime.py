@@ -1,20 +1,16 @@
-"""The ONNX Runtime session and the NumPy/PIL work around it: images in, maps out.
+"""The ONNX Runtime session: normalised images and streams in, every output by name.
 
-Pre-processing: bilinear resize to the model's input, scale to [0, 1], ImageNet normalise.
-Post-processing back to the original size: class maps take the argmax at model resolution
-and are resized with nearest (a label never blends into another); probabilities and normals
-are resized bilinearly, and normals are renormalised to unit length afterwards.
+Which graph runs is the model directory's choice per execution provider (``provider_graph``
+in metadata.json); pre- and post-processing live in server/pipeline.py and server/maps.py.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 from server.modeldir import GRAPH_INPUTS, ROUTER_OUTPUTS, ModelDir, ModelDirError
 
@@ -103,86 +99,3 @@ class ModelRuntime:
             if outputs[name].shape[0] != stream_task.shape[0]:
                 raise ModelDirError(f"{self.graph}: {name} has {outputs[name].shape[0]} rows")
         return time.perf_counter() - started
-
-
-def preprocess(rgb: np.ndarray, model: ModelDir) -> np.ndarray:
-    """RGB uint8 (h, w, 3) -> normalised float32 (3, H, W) at the model's input size.
-
-    Each channel's 256 possible values are normalised once (``normalise_table``) and looked up:
-    the same float32 values as ``(rgb / 255 - mean) / std`` computed per pixel, in one pass.
-    """
-    if rgb.shape[:2] != (model.height, model.width):
-        size = (model.width, model.height)
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-    table = normalise_table(model.mean, model.std)  # (3, 256)
-    normalised = np.empty((3, *rgb.shape[:2]), np.float32)
-    for channel in range(3):
-        np.take(table[channel], rgb[..., channel], out=normalised[channel])
-    return normalised
-
-
-@functools.cache
-def normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(3, 256) float32: ``(v / 255 - mean[c]) / std[c]`` for every uint8 value v, in float32
-    steps."""
-    values = np.arange(256, dtype=np.float32) / 255.0
-    mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    return np.stack([(values - mean32[c]) / std32[c] for c in range(3)])
-
-
-def restore_size(kind: str, prediction: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A stream's prediction (C, H, W) at model size -> the map at the image's size.
-
-    ``classes``: uint8 ids (h, w); ``probability``: float32 in [0, 1] (h, w);
-    ``vector``: float32 unit vectors (h, w, 3).
-    """
-    same_size = prediction.shape[1:] == (height, width)  # nothing to resize: skip the copies
-    if kind == "classes":
-        ids = class_ids(prediction)  # (H, W)
-        if same_size:
-            return ids
-        return np.asarray(Image.fromarray(ids).resize((width, height), Image.Resampling.NEAREST))
-    if same_size:
-        channels = list(prediction.astype(np.float32, copy=False))
-    else:
-        channels = [_resize_float(channel, width, height) for channel in prediction]
-    if kind == "probability":
-        return np.clip(channels[0], 0.0, 1.0)
-    return _unit_vectors(channels)
-
-
-def class_ids(logits: np.ndarray) -> np.ndarray:
-    """(C, H, W) logits -> uint8 (H, W) argmax, the first class winning ties, like ``argmax``.
-
-    ``argmax(axis=0)`` walks the class axis with a stride of a whole plane and costs more than
-    PNG-encoding the result; comparing whole planes class after class is contiguous. (Only NaN
-    logits, which no exported model emits, would be ranked differently.)
-    """
-    best = logits[0].copy()  # (H, W)
-    ids = np.zeros(best.shape, np.uint8)
-    for index in range(1, logits.shape[0]):
-        higher = logits[index] > best
-        ids[higher] = index
-        np.maximum(best, logits[index], out=best)
-    return ids
-
-
-def _unit_vectors(channels: list[np.ndarray]) -> np.ndarray:
-    """Three (h, w) planes -> (h, w, 3) unit vectors. Full-size maps are megabytes: every pass
-    writes into an array made once rather than a new temporary (fresh pages cost more than the
-    arithmetic)."""
-    x, y, z = channels
-    norms = x * x  # (h, w); summed in x, y, z order, as a dot product over the last axis does
-    norms += y * y
-    norms += z * z
-    np.sqrt(norms, out=norms)
-    np.maximum(norms, np.float32(1e-6), out=norms)
-    vectors = np.empty((*norms.shape, 3), np.float32)  # (h, w, 3)
-    for axis, plane in enumerate(channels):
-        np.divide(plane, norms, out=vectors[..., axis])
-    return vectors
-
-
-def _resize_float(channel: np.ndarray, width: int, height: int) -> np.ndarray:
-    image = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32))  # mode "F"
-    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)

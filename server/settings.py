@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     timeout_s: float = Field(30.0, gt=0, description="per-request deadline; past it: 504")
     max_body_bytes: int = Field(20 * 2**20, ge=1024, description="largest request body; 413")
     max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (w*h); 413")
+    memory_budget_mb: int = Field(
+        0,
+        ge=0,
+        description="memory for the images and maps of requests in flight, MiB per worker; a "
+        "request waits for its share (up to max_queue wait) or gets 503 (0: half of the "
+        "container's memory limit, or of the machine's, divided among the workers)",
+    )
     png_compression: int = Field(
         1,
         ge=0,

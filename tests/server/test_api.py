@@ -149,7 +149,8 @@ def test_openapi_documents_parameters_and_errors(server):
         schema = client.get("/openapi.json").json()
     operation = schema["paths"]["/predict"]["post"]
     parameters = {p["name"]: p for p in operation["parameters"]}
-    assert set(parameters) == {"tasks", "format", "visualize", "alpha", "router_stats"}
+    assert set(parameters) == {"tasks", "format", "visualize", "alpha", "router_stats", "size",
+                               "max_side", "npz_normals"}  # fmt: skip
     assert all(p.get("description") for p in parameters.values())
     assert {"400", "401", "413", "415", "422", "503", "504"} <= set(operation["responses"])
     assert "multipart/form-data" in operation["requestBody"]["content"]

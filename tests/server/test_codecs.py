@@ -7,11 +7,11 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from server import predict
-from server.codecs import colourise, decode_image, overlay, to_rgb, to_uint8
+from server import pipeline
+from server.codecs import decode_image, open_upload, to_rgb
+from server.errors import TooLarge
+from server.maps import colourise, overlay, restore_size, to_uint8
 from server.modeldir import load_model_dir
-from server.protocol import ApiError
-from server.runtime import restore_size
 from tests.server.conftest import image_bytes, random_image
 
 
@@ -29,9 +29,9 @@ def test_transparency_is_laid_on_white():
 
 
 def test_pixel_limit_is_checked_before_decoding():
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(TooLarge) as caught:
         decode_image(image_bytes(random_image(0, 40, 50)), 40 * 50 - 1)
-    assert caught.value.status == 413 and "2000" in caught.value.message
+    assert caught.value.code == "image_too_large" and "2000" in caught.value.message
 
 
 def test_only_small_baseline_jpegs_are_decoded_on_the_event_loop():
@@ -40,16 +40,17 @@ def test_only_small_baseline_jpegs_are_decoded_on_the_event_loop():
     small = random_image(1, 128, 128)
 
     def on_loop(body: bytes) -> bool:
-        opened = predict._small_jpeg_header(body, 10**8)
-        return opened is not None and predict.decodes_on_the_loop(opened)
+        if not pipeline.opens_on_the_loop(body):
+            return False
+        return pipeline.decodes_on_the_loop(open_upload(body, 10**8), scale=1)
 
     assert on_loop(image_bytes(small, "JPEG", quality=90))
     assert not on_loop(image_bytes(small, "JPEG", quality=90, progressive=True))
     assert not on_loop(image_bytes(small, "PNG"))
     assert not on_loop(image_bytes(random_image(2, 300, 300), "JPEG"))  # 90,000 pixels
-    padded = image_bytes(small, "JPEG") + bytes(predict.INLINE_DECODE_BYTES)  # trailing bytes
+    padded = image_bytes(small, "JPEG") + bytes(pipeline.INLINE_DECODE_BYTES)  # trailing bytes
     assert not on_loop(padded)  # a long body, even of a small picture
-    assert predict._small_jpeg_header(padded, 10**8) is None
+    assert not pipeline.opens_on_the_loop(padded)
 
 
 def test_class_maps_take_argmax_then_nearest():

@@ -12,7 +12,7 @@ import pytest
 
 from server.codecs import decode_image
 from server.modeldir import load_model_dir
-from server.runtime import preprocess
+from server.pipeline import preprocess
 from tests.server.conftest import image_bytes, metric, random_image, start_server
 from tests.server.test_load import post_all
 

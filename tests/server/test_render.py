@@ -14,12 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server import predict
+from server import render
 from server.batching import JobResult
-from server.codecs import encode_png, to_uint8
+from server.codecs import encode_npz, encode_png, open_upload
+from server.maps import class_ids, restore_size, to_uint8
 from server.modeldir import load_model_dir
-from server.runtime import SPIN_CONFIG, ModelRuntime, class_ids, preprocess, restore_size
+from server.pipeline import MapRequest, Pipeline, Prediction, preprocess
+from server.runtime import SPIN_CONFIG, ModelRuntime
 from server.settings import Settings
+from tests.server.conftest import image_bytes
 
 
 def smooth_map(height: int, width: int, channels: int = 0) -> np.ndarray:
@@ -128,29 +131,55 @@ def test_every_spin_mode_is_a_setting():
     assert set(typing.get_args(annotation)) == set(SPIN_CONFIG)
 
 
-def render(model, maps, rgb, options):
-    """``predict._render`` outside a server, on a pool of two threads."""
-    result = JobResult(maps, {}, {}, 0.0, 0.0, 1)
-    with ThreadPoolExecutor(2) as pool:
-        settings = SimpleNamespace(png_compression=1)
-        runtime = SimpleNamespace(provider="CPUExecutionProvider")
-        state = SimpleNamespace(settings=settings, model=model, runtime=runtime, render_pool=pool)
-        return asyncio.run(predict._render(state, list(model.tasks), rgb, result, options))
+def prediction_for(model, maps, width, height, request=None) -> Prediction:
+    """A ``Prediction`` of given maps for an upload of ``width`` x ``height``, outside a server."""
+    upload = open_upload(image_bytes(np.zeros((height, width, 3), np.uint8)), 10**8)
+    request = request or MapRequest(tuple(model.tasks))
+    plan = Pipeline(model, None, None, 10**8).plan(upload, request)
+    return Prediction(plan, JobResult(maps, {}, {}, 0.0, 0.0, 1), None, None, {})
 
 
-@pytest.mark.parametrize("format", ["json", "npz"])
-def test_in_turn_or_one_job_per_task_render_the_same(model_dir, monkeypatch, format):
+def random_maps(model, seed=3):
+    rng = np.random.default_rng(seed)
+    return {t.name: rng.normal(size=(t.channels, 32, 32)).astype(np.float32) for t in model.tasks}
+
+
+def test_in_turn_or_one_job_per_task_render_the_same(model_dir, monkeypatch):
     model = load_model_dir(model_dir)
-    rng = np.random.default_rng(3)
-    maps = {t.name: rng.normal(size=(t.channels, 32, 32)).astype(np.float32) for t in model.tasks}
-    rgb = np.zeros((45, 70, 3), np.uint8)
-    options = predict.Options(format, False, 0.5, False)
-    monkeypatch.setattr(predict, "PARALLEL_FROM_PIXELS", 10**9)
-    together = render(model, maps, rgb, options)
-    monkeypatch.setattr(predict, "PARALLEL_FROM_PIXELS", 0)
-    apart = render(model, maps, rgb, options)
-    if format == "json":
-        assert list(apart["tasks"]) == list(model.task_names)  # request order, not cost order
-        assert together == apart
-    else:
-        assert together.body == apart.body
+    prediction = prediction_for(model, random_maps(model), 70, 45)
+
+    def encoded():
+        work = lambda task: render.task_json(prediction, task, render.Look())  # noqa: E731
+        with ThreadPoolExecutor(2) as pool:
+            return asyncio.run(render.each_task(pool, prediction, model.tasks, work))
+
+    monkeypatch.setattr(render, "PARALLEL_FROM_PIXELS", 10**9)
+    together = encoded()
+    monkeypatch.setattr(render, "PARALLEL_FROM_PIXELS", 0)
+    apart = encoded()
+    assert list(apart) == list(model.task_names)  # request order, not cost order
+    assert together == apart
+
+
+@pytest.mark.parametrize("normals", [np.float32, np.uint8])
+def test_streamed_npz_holds_the_whole_arrays(model_dir, monkeypatch, normals):
+    """Band by band into a zip with data descriptors: ``numpy.load`` reads the same arrays as
+    from one ``np.savez`` of the whole maps."""
+    model = load_model_dir(model_dir)
+    maps = random_maps(model, seed=4)
+    request = MapRequest(tuple(model.tasks), dtypes={"normals": np.dtype(normals)})
+    prediction = prediction_for(model, maps, 57, 91, request)
+    monkeypatch.setattr("server.maps.BAND_PIXELS", 57 * 7)  # 13 bands of 7 rows
+    streamed = np.load(
+        io.BytesIO(b"".join(render.npz_chunks(model, prediction, model.tasks, False)))
+    )
+    whole = {}
+    for task in model.tasks:
+        values = restore_size(task.kind, maps[task.name], 57, 91)
+        keep_float = task.kind == "vector" and normals == np.float32
+        whole[task.name] = values if keep_float else to_uint8(task.kind, values)
+    expected = np.load(io.BytesIO(encode_npz(whole)))
+    assert sorted(streamed.files) == sorted(expected.files) == sorted(model.task_names)
+    for name in model.task_names:
+        assert streamed[name].dtype == expected[name].dtype
+        assert np.array_equal(streamed[name], expected[name])

@@ -90,7 +90,8 @@ def test_server_modules_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import server.app, server.__main__, server.batching, server.codecs, server.metrics\n"
-        "import server.protocol, server.runtime, server.settings, server.predict\n"
+        "import server.protocol, server.runtime, server.settings, server.pipeline, server.state\n"
+        "import server.routes.native, server.routes.ops, server.render, server.resample\n"
         "assert 'torch' not in [m for m, v in sys.modules.items() if v is not None]\n"
         "print('ok')"
     )

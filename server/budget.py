@@ -1,0 +1,132 @@
+"""One memory budget for the requests in flight: each reserves what it will hold before it
+decodes, and waits (first come, first served) or is turned away when the budget is spent.
+
+A 0.7 MiB JPEG of 39 megapixels becomes 117 MB of pixels and, at its own size, five maps of
+hundreds of megabytes more; without a bound, a dozen such uploads at once exhaust the machine.
+The request's cost is computed from the image header alone (``server/pipeline.py``, ``Plan``),
+so nothing is admitted that the budget cannot hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.errors import TooLarge, deadline_exceeded, overloaded
+
+log = logging.getLogger("server.budget")
+CGROUP_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+AUTO_SHARE = 0.5
+"""Of the memory the process may use, the share for requests' pixels (the rest: the model,
+the runtime's arenas, Python, and headroom for what is not counted, like bodies being read)."""
+
+
+def memory_limit_bytes() -> int:
+    """What this process may use: the container's cgroup limit if there is one (a pod's limit,
+    not the host's memory), else the machine's physical memory."""
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in CGROUP_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < host:  # "max" or a huge v1 value: no limit
+            return int(text)
+    return host
+
+
+def auto_budget_bytes(workers: int) -> int:
+    return int(memory_limit_bytes() * AUTO_SHARE / max(workers, 1))
+
+
+@dataclass
+class Reservation:
+    """Bytes held from a budget until ``release`` (idempotent: every path may call it)."""
+
+    budget: MemoryBudget
+    nbytes: int
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.budget._give_back(self.nbytes)
+
+
+@dataclass
+class _Waiter:
+    nbytes: int
+    granted: asyncio.Future = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class MemoryBudget:
+    """``capacity`` bytes shared by the requests in flight; at most ``max_waiting`` wait."""
+
+    def __init__(self, capacity: int, max_waiting: int) -> None:
+        self.capacity, self.max_waiting = capacity, max_waiting
+        self.in_use = 0
+        self._waiting: deque[_Waiter] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def reserve(self, nbytes: int, deadline: float) -> Reservation:
+        """Hold ``nbytes`` until the reservation is released. 413 if the budget could never hold
+        it; 503 if too many already wait; 504 if ``deadline`` (``time.monotonic``) passes first."""
+        if nbytes > self.capacity:
+            raise TooLarge(
+                "image_too_large",
+                f"this request needs {nbytes >> 20} MiB of memory for its image and maps; the "
+                f"server's budget is {self.capacity >> 20} MiB: ask for smaller maps (max_side "
+                "or size=model) or send a smaller image",
+            )
+        if not self._waiting and self.in_use + nbytes <= self.capacity:
+            self.in_use += nbytes
+            return Reservation(self, nbytes)
+        if len(self._waiting) >= self.max_waiting:
+            raise overloaded(f"{len(self._waiting)} requests wait for memory")
+        return await self._wait(_Waiter(nbytes), deadline)
+
+    async def _wait(self, waiter: _Waiter, deadline: float) -> Reservation:
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await asyncio.shield(waiter.granted)
+        except TimeoutError:
+            self._withdraw(waiter)
+            raise deadline_exceeded() from None
+        except BaseException:  # cancelled: the client left
+            self._withdraw(waiter)
+            raise
+        return Reservation(self, waiter.nbytes)
+
+    def _withdraw(self, waiter: _Waiter) -> None:
+        if waiter.granted.done():  # granted just as it gave up: the bytes go to the next
+            self._give_back(waiter.nbytes)
+        else:
+            waiter.granted.cancel()
+            self._waiting.remove(waiter)
+            self._admit_waiting()  # it may have held back smaller ones behind it
+
+    def _give_back(self, nbytes: int) -> None:
+        self.in_use -= nbytes
+        self._admit_waiting()
+
+    def _admit_waiting(self) -> None:
+        """Grant waiters in arrival order while they fit (the first that does not, blocks the
+        rest: a large request is never starved by a stream of small ones)."""
+        while self._waiting and self.in_use + self._waiting[0].nbytes <= self.capacity:
+            waiter = self._waiting.popleft()
+            self.in_use += waiter.nbytes
+            waiter.granted.set_result(None)

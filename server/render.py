@@ -1,0 +1,128 @@
+"""Stages 7-8 for the native forms: a ``Prediction``'s maps restored and encoded as base64 PNGs
+(json), one PNG (png) or a streamed npz, with the maps of one response side by side.
+
+Large maps are restored and encoded in the render pool, one job per task (numba kernels, NumPy
+and the deflate encoders release the GIL, so one response's maps use every core); the costliest
+start first, as the pool starts jobs in order. Small maps (the model's own size) are done on the
+event loop in turn: bounded work, less than the thread hand-offs would add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+import numpy as np
+
+from server import codecs, maps
+from server.modeldir import ModelDir, TaskInfo
+from server.pipeline import Prediction
+
+T = TypeVar("T")
+
+# Maps smaller than this (pixels) are rendered on the event loop, all tasks in turn: there a
+# job per task costs twice one job (128x128: 2.25 vs 1.19 ms), and even one pool job adds a
+# thread hand-off (about 0.3 ms of the request's 1.3 ms post-processing); from this size on,
+# a job per task (480x640: 12.6 ms vs 18.2 in one job). bench/bench_render.py,
+# docs/benchmarks.md.
+PARALLEL_FROM_PIXELS = 2**15
+# Time to restore and encode one map, relative to a probability map (measured at 480x640).
+KIND_COST = {"vector": 4.0, "probability": 1.0, "classes": 0.25}
+
+
+@dataclass(frozen=True)
+class Look:
+    """How PNG maps are drawn: the wire form, or colourised over the image (``visualize``)."""
+
+    visualize: bool = False
+    alpha: float = 0.5
+    compress_level: int = 1
+
+
+async def each_task(
+    pool: Executor, prediction: Prediction, tasks: Iterable[TaskInfo], work: Callable[[TaskInfo], T]
+) -> dict[str, T]:
+    """``work(task)`` for every task, by task name, as the module docstring says."""
+    tasks = list(tasks)
+    if prediction.plan.map_width * prediction.plan.map_height < PARALLEL_FROM_PIXELS:
+        return {t.name: work(t) for t in tasks}
+    costliest_first = sorted(tasks, key=lambda t: -KIND_COST[t.kind])
+    loop = asyncio.get_running_loop()
+    done = await asyncio.gather(
+        *(loop.run_in_executor(pool, partial(work, task)) for task in costliest_first)
+    )
+    by_name = {t.name: value for t, value in zip(costliest_first, done, strict=True)}
+    return {t.name: by_name[t.name] for t in tasks}  # in the request's order
+
+
+def task_png(prediction: Prediction, task: TaskInfo, look: Look) -> bytes:
+    """One task's map at the planned size -> PNG, band by band."""
+    raster = prediction.raster(task)
+    bands: Iterable[np.ndarray] = raster.bands()
+    if look.visualize:
+        bands = _overlaid(task, raster, prediction.image, look.alpha)
+    return codecs.encode_png_bands(bands, raster.width, raster.height, look.compress_level)
+
+
+def _overlaid(task: TaskInfo, raster: maps.Raster, image: np.ndarray, alpha: float):
+    start = 0
+    for band in raster.bands():
+        rows = image[start : start + band.shape[0]]
+        start += band.shape[0]
+        yield maps.overlay(rows, maps.colourise(task.kind, band, task.palette), alpha)
+
+
+def task_json(prediction: Prediction, task: TaskInfo, look: Look) -> dict:
+    png = task_png(prediction, task, look)
+    plan = prediction.plan
+    planes = [3] if look.visualize or task.kind == "vector" else []
+    entry = {"kind": task.kind, "shape": [plan.map_height, plan.map_width, *planes],
+             "encoding": "png", "data": base64.b64encode(png).decode("ascii")}  # fmt: skip
+    if task.kind == "classes":
+        entry["classes"] = list(task.classes)
+        entry["palette"] = [list(c) for c in task.palette]
+    return entry
+
+
+def router_json(model: ModelDir, prediction: Prediction, task: str) -> dict:
+    tokens = int(model.adapters["tokens_per_stream"])
+    result = prediction.result
+    return {
+        "expert_tokens": result.expert_tokens[task].tolist(),
+        "shared_gate_share": (result.shared_gate_mass[task] / max(tokens, 1)).tolist(),
+        "tokens_per_layer": tokens,
+        "shared_experts": list(model.adapters.get("shared_experts") or []),
+    }
+
+
+def npz_chunks(
+    model: ModelDir, prediction: Prediction, tasks: Iterable[TaskInfo], router_stats: bool
+) -> Iterator[bytes]:
+    """The npz body, generated map band by map band (``codecs.stream_npz``); nothing runs
+    until the first chunk is asked for, so all of it runs where the chunks are drawn."""
+    entries = []
+    for task in tasks:
+        raster = prediction.raster(task)
+        entries.append(codecs.NpzEntry(task.name, raster.shape, raster.dtype, raster.bands()))
+    if router_stats:
+        for task in tasks:
+            router = router_json(model, prediction, task.name)
+            for key, values in ((f"router_{task.name}", router["expert_tokens"]),
+                                (f"router_{task.name}_shared_gate_share",
+                                 router["shared_gate_share"])):  # fmt: skip
+                array = np.asarray(values, np.float32)
+                entries.append(codecs.NpzEntry(key, array.shape, array.dtype, [array]))
+    yield from codecs.stream_npz(entries)
+
+
+async def in_pool(pool: Executor, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A blocking chunk iterator, each step run in ``pool``: the event loop stays free."""
+    loop = asyncio.get_running_loop()
+    while (chunk := await loop.run_in_executor(pool, next, chunks, None)) is not None:
+        if chunk:
+            yield chunk

@@ -1,0 +1,68 @@
+"""The one map from ``ServingError`` (and FastAPI's own errors) to HTTP responses.
+
+Native routes answer ``{"error": {"code", "message", "status"}}``; the status comes from the
+error's class, so the pipeline never names an HTTP status.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server import errors
+
+log = logging.getLogger("server.routes")
+
+HTTP_STATUS: dict[type[errors.ServingError], int] = {
+    errors.InvalidInput: 400,
+    errors.Unauthorized: 401,
+    errors.NotFound: 404,
+    errors.TooLarge: 413,
+    errors.UnsupportedMedia: 415,
+    errors.InvalidParameter: 422,
+    errors.Internal: 500,
+    errors.Unavailable: 503,
+    errors.DeadlineExceeded: 504,
+}
+
+
+def http_status(error: errors.ServingError) -> int:
+    return next(status for kind, status in HTTP_STATUS.items() if isinstance(error, kind))
+
+
+def error_body(code: str, message: str, status: int) -> dict:
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def error_response(error: errors.ServingError) -> JSONResponse:
+    status = http_status(error)
+    headers = {} if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+    return JSONResponse(error_body(error.code, error.message, status), status, headers=headers)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.ServingError)
+    async def serving_error(request: Request, error: errors.ServingError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in error.errors() if e.get("loc"))
+        return JSONResponse(error_body("invalid_parameter", problems, 422), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        message = f"{request.method} {request.url.path}: {error.detail}"
+        body = error_body(code, message, error.status_code)
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        body = error_body("internal_error", "unexpected server error; it has been logged", 500)
+        return JSONResponse(body, status_code=500)

@@ -1,0 +1,77 @@
+"""What a running server holds, built once at start from the settings and the model directory.
+
+Start-up order: read and check the model directory, open the ORT session on the graph chosen
+for the provider actually taken, the metrics, the batcher, the memory budget and the render
+pool; ``warm_up`` then runs a full batch (and compiles the map kernels) before the server says
+it is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from server import maps
+from server.batching import Batcher
+from server.budget import MemoryBudget, auto_budget_bytes
+from server.metrics import ServerMetrics
+from server.modeldir import ModelDir, load_model_dir
+from server.pipeline import Pipeline
+from server.runtime import ModelRuntime
+from server.settings import Settings
+
+log = logging.getLogger("server.state")
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    model: ModelDir
+    runtime: ModelRuntime
+    metrics: ServerMetrics
+    batcher: Batcher
+    budget: MemoryBudget
+    pipeline: Pipeline
+    render_pool: ThreadPoolExecutor  # restores and encodes the maps of responses
+    ready: bool = False
+
+
+def load_state(settings: Settings) -> ServerState:
+    model = load_model_dir(settings.model_dir)
+    runtime = ModelRuntime(model, settings.provider_list, settings.threads, settings.ort_spin)
+    metrics = ServerMetrics(model, runtime.provider)
+    batcher = Batcher(
+        runtime.run, model, metrics,
+        max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
+        max_queue=settings.max_queue,
+    )  # fmt: skip
+    budget = MemoryBudget(budget_bytes(settings), max_waiting=settings.max_queue)
+    pipeline = Pipeline(model, batcher, budget, settings.max_pixels)
+    render_pool = ThreadPoolExecutor(
+        settings.render_threads or os.cpu_count() or 1, thread_name_prefix="ase-render"
+    )
+    log.info("memory budget for requests: %d MiB", budget.capacity >> 20)
+    return ServerState(settings, model, runtime, metrics, batcher, budget, pipeline, render_pool)
+
+
+def budget_bytes(settings: Settings) -> int:
+    if settings.memory_budget_mb:
+        return settings.memory_budget_mb << 20
+    return auto_budget_bytes(settings.workers)
+
+
+def warm_up(state: ServerState) -> float:
+    """A full batch with every task, and every map kernel once (compiled, or loaded from
+    numba's cache), so that the first request pays neither."""
+    started = time.perf_counter()
+    state.runtime.warm_up(state.settings.max_batch)
+    for task in state.model.tasks:
+        prediction = np.zeros((task.channels, 2, 2), np.float32)
+        for dtype in (np.uint8, np.float32) if task.kind != "classes" else (np.uint8,):
+            maps.Raster(task.kind, prediction, 3, 3, dtype).array()
+    return time.perf_counter() - started
