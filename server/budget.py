@@ -10,8 +10,10 @@ so nothing is admitted that the budget cannot hold.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
+import platform
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,6 +43,24 @@ def memory_limit_bytes() -> int:
         if text.isdigit() and int(text) < host:  # "max" or a huge v1 value: no limit
             return int(text)
     return host
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MMAP_THRESHOLD_BYTES = 128 << 10
+
+
+def return_freed_memory() -> bool:
+    """Make freed buffers go back to the OS at once (glibc only; ``False`` elsewhere).
+
+    glibc serves allocations over 128 KiB from their own mappings, returned when freed, but
+    raises that threshold to the size of each such block freed (up to 32 MiB): after the first
+    camera-size response, map bands and decoded images come from the heap arenas, which keep
+    what they held. Fixing the threshold stops that (bench/bench_memory.py: RSS after a burst of
+    39-MP requests back near idle; docs/benchmarks.md, memory).
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def auto_budget_bytes(workers: int) -> int:

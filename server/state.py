@@ -18,7 +18,7 @@ import numpy as np
 
 from server import maps
 from server.batching import Batcher
-from server.budget import MemoryBudget, auto_budget_bytes
+from server.budget import MemoryBudget, auto_budget_bytes, return_freed_memory
 from server.metrics import ServerMetrics
 from server.modeldir import ModelDir, load_model_dir
 from server.pipeline import Pipeline
@@ -42,6 +42,8 @@ class ServerState:
 
 
 def load_state(settings: Settings) -> ServerState:
+    if not return_freed_memory():
+        log.warning("not glibc: freed memory may stay with the process after large requests")
     model = load_model_dir(settings.model_dir)
     runtime = ModelRuntime(model, settings.provider_list, settings.threads, settings.ort_spin)
     metrics = ServerMetrics(model, runtime.provider)

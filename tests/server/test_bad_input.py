@@ -53,6 +53,17 @@ CASES = [
     ("bad_alpha", GOOD, "image/png", {"visualize": "true", "alpha": "2"}, 422, "invalid_parameter"),
     ("npz_visualize", GOOD, "image/png", {"format": "npz", "visualize": "true"}, 422,
      "invalid_parameter"),
+    ("bad_size", GOOD, "image/png", {"size": "huge"}, 422, "invalid_parameter"),
+    ("max_side_zero", GOOD, "image/png", {"max_side": "0"}, 422, "invalid_parameter"),
+    ("max_side_negative", GOOD, "image/png", {"max_side": "-4"}, 422, "invalid_parameter"),
+    ("max_side_text", GOOD, "image/png", {"max_side": "big"}, 422, "invalid_parameter"),
+    ("max_side_huge", GOOD, "image/png", {"max_side": "70000"}, 422, "invalid_parameter"),
+    ("size_and_max_side", GOOD, "image/png", {"size": "model", "max_side": "10"}, 422,
+     "invalid_parameter"),
+    ("bad_npz_normals", GOOD, "image/png", {"format": "npz", "npz_normals": "half"}, 422,
+     "invalid_parameter"),
+    ("npz_normals_with_json", GOOD, "image/png", {"npz_normals": "uint8"}, 422,
+     "invalid_parameter"),
 ]  # fmt: skip
 
 

@@ -1,0 +1,158 @@
+"""The memory budget: first come, first served; never over-admitted; nothing leaks when a
+request gives up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from server import budget
+from server.budget import MemoryBudget
+from server.errors import DeadlineExceeded, TooLarge, Unavailable
+
+FAR = 3600.0
+
+
+def later(seconds: float = FAR) -> float:
+    return time.monotonic() + seconds
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_reservations_add_up_and_release_once():
+    async def scenario():
+        budget = MemoryBudget(100, max_waiting=4)
+        first = await budget.reserve(60, later())
+        second = await budget.reserve(40, later())
+        assert budget.in_use == 100
+        first.release()
+        first.release()  # idempotent: every path may call it
+        assert budget.in_use == 40
+        second.release()
+        assert budget.in_use == 0
+
+    run(scenario())
+
+
+def test_a_request_larger_than_the_budget_is_413_at_once():
+    async def scenario():
+        with pytest.raises(TooLarge, match="max_side"):
+            await MemoryBudget(100, max_waiting=4).reserve(101, later())
+
+    run(scenario())
+
+
+def test_waiters_are_served_in_arrival_order_and_never_over_admitted():
+    async def scenario():
+        budget = MemoryBudget(100, max_waiting=4)
+        held = await budget.reserve(90, later())
+        granted: list[str] = []
+
+        async def wait(name: str, nbytes: int):
+            reservation = await budget.reserve(nbytes, later())
+            granted.append(name)
+            assert budget.in_use <= budget.capacity
+            return reservation
+
+        large = asyncio.create_task(wait("large", 80))
+        small = asyncio.create_task(wait("small", 5))  # would fit now, but waits its turn
+        await asyncio.sleep(0)
+        assert granted == [] and budget.waiting == 2
+        held.release()
+        reservations = await asyncio.gather(large, small)
+        assert granted == ["large", "small"] and budget.in_use == 85
+        for reservation in reservations:
+            reservation.release()
+        assert budget.in_use == 0
+
+    run(scenario())
+
+
+def test_too_many_waiting_is_503_with_retry_after():
+    async def scenario():
+        budget = MemoryBudget(10, max_waiting=1)
+        held = await budget.reserve(10, later())
+        waiting = asyncio.create_task(budget.reserve(5, later()))
+        await asyncio.sleep(0)
+        with pytest.raises(Unavailable) as refused:
+            await budget.reserve(5, later())
+        assert refused.value.code == "overloaded" and refused.value.retry_after_s == 1
+        held.release()
+        (await waiting).release()
+        assert budget.in_use == 0
+
+    run(scenario())
+
+
+def test_a_wait_past_the_deadline_is_504_and_leaves_the_queue():
+    async def scenario():
+        budget = MemoryBudget(10, max_waiting=4)
+        held = await budget.reserve(10, later())
+        with pytest.raises(DeadlineExceeded):
+            await budget.reserve(5, later(0.0))
+        assert budget.waiting == 0
+        held.release()
+        assert budget.in_use == 0
+
+    run(scenario())
+
+
+def test_a_cancelled_waiter_frees_its_place_and_lets_smaller_ones_in():
+    async def scenario():
+        budget = MemoryBudget(10, max_waiting=4)
+        held = await budget.reserve(6, later())
+        blocked = asyncio.create_task(budget.reserve(8, later()))  # first in line, too big now
+        behind = asyncio.create_task(budget.reserve(4, later()))
+        await asyncio.sleep(0)
+        assert budget.waiting == 2
+        blocked.cancel()  # its client left
+        (await behind).release()
+        assert budget.waiting == 0
+        held.release()
+        assert budget.in_use == 0
+
+    run(scenario())
+
+
+def test_granted_as_it_gave_up_hands_the_bytes_on():
+    async def scenario():
+        budget = MemoryBudget(10, max_waiting=4)
+        held = await budget.reserve(10, later())
+        waiter = asyncio.create_task(budget.reserve(10, later()))
+        await asyncio.sleep(0)
+        held.release()  # grants the waiter ...
+        waiter.cancel()  # ... which is cancelled before it resumes
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert budget.in_use == 0 and budget.waiting == 0
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "expected"),
+    [
+        ("max\n", None, "host"),  # cgroup v2 without a limit
+        ("17179869184\n", None, 16 << 30),  # a 16 GiB pod
+        (None, "9223372036854771712\n", "host"),  # cgroup v1's "no limit"
+        (None, "8589934592\n", 8 << 30),
+        (None, None, "host"),  # no cgroup files: the machine's memory
+    ],
+)
+def test_the_limit_is_the_containers_not_the_hosts(tmp_path, monkeypatch, v2, v1, expected):
+    files = []
+    for name, text in (("memory.max", v2), ("memory.limit_in_bytes", v1)):
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        files.append(path)
+    monkeypatch.setattr(budget, "CGROUP_LIMITS", tuple(files))
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    # a limit above the machine's memory limits nothing
+    assert budget.memory_limit_bytes() == (host if expected == "host" else min(expected, host))
+    assert budget.auto_budget_bytes(workers=2) == budget.memory_limit_bytes() // 4
