@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         "request waits for its share (up to max_queue wait) or gets 503 (0: half of the "
         "container's memory limit, or of the machine's, divided among the workers)",
     )
+    return_freed_memory: bool = Field(
+        True,
+        description="fix glibc's mmap threshold at 128 KiB so that large buffers go back to the "
+        "OS when freed (false: glibc's default, which keeps them after the first large request)",
+    )
     png_compression: int = Field(
         1,
         ge=0,

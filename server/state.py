@@ -42,7 +42,7 @@ class ServerState:
 
 
 def load_state(settings: Settings) -> ServerState:
-    if not return_freed_memory():
+    if settings.return_freed_memory and not return_freed_memory():
         log.warning("not glibc: freed memory may stay with the process after large requests")
     model = load_model_dir(settings.model_dir)
     runtime = ModelRuntime(model, settings.provider_list, settings.threads, settings.ort_spin)

@@ -3,6 +3,10 @@
 "use strict";
 
 const API_KEY_HEADER = "X-API-Key";
+// Maps and the input are shown 320 CSS pixels wide (style.css): ask for maps no larger than
+// that in device pixels, so a 12-MP photo does not come back as five 12-MP maps.
+const DISPLAY_WIDTH = 320;
+const displaySide = () => Math.ceil(DISPLAY_WIDTH * (window.devicePixelRatio || 1));
 const state = { model: null, imageBlob: null, imageBitmap: null, response: null, maps: {} };
 const $ = (id) => document.getElementById(id);
 
@@ -40,6 +44,9 @@ async function loadModel() {
   $("model-info").textContent =
     `${m.name} ${m.version} · ${adapters.spec || ""} ${adapters.routing || ""} · ` +
     `${(m.providers || []).join(", ")}`;
+  // The demo learned from rendered scenes only: say so, so that a real photo's rough maps
+  // are not mistaken for a fault.
+  $("model-note").hidden = m.dataset !== "synthetic";
   const box = $("tasks");
   box.querySelectorAll("label").forEach((el) => el.remove());
   for (const task of m.tasks) {
@@ -78,13 +85,19 @@ async function setImage(blob) {
   updateRunButton();
 }
 
+// The size the server's max_side gives an image of this size: longest side at most the
+// display's, aspect kept, never enlarged.
+function shownSize(width, height) {
+  const scale = Math.min(1, displaySide() / Math.max(width, height));
+  return [Math.max(1, Math.round(width * scale)), Math.max(1, Math.round(height * scale))];
+}
+
 function drawInput() {
   const card = $("input-card");
   if (!state.imageBitmap) { card.hidden = true; return; }
   const canvas = $("input-canvas");
-  canvas.width = state.imageBitmap.width;
-  canvas.height = state.imageBitmap.height;
-  canvas.getContext("2d").drawImage(state.imageBitmap, 0, 0);
+  [canvas.width, canvas.height] = shownSize(state.imageBitmap.width, state.imageBitmap.height);
+  canvas.getContext("2d").drawImage(state.imageBitmap, 0, 0, canvas.width, canvas.height);
   card.hidden = false;
 }
 
@@ -103,7 +116,7 @@ async function predict() {
   $("timing").textContent = "running…";
   const started = performance.now();
   try {
-    const url = `predict?tasks=${tasks.join(",")}&router_stats=true`;
+    const url = `predict?tasks=${tasks.join(",")}&router_stats=true&max_side=${displaySide()}`;
     const response = await fetch(url, {
       method: "POST",
       headers: apiHeaders({ "Content-Type": state.imageBlob.type || "application/octet-stream" }),

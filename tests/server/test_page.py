@@ -141,3 +141,31 @@ def test_sample_click_loads_the_image(browser, page_server):
     assert tuple(size) == SAMPLE_SIZE
     assert np.prod(size) > 0
     page.close()
+
+
+def test_a_camera_photo_comes_back_at_the_size_the_page_shows(browser, page_server, tmp_path):
+    """The page asks for maps no larger than it draws them (max_side = 320 CSS px at the
+    device's pixel ratio), and says when the model learned from synthetic scenes only."""
+    server, _ = page_server
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_bytes(random_image(5, 1200, 1600), "JPEG", quality=90))
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_selector('input[name="task"][value="semseg"]')
+    with server.client() as client:
+        dataset = client.get("/v1/models").json()["dataset"]
+    assert dataset == "synthetic"  # the tiny test model, like the demo
+    assert page.locator("#model-note").is_visible()
+    assert "synthetic" in page.inner_text("#model-note")
+    page.set_input_files("#file-input", str(photo))
+    page.check('input[name="task"][value="normals"]')
+    with page.expect_response(lambda r: "/predict" in r.url) as answered:
+        page.click("#run")
+    assert "max_side=320" in answered.value.url
+    page.wait_for_selector(".router-card canvas", timeout=20_000)
+    for stats in _canvas_stats(page, ".map-card canvas"):
+        assert (stats["height"], stats["width"]) == (240, 320)
+        assert stats["painted"] == 240 * 320
+    size = page.eval_on_selector("#input-canvas", "c => [c.height, c.width]")
+    assert tuple(size) == (240, 320)
+    page.close()
