@@ -27,6 +27,7 @@ from server.settings import Settings
 from server.state import ServerState, load_state, warm_up
 
 log = logging.getLogger("server.app")
+ROUTERS = (ops.router, native.router)  # every front door's routes (server/routes/)
 ENDPOINTS = ("/predict", "/healthz", "/readyz", "/v1/models", "/metrics", "/")
 OPEN_PATHS = ("/healthz", "/readyz")  # probes never need the API key
 
@@ -41,8 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.server = None
     app.state.settings = settings
     add_error_handlers(app)
-    app.include_router(ops.router)
-    app.include_router(native.router)
+    for router in ROUTERS:
+        app.include_router(router)
     if (ops.STATIC_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=ops.STATIC_DIR), name="static")
     app.add_middleware(_AccessMiddleware, settings=settings)

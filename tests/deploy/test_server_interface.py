@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from server.app import create_app
+from server.app import ROUTERS, create_app
 from server.metrics import ServerMetrics
 from server.modeldir import load_model_dir
 from server.settings import DEMO_MODEL_DIR, Settings
@@ -57,8 +57,11 @@ def probe_statuses(paths: set[str]) -> dict[str, int]:
 
 
 def get_routes() -> set[str]:
+    """Every GET path the app serves: its routers' routes (FastAPI keeps included routers as
+    objects of their own in ``app.routes``) and the app's own (the OpenAPI pages)."""
     app = create_app(Settings())
-    return {r.path for r in app.routes if "GET" in getattr(r, "methods", ())}
+    routes = [*app.routes, *(route for router in ROUTERS for route in router.routes)]
+    return {r.path for r in routes if "GET" in getattr(r, "methods", ())}
 
 
 def exported_metrics() -> dict[str, str]:
