@@ -78,17 +78,22 @@ class MapRequest:
 
 @dataclass(frozen=True)
 class Plan:
-    upload: codecs.Upload
+    """How one image goes through: its upright size, the maps' size, the JPEG decode scale
+    (1: none), and the bytes it will hold. ``upload`` is None for raw pixels (frames)."""
+
+    width: int
+    height: int
     request: MapRequest
     map_width: int
     map_height: int
     dct_scale: int
     cost_bytes: int
+    upload: codecs.Upload | None = None
 
     @property
     def scale(self) -> tuple[float, float]:
-        """Upload pixels per map pixel, along x and y."""
-        return self.upload.width / self.map_width, self.upload.height / self.map_height
+        """Image pixels per map pixel, along x and y."""
+        return self.width / self.map_width, self.height / self.map_height
 
 
 @dataclass
@@ -126,7 +131,15 @@ class Pipeline:
         scale = upload.dct_scale(need_width, need_height)
         decoded = np.prod(upload.scaled_size(scale)) * DECODE_BYTES_PER_PIXEL
         cost = int(decoded) + map_bytes(request, width, height)
-        return Plan(upload, request, width, height, scale, cost)
+        return Plan(upload.width, upload.height, request, width, height, scale, cost, upload)
+
+    def plan_frames(self, frames: np.ndarray, request: MapRequest) -> Plan:
+        """Raw pixels, ``frames`` uint8 (N, H, W, 3): one plan that each frame follows, its
+        cost for all of them (the frames themselves are counted: the caller holds them)."""
+        count, height, width = frames.shape[:3]
+        map_width, map_height = request.size.resolve(width, height, self.model)
+        cost = count * (frames[0].nbytes + map_bytes(request, map_width, map_height))
+        return Plan(width, height, request, map_width, map_height, 1, cost)
 
     async def admit(self, plan: Plan, deadline: float) -> Reservation:  # 3
         return await self.budget.reserve(plan.cost_bytes, deadline)
@@ -192,6 +205,43 @@ class Pipeline:
         timings = {"decode": decoded - admitted, "queue": admitted - started + result.queue_s,
                    "inference": result.inference_s}  # fmt: skip
         return Prediction(plan, result, reservation, kept, timings)
+
+    async def predict_frames(
+        self, frames: np.ndarray, request: MapRequest, deadline: float, gone: ClientGone
+    ) -> list[Prediction] | None:
+        """Stages 2-6 for N frames of one size (uint8 (N, H, W, 3), e.g. video): one
+        reservation for all, every frame queued at once so that they share batches. ``None``
+        if the client left. The predictions share the reservation: release it once."""
+        started = time.monotonic()
+        plan = self.plan_frames(frames, request)
+        reservation = await self.admit(plan, deadline)
+        try:
+            admitted = time.monotonic()
+            tensors = await asyncio.to_thread(self._prepare_frames, frames, plan)
+            decoded = time.monotonic()
+            results = await asyncio.gather(
+                *(self.infer(tensor, request.tasks, deadline, gone) for _, tensor in tensors)
+            )
+        except BaseException:
+            reservation.release()
+            raise
+        if any(result is None for result in results):
+            reservation.release()
+            return None
+        return [
+            Prediction(plan, result, reservation, kept, {
+                "decode": decoded - admitted, "queue": admitted - started + result.queue_s,
+                "inference": result.inference_s})
+            for (kept, _), result in zip(tensors, results, strict=True)
+        ]  # fmt: skip
+
+    def _prepare_frames(self, frames: np.ndarray, plan: Plan) -> list[tuple]:
+        kept = plan.request.keep_image
+        return [
+            (resize_rgb(frame, plan.map_width, plan.map_height) if kept else None,
+             preprocess(frame, self.model))
+            for frame in frames
+        ]  # fmt: skip
 
 
 def map_bytes(request: MapRequest, width: int, height: int) -> int:

@@ -204,7 +204,7 @@ def _json_body(state: ServerState, prediction: Prediction, encoded: dict, option
     body = {
         "model": {"name": state.model.name, "version": state.model.version},
         "provider": state.runtime.provider,
-        "image": {"width": plan.upload.width, "height": plan.upload.height},
+        "image": {"width": plan.width, "height": plan.height},
         "maps": {"width": plan.map_width, "height": plan.map_height, "scale": list(plan.scale)},
         "tasks": {t.name: encoded[t.name] for t in plan.request.tasks},
     }

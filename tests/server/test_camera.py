@@ -107,7 +107,7 @@ def test_a_rotated_jpeg_is_scaled_upright(model_dir):
     stored = np.ascontiguousarray(np.rot90(photo, k=1))  # stored 320 wide, 640 high
     body = image_bytes(stored, "JPEG", exif=exif)
     plan = plan_of(model_dir, body)
-    assert (plan.upload.width, plan.upload.height) == (640, 320)
+    assert (plan.width, plan.height) == (640, 320)
     assert plan.dct_scale == 4
     rgb = codecs.decode(plan.upload, plan.dct_scale)
     assert rgb.shape == (80, 160, 3)  # upright, a quarter of each side
@@ -197,3 +197,39 @@ def test_a_burst_of_39_megapixel_npz_requests_stays_in_its_budget(model_dir, log
         assert rss_bytes(pid) <= 1.25 * idle, (idle >> 20, rss_bytes(pid) >> 20)
     finally:
         server.stop()
+
+
+def test_frames_are_served_together_and_each_equals_its_lone_answer(model_dir):
+    """Raw pixels (N, H, W, 3), as video frames come: one reservation for all, queued at once
+    so that one model call serves them, each frame's maps equal to that frame sent alone."""
+    from server.batching import Batcher
+    from server.budget import MemoryBudget
+    from server.metrics import ServerMetrics
+
+    model = load_model_dir(model_dir)
+    runtime = ModelRuntime(model, ["CPUExecutionProvider"], threads=1, spin="brief")
+    frames = np.stack([random_image(30 + i, height=40, width=56) for i in range(3)])
+    request = MapRequest(tuple(model.tasks))
+
+    async def serve(batch: np.ndarray):
+        metrics = ServerMetrics(model, runtime.provider)
+        batcher = Batcher(runtime.run, model, metrics, max_batch=8, max_wait_s=0, max_queue=8)
+        budget = MemoryBudget(1 << 30, max_waiting=4)
+        pipeline = Pipeline(model, batcher, budget, 10**8)
+        batcher.start()
+        try:
+            predictions = await pipeline.predict_frames(batch, request, time.monotonic() + 60,
+                                                        asyncio.Event().wait)  # fmt: skip
+            assert budget.in_use == pipeline.plan_frames(batch, request).cost_bytes
+            predictions[0].reservation.release()
+            assert budget.in_use == 0
+            return predictions
+        finally:
+            await batcher.stop(1)
+
+    together = asyncio.run(serve(frames))
+    assert [p.result.batch_images for p in together] == [3, 3, 3]
+    for frame, prediction in zip(frames, together, strict=True):
+        [alone] = asyncio.run(serve(frame[None]))
+        for task in model.tasks:
+            assert np.array_equal(prediction.raster(task).array(), alone.raster(task).array())
