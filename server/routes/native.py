@@ -29,7 +29,10 @@ from server.state import ServerState
 
 router = APIRouter()
 CLIENT_CLOSED = 499  # nginx's convention; the client never sees it, the metrics do
-TASKS_HELP = "comma-separated task names (duplicates are an error); omitted: all of the model's"
+TASKS_HELP = (
+    "comma-separated task names (duplicates and an empty list are errors); omitted: all of the "
+    "model's"
+)
 FORMAT_HELP = (
     "json (default): base64 PNG per task; npz: one numpy archive, streamed, keys = task names "
     "(uint8 class ids, uint8 0-255 probabilities, (h, w, 3) unit normals as npz_normals says; "
@@ -132,10 +135,15 @@ async def predict(
 
 
 def parse_tasks(tasks: str | None, model: ModelDir) -> tuple[TaskInfo, ...]:
-    """``"semseg,normals"`` -> the model's tasks in id order; 422 for unknown or repeated names."""
-    if tasks is None or not tasks.strip():
+    """``"semseg,normals"`` -> the model's tasks in id order; omitted: all of them; 422 for an
+    empty list (``tasks=``: a client that built it from nothing should hear so, not get all
+    five), unknown or repeated names."""
+    if tasks is None:
         return tuple(model.tasks)
     names = [name.strip() for name in tasks.split(",")]
+    if not any(names):
+        raise InvalidParameter("invalid_parameter", "tasks is empty: name at least one task "
+                               f"({', '.join(model.task_names)}), or omit it for all")  # fmt: skip
     unknown = [name for name in names if name not in model.task_names]
     if unknown:
         raise InvalidParameter("unknown_task", f"unknown task(s) {unknown}; this model serves "

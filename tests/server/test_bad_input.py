@@ -53,6 +53,8 @@ CASES = [
     ("bad_alpha", GOOD, "image/png", {"visualize": "true", "alpha": "2"}, 422, "invalid_parameter"),
     ("npz_visualize", GOOD, "image/png", {"format": "npz", "visualize": "true"}, 422,
      "invalid_parameter"),
+    ("empty_tasks", GOOD, "image/png", {"tasks": ""}, 422, "invalid_parameter"),
+    ("blank_tasks", GOOD, "image/png", {"tasks": " , "}, 422, "invalid_parameter"),
     ("bad_size", GOOD, "image/png", {"size": "huge"}, 422, "invalid_parameter"),
     ("max_side_zero", GOOD, "image/png", {"max_side": "0"}, 422, "invalid_parameter"),
     ("max_side_negative", GOOD, "image/png", {"max_side": "-4"}, 422, "invalid_parameter"),
