@@ -64,7 +64,7 @@ def open_session(path: Path, provider: str, options: dict, profile: Path | None 
     settings.log_severity_level = 2  # ONNX Runtime's warnings (nodes placed on the CPU) to the log
     if profile is not None:
         settings.enable_profiling, settings.profile_file_prefix = True, str(profile)
-    providers = [CPU] if provider == CPU else [(provider, options), CPU]
+    providers = [(provider, options)] + ([CPU] if provider != CPU else [])  # (name, options)
     session = ort.InferenceSession(str(path), settings, providers=providers)
     if session.get_providers()[0] != provider:
         raise CheckError(f"{path.name}: asked for {provider}, got {session.get_providers()}")
