@@ -11,6 +11,9 @@
 ARG VARIANT=cpu
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+# The onnxruntime-gpu release both variants install: the one bench/gpu_check.py was prepared
+# with (bench/gpu_wheel.py); compose's GPU profile names it too (tests/bench/test_gpu_wheel.py).
+ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 
 # ---- base images: a python3 with venv support, nothing else --------------------------------
 FROM ${PYTHON_IMAGE} AS base-cpu
@@ -27,13 +30,14 @@ ENV ASE_PROVIDERS=cuda,cpu
 FROM base-${VARIANT} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 ARG VENV=/opt/venv
+ARG ONNXRUNTIME_GPU_VERSION
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY export ./export
 COPY server ./server
 RUN python3 -m venv ${VENV}
-RUN ${VENV}/bin/pip install '.[serve]'
+RUN ${VENV}/bin/pip install '.[serve]' "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"
 # The serving image must stay torch-free: fail the build if a dependency pulled it in.
 RUN ${VENV}/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 

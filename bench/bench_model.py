@@ -44,7 +44,6 @@ from export.to_onnx import export_model_dir  # noqa: E402
 from model.config import AdapterConfig, BackboneConfig, ModelConfig  # noqa: E402
 from model.model import ASEModel  # noqa: E402
 from model.tasks import TASK_NAMES  # noqa: E402
-from server.runtime import SPIN_CONFIG  # noqa: E402
 
 SIZES = {
     "demo": BackboneConfig(),  # 128 px, patch 16, width 192, depth 6
@@ -166,6 +165,8 @@ def session(path: Path, threads: int, brief_spin: bool = False) -> ort.Inference
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if brief_spin:  # the server's "brief" wait: idle threads sleep soon, sessions can take turns
+        from server.runtime import SPIN_CONFIG  # here: bench/gpu_check.py runs without server deps
+
         for key, value in SPIN_CONFIG["brief"].items():
             options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -165,6 +165,8 @@ def replay_builder(tmp_path: Path) -> tuple[Path, Path]:
         command = run.replace("${VENV}", str(venv)).replace(
             "python3 -m venv", f"{sys.executable} -m venv"
         )
+        for name, default in global_args().items():  # the build's ARG defaults, as docker would
+            command = command.replace(f"${{{name}}}", default)
         if "find_spec('torch')" in command:
             continue  # the registry stand-in holds torch; checked on the metadata below
         result = subprocess.run(
