@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.timing import alternate  # noqa: E402
-from export.metadata import GRAPH_FILES  # noqa: E402
+from export.contract import GRAPH_FILES  # noqa: E402
 from export.to_onnx import export_model_dir  # noqa: E402
 from model.config import AdapterConfig, BackboneConfig, ModelConfig  # noqa: E402
 from model.model import ASEModel  # noqa: E402

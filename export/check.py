@@ -36,7 +36,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.metadata import graph_precision, read_metadata
+from export.contract import read_metadata
 from model.checkpoint import load_checkpoint
 from model.model import ASEModel
 from model.routing import RouterOutput, TaskRouter
@@ -251,14 +251,14 @@ def check_model_dir(
     metadata = read_metadata(model_dir)
     model = load_checkpoint(reference)[0] if isinstance(reference, str | Path) else reference
     model = model.eval()
-    tokens = metadata["adapters"]["tokens_per_stream"]
-    size = (metadata["input"]["height"], metadata["input"]["width"])
+    tokens = metadata.adapters.tokens_per_stream
+    size = (metadata.input.height, metadata.input.width)
     cases = cases or default_cases(model.config.tasks)
     generator = np.random.default_rng(seed)
     results, providers = [], []
-    for graph, entry in metadata["graphs"].items():
-        tolerance = TOLERANCES[graph_precision(metadata, graph)]
-        path = model_dir / entry["file"]
+    for graph, entry in metadata.graphs.items():
+        tolerance = TOLERANCES[metadata.graph_precision(graph)]
+        path = model_dir / entry.file
         check_graph_file(path)
         session = open_session(path)
         providers = session.get_providers()

@@ -223,8 +223,8 @@ def _describe(state: ServerState) -> dict:
             }
             for t in model.tasks
         ],  # fmt: skip
-        "input": model.raw["input"],
-        "adapters": model.adapters,
+        "input": model.input.model_dump(mode="json"),
+        "adapters": model.adapters.model_dump(mode="json"),
         "providers": state.runtime.providers,
         "graph": state.runtime.graph.name,
         "max_batch": state.settings.max_batch,

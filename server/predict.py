@@ -330,12 +330,12 @@ def _task_json(task: TaskInfo, prediction: np.ndarray, rgb: np.ndarray, options:
 
 
 def _router_json(model: ModelDir, result: JobResult, task: str) -> dict:
-    tokens = int(model.adapters["tokens_per_stream"])
+    tokens = model.adapters.tokens_per_stream
     return {
         "expert_tokens": result.expert_tokens[task].tolist(),
         "shared_gate_share": (result.shared_gate_mass[task] / max(tokens, 1)).tolist(),
         "tokens_per_layer": tokens,
-        "shared_experts": list(model.adapters.get("shared_experts") or []),
+        "shared_experts": list(model.adapters.shared_experts),
     }
 
 

@@ -10,6 +10,7 @@ import subprocess
 import httpx
 import pytest
 
+from export.contract import file_sha256
 from tests.server.conftest import PYTHON, REPO, free_port, image_bytes, random_image, start_server
 
 
@@ -39,10 +40,17 @@ def corrupt_graph(path):
     (path / data["graphs"][cpu_graph(path)]["file"]).write_bytes(b"garbage" * 100)
 
 
+def drop_graph_hash(path):
+    data = json.loads((path / "metadata.json").read_text())
+    data["graphs"][cpu_graph(path)]["sha256"] = None  # hashes are required, not optional
+    (path / "metadata.json").write_text(json.dumps(data))
+
+
 def corrupt_graph_and_hash(path):
     corrupt_graph(path)
     data = json.loads((path / "metadata.json").read_text())
-    data["graphs"][cpu_graph(path)]["sha256"] = None  # the hash no longer catches it: ORT must
+    entry = data["graphs"][cpu_graph(path)]
+    entry["sha256"] = file_sha256(path / entry["file"])  # the hash no longer catches it: ORT must
     (path / "metadata.json").write_text(json.dumps(data))
 
 
@@ -52,6 +60,7 @@ def corrupt_graph_and_hash(path):
         (break_metadata_json, "not valid JSON"),
         (drop_metadata_field, "input: Field required"),
         (corrupt_graph, "is corrupt: sha256"),
+        (drop_graph_hash, "sha256: Input should be a valid string"),
         (corrupt_graph_and_hash, "ONNX Runtime cannot load"),
     ],
 )
