@@ -9,8 +9,11 @@ import subprocess
 
 import httpx
 import pytest
+import uvicorn
 
 from export.contract import file_sha256
+from server.__main__ import uvicorn_options
+from server.settings import Settings
 from tests.server.conftest import PYTHON, REPO, free_port, image_bytes, random_image, start_server
 
 
@@ -128,3 +131,10 @@ def test_api_key_guards_everything_but_probes(keyed_server):
     assert httpx.post(f"{url}/predict", content=body, headers=wrong).status_code == 401
     bearer = {**headers, "Authorization": "Bearer s3cret-key"}
     assert httpx.post(f"{url}/predict", content=body, headers=bearer, timeout=30).status_code == 200
+
+
+def test_a_fractional_shutdown_timeout_reaches_uvicorn_as_it_is():
+    """0.5 s must stay 0.5 s: rounded to 0, uvicorn cancels the requests in flight at once."""
+    options = uvicorn_options(Settings(shutdown_timeout_s=0.5))
+    assert options["timeout_graceful_shutdown"] == 0.5
+    assert uvicorn.Config(app=None, **options).timeout_graceful_shutdown == 0.5
