@@ -5,8 +5,8 @@
 
 Writes ``metadata.json`` and one graph per dispatch mode. ``auto`` writes both (``sparse``
 only for variants with an expert bank) and records which graph each execution provider
-should run: CUDA takes ``sparse``; the CPU takes ``dense`` when N*r <= d (design.md 2: the
-dense gated bank is then cheaper than any sparse dispatch), ``sparse`` otherwise.
+should run: CUDA takes ``sparse``; the CPU takes ``dense`` when N*r <= d (the dense gated bank
+is then the cheaper one: docs/architecture.md, "Expert dispatch"), ``sparse`` otherwise.
 
 fp32 graphs are lean (``export/lean.py``: attention, GELU and router in fewer, fused
 onnxruntime contrib-op nodes); ``--plain`` keeps to standard ONNX ops (other runtimes), and
