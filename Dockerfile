@@ -4,7 +4,8 @@
 #   docker build -t ase-serve:cpu .                          # CPU (the default)
 #   docker build -t ase-serve:cuda --build-arg VARIANT=cuda .  # CUDA 13 + cuDNN 9 (onnxruntime-gpu)
 #
-# Both variants install the same `pip install '.[serve]'`; onnxruntime-gpu runs on the CPU
+# Both variants install the same serving lock (requirements/serve.txt, `make lock`: the versions
+# the tests ran) and then the project without dependencies; onnxruntime-gpu runs on the CPU
 # provider where no GPU is present, so only the base image and the default providers differ.
 # tests/monitoring/test_dockerfile.py replays the builder stage's RUN steps in a fresh venv.
 
@@ -29,11 +30,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 ARG VENV=/opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements/serve.txt ./requirements/
 COPY model ./model
 COPY export ./export
 COPY server ./server
 RUN python3 -m venv ${VENV}
-RUN ${VENV}/bin/pip install '.[serve]'
+RUN ${VENV}/bin/pip install -r requirements/serve.txt
+RUN ${VENV}/bin/pip install --no-deps .
+RUN ${VENV}/bin/pip check
 # The serving image must stay torch-free: fail the build if a dependency pulled it in.
 RUN ${VENV}/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
