@@ -4,16 +4,14 @@
 #   docker build -t ase-serve:cpu .                          # CPU (the default)
 #   docker build -t ase-serve:cuda --build-arg VARIANT=cuda .  # CUDA 13 + cuDNN 9 (onnxruntime-gpu)
 #
-# Both variants install the same `pip install '.[serve]'`; onnxruntime-gpu runs on the CPU
+# Both variants install the same serving lock (requirements/serve.txt, `make lock`: the versions
+# the tests ran) and then the project without dependencies; onnxruntime-gpu runs on the CPU
 # provider where no GPU is present, so only the base image and the default providers differ.
 # tests/monitoring/test_dockerfile.py replays the builder stage's RUN steps in a fresh venv.
 
 ARG VARIANT=cpu
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
-# The onnxruntime-gpu release both variants install: the one bench/gpu_check.py was prepared
-# with (bench/gpu_wheel.py); compose's GPU profile names it too (tests/bench/test_gpu_wheel.py).
-ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 
 # ---- base images: a python3 with venv support, nothing else --------------------------------
 FROM ${PYTHON_IMAGE} AS base-cpu
@@ -30,14 +28,16 @@ ENV ASE_PROVIDERS=cuda,cpu
 FROM base-${VARIANT} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 ARG VENV=/opt/venv
-ARG ONNXRUNTIME_GPU_VERSION
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements/serve.txt ./requirements/
 COPY model ./model
 COPY export ./export
 COPY server ./server
 RUN python3 -m venv ${VENV}
-RUN ${VENV}/bin/pip install '.[serve]' "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"
+RUN ${VENV}/bin/pip install -r requirements/serve.txt
+RUN ${VENV}/bin/pip install --no-deps .
+RUN ${VENV}/bin/pip check
 # The serving image must stay torch-free: fail the build if a dependency pulled it in.
 RUN ${VENV}/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
@@ -50,7 +50,6 @@ COPY demo/model /opt/ase/models/demo
 ENV PATH=${VENV}/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    NUMBA_CACHE_DIR=/tmp/numba \
     ASE_MODEL_DIR=/opt/ase/models/demo
 WORKDIR /opt/ase
 USER ase

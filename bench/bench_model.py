@@ -10,16 +10,18 @@ directory with the real exporter. Medians over ``--repeats`` runs after 3 warm-u
 shared machine, other processes' CPU use is measured for every block of runs (the "others'
 CPU" column) and a block is re-measured, up to 5 times, while it exceeds ``--max-others``.
 
-    .venv/bin/python bench/bench_model.py --ab [--sizes demo vits] [--repeats 60]
+    .venv/bin/python bench/bench_model.py --ab [--sizes demo vits] [--repeats 60] [--json F]
 
 ``--ab``: only ASE, the bare backbone and the peak GEMM (in onnxruntime), taking turns run by
 run, so that the share of the peak and the adapters' overhead are ratios measured on the same
-machine state (the blocks above are timed minutes apart, on machines that drift).
+machine state (the blocks above are timed minutes apart, on machines that drift). ``--json``
+also writes its results unrounded (the table rounds them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -39,7 +41,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.timing import alternate  # noqa: E402
-from export.metadata import GRAPH_FILES  # noqa: E402
+from export.contract import GRAPH_FILES  # noqa: E402
 from export.to_onnx import export_model_dir  # noqa: E402
 from model.config import AdapterConfig, BackboneConfig, ModelConfig  # noqa: E402
 from model.model import ASEModel  # noqa: E402
@@ -388,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ab", "--adapters-ab", action="store_true",
         help="only ASE vs bare backbone vs the GEMM peak, taking turns (5 tasks, ORT dense)",
     )  # fmt: skip
+    parser.add_argument("--json", type=Path, help="with --ab: also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.ab:
@@ -399,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             results = [ab_run(name, args.threads, args.repeats, Path(workdir))
                        for name in args.sizes]  # fmt: skip
         print(ab_markdown(results, args.repeats))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
         print(f"onnxruntime {ort.__version__}, torch {torch.__version__}")
         return 0
     peak = gemm_peak_gflops(args.threads, args.repeats)

@@ -23,7 +23,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from export.metadata import read_metadata  # noqa: E402
+from export.contract import read_metadata  # noqa: E402
 from export.to_onnx import export_checkpoint  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.evaluate import (  # noqa: E402
@@ -89,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = export_checkpoint(args.checkpoint, Path(workdir), int8=True, name="int8-check")
         metadata = read_metadata(model_dir)
         engines = {"torch eager": model_predictor(model)}
-        for mode, entry in metadata["graphs"].items():
-            engines[f"ORT {mode}"] = onnx_predictor(model_dir / entry["file"], tasks, args.threads)
+        for mode, entry in metadata.graphs.items():
+            engines[f"ORT {mode}"] = onnx_predictor(model_dir / entry.file, tasks, args.threads)
         rows = {
             name: evaluate(predict, loader, tasks, dataset) for name, predict in engines.items()
         }
-        fp32 = "ORT " + metadata["graphs"]["int8"]["quantized_from"]
+        fp32 = "ORT " + metadata.graphs["int8"].quantized_from
         classes = tuple(t for t in tasks if TASKS[t].kind == "classes")
         agreement = label_agreement(engines[fp32], engines["ORT int8"], loader, classes)
     print(f"checkpoint {args.checkpoint} (step {payload.get('step')}), synthetic {args.split}, "

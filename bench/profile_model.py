@@ -29,7 +29,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from bench.bench_model import SIZES, random_model  # noqa: E402
-from export.metadata import GRAPH_FILES  # noqa: E402
+from export.contract import GRAPH_FILES  # noqa: E402
 from export.to_onnx import export_model_dir  # noqa: E402
 
 WARM_UP = 3

@@ -1,33 +1,32 @@
 """Expert dispatch for export: the same adapter maths in two forms, chosen per graph.
 
-- ``dense``: router weights (S, tokens, N) gate the whole bank's rank blocks, one matmul pair
-  ``(u @ A_all) * gates @ B_all``. The S shared experts sit in that pair as its last S*r rank
-  columns (the fused rank-S*r pair of design.md 1, concatenated to the routed bank so one GEMM
-  does both); ``naive_shared``'s constant shared gates are 1 there. Cheapest on CPU when
-  N*r <= d (design.md 2).
-- ``sparse``: the routed experts go through ``com.microsoft.MoE`` (a real per-expert
-  dispatch). ASE's one softmax over {k selected routed} + {S shared} is the op's own softmax
-  with ``k+S`` picks, given logits where only those experts can win: unselected routed logits
-  are set to ``NEG_LOGIT``, so the op's top-k (and its tie rule) cannot choose differently
-  from our router. ``moe`` is the op with ``k``. ``naive_shared``'s shared experts have a
-  constant weight 1, so they stay outside the op as one constant low-rank pair.
+- ``dense``: ``ASEModel.merge()``'s form as it is (``model.adapters.MergedExpertAdapter``):
+  router weights (S, tokens, N) gate the rank blocks of the whole bank flattened into one pair,
+  ``(u @ A_all) * gates @ B_all``, the S shared experts as its last S*r rank columns
+  (``naive_shared``'s constant shared gates are 1 there). Cheapest on CPU when N*r <= d
+  (docs/architecture.md, "Expert dispatch").
+- ``sparse``: built here from that merged form. The routed experts go through
+  ``com.microsoft.MoE`` (a real per-expert dispatch). ASE's one softmax over {k selected
+  routed} + {S shared} is the op's own softmax with ``k+S`` picks, given logits where only
+  those experts can win: unselected routed logits are set to ``NEG_LOGIT``, so the op's top-k
+  (and its tie rule) cannot choose differently from our router. ``moe`` is the op with ``k``.
+  ``naive_shared``'s shared experts have a constant weight 1, so they stay outside the op as
+  one constant low-rank pair (the merged pair's last S*r columns).
 
 Constant-weight adapters (backbone LoRA) are folded by ``ASEModel.merge()``; the ``lora``
 variant's adapter stays one low-rank pair (2*r*d per token instead of the d*d of a folded map).
-Each dispatch module computes the op's maths in torch when not exporting, so an eager run of
+``SparseExpertDispatch`` computes the op's maths in torch when not exporting, so an eager run of
 the export module is a real reference for ONNX Runtime.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
-from model.adapters import ExpertAdapter
-from model.experts import LowRankAdapter
-from model.model import ASEModel
+from model.adapters import MergedExpertAdapter, route_fp32
+from model.experts import unflatten_bank
+from model.model import ASEModel, exporting
 from model.routing import RouterOutput, TaskRouter, top_k_mask
 
 DISPATCH_MODES = ("dense", "sparse")
@@ -35,45 +34,13 @@ NEG_LOGIT = -30000.0
 """Logit of an expert the op must not pick: far below any trained logit, exp() is exactly 0,
 and still finite in fp16 (max 65504), so an fp16 graph sees the same value."""
 CUDA_MIN_INNER = 16
-"""The CUDA MoE kernel's smallest expert inner size (CUTLASS alignment, design.md 2)."""
+"""The CUDA MoE kernel's smallest expert inner size (CUTLASS alignment: inner and hidden sizes
+at least 16 and 128-bit aligned; docs/architecture.md, "Expert dispatch")."""
 
 
 def padded_rank(rank: int, multiple: int = CUDA_MIN_INNER) -> int:
     """Rank rounded up to the CUDA kernel's granularity; zero columns leave outputs exact."""
     return -(-rank // multiple) * multiple
-
-
-def _pair(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
-    """Bank A (N, r, d), B (N, d, r) -> one pair A (N*r, d), B (d, N*r), expert-major."""
-    num, rank, dim = A.shape
-    return A.reshape(num * rank, dim), B.permute(1, 0, 2).reshape(dim, num * rank)
-
-
-class DenseExpertDispatch(nn.Module):
-    """Router + the whole bank as one gated low-rank pair (plain MatMul/Mul in ONNX)."""
-
-    def __init__(self, adapter: ExpertAdapter) -> None:
-        super().__init__()
-        self.router = adapter.router
-        num, rank, _ = adapter.experts.A.shape
-        self.num_experts, self.rank = num, rank
-        a_all, b_all = _pair(adapter.experts.A.detach(), adapter.experts.B.detach())
-        self.register_buffer("A", a_all.clone())  # (N*r, d)
-        self.register_buffer("B", b_all.clone())  # (d, N*r)
-
-    def forward(self, u: Tensor, stream_task: Tensor) -> tuple[Tensor, RouterOutput]:
-        routing = route_fp32(self.router, u, stream_task)
-        codes = (u @ self.A.T).unflatten(-1, (self.num_experts, self.rank))  # (S, T, N, r)
-        gates = routing.weights.to(u.dtype).unsqueeze(-1)  # (S, T, N, 1)
-        gated = (codes * gates).flatten(-2)  # (S, T, N*r)
-        return gated @ self.B.T, routing
-
-
-def route_fp32(router: TaskRouter, u: Tensor, stream_task: Tensor) -> RouterOutput:
-    """Routers always run in fp32, also in an fp16 graph: the top-k selection and the router
-    statistics then match the fp32 reference far more often (and onnxruntime 1.31's CPU
-    fp16 path selected fewer than k experts per token in our top-k mask: checked)."""
-    return router(u.float(), stream_task)
 
 
 def keep_routers_fp32(model: nn.Module) -> nn.Module:
@@ -89,7 +56,7 @@ def moe_op(x: Tensor, logits: Tensor, fc1: Tensor, fc2: Tensor, k: int) -> Tenso
 
     x (T, d), logits (T, E), fc1 (E, inner, d), fc2 (E, d, inner) -> (T, d). In export it is
     the contrib op; eagerly, the same maths (top-k, softmax over the picks, per-expert maps)."""
-    if torch.onnx.is_in_onnx_export():
+    if exporting():
         return torch.onnx.ops.symbolic(
             "com.microsoft::MoE",
             [x, logits, fc1, None, fc2],
@@ -108,23 +75,22 @@ class SparseExpertDispatch(nn.Module):
     """Router + ``com.microsoft.MoE`` over the experts the router may pick (ranks zero-padded
     to ``pad_to``); ``naive_shared``'s constant shared experts beside it as one dense pair."""
 
-    def __init__(self, adapter: ExpertAdapter, pad_to: int = CUDA_MIN_INNER) -> None:
+    def __init__(self, adapter: MergedExpertAdapter, pad_to: int = CUDA_MIN_INNER) -> None:
         super().__init__()
         self.router = adapter.router
-        A, B = adapter.experts.A.detach(), adapter.experts.B.detach()  # (N, r, d), (N, d, r)
-        routed = adapter.router.routed_weight.shape[1]
-        self.joint_shared = adapter.routing == "ase"  # shared experts inside the op's softmax
-        in_op = A.shape[0] if adapter.routing != "naive_shared" else routed
-        self.k = adapter.router.k + (A.shape[0] - routed if self.joint_shared else 0)
-        inner = padded_rank(A.shape[1], pad_to) if pad_to else A.shape[1]
-        extra = inner - A.shape[1]
+        num, routed, rank = adapter.num_experts, adapter.num_routed, adapter.rank
+        shared, in_softmax = num - routed, adapter.routing.shared_in_softmax
+        self.joint_shared = in_softmax and shared > 0  # shared experts inside the op's softmax
+        self.constant_shared = not in_softmax and shared > 0  # weight 1: a pair beside the op
+        in_op = routed if self.constant_shared else num
+        self.k = adapter.router.k + (shared if self.joint_shared else 0)
+        A, B = unflatten_bank(adapter.A, adapter.B, num)  # (N, r, d), (N, d, r)
+        extra = (padded_rank(rank, pad_to) if pad_to else rank) - rank
         self.register_buffer("fc1", nn.functional.pad(A[:in_op], (0, 0, 0, extra)).clone())
         self.register_buffer("fc2", nn.functional.pad(B[:in_op], (0, extra)).clone())
-        self.constant_shared = in_op < A.shape[0]
-        if self.constant_shared:
-            shared_a, shared_b = _pair(A[in_op:], B[in_op:])
-            self.register_buffer("shared_A", shared_a.clone())  # (S*r, d)
-            self.register_buffer("shared_B", shared_b.clone())  # (d, S*r)
+        if self.constant_shared:  # expert-major columns: the shared experts' are the last S*r
+            self.register_buffer("shared_A", adapter.A[in_op * rank :].clone())  # (S*r, d)
+            self.register_buffer("shared_B", adapter.B[:, in_op * rank :].clone())  # (d, S*r)
 
     def op_logits(self, routing: RouterOutput) -> Tensor:
         """(S, T, E) logits where only the experts our router chose can win the op's top-k."""
@@ -146,25 +112,16 @@ class SparseExpertDispatch(nn.Module):
 
 
 def export_module(model: ASEModel, dispatch: str, pad_to: int = CUDA_MIN_INNER) -> ASEModel:
-    """The merged model with each block's adapter in its export form (``model`` unchanged).
-
-    ``merge()`` folds the backbone LoRA; the adapters are rebuilt here from the unmerged ones,
-    whose factors the merged constant maps no longer keep."""
+    """``model.merge()`` (``model`` unchanged), as it is for ``dense``; for ``sparse`` with each
+    merged expert adapter in its sparse dispatch form."""
     if dispatch not in DISPATCH_MODES:
         raise ValueError(f"unknown dispatch {dispatch!r}; known: {', '.join(DISPATCH_MODES)}")
     if dispatch == "sparse" and not model.config.adapters.has_experts:
         routing = model.config.adapters.routing
-        raise ValueError(f"sparse dispatch needs an expert bank; routing {routing!r} has none")
+        raise ValueError(f"sparse dispatch needs an expert bank; routing '{routing}' has none")
     merged = model.eval().merge()
-    for source, target in zip(model.backbone.blocks, merged.backbone.blocks, strict=True):
-        adapter = getattr(source, "adapter", None)
-        if isinstance(adapter, ExpertAdapter):
-            adapter = copy.deepcopy(adapter)
-            target.adapter = (
-                DenseExpertDispatch(adapter)
-                if dispatch == "dense"
-                else SparseExpertDispatch(adapter, pad_to)
-            )
-        elif isinstance(adapter, LowRankAdapter):
-            target.adapter = copy.deepcopy(adapter)
-    return merged.requires_grad_(False)
+    if dispatch == "sparse":
+        for block in merged.backbone.blocks:
+            if isinstance(getattr(block, "adapter", None), MergedExpertAdapter):
+                block.adapter = SparseExpertDispatch(block.adapter, pad_to)
+    return merged

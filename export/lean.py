@@ -29,13 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.heads import DenseHead
-from model.model import ASEModel
+from model.model import ASEModel, exporting
 from model.routing import RouterOutput, TaskRouter, top_k_mask
 from model.vit import Attention, Mlp
-
-
-def _exporting() -> bool:
-    return torch.onnx.is_in_onnx_export()
 
 
 def _contrib(op: str, inputs: list[Tensor], like: Tensor, **attributes) -> Tensor:
@@ -49,7 +45,7 @@ class LeanGelu(nn.Module):
     """Exact (erf) GELU as one ``com.microsoft.Gelu`` node (five nodes as exported)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return _contrib("Gelu", [x], x) if _exporting() else F.gelu(x)
+        return _contrib("Gelu", [x], x) if exporting() else F.gelu(x)
 
 
 class LeanAttention(nn.Module):
@@ -66,7 +62,7 @@ class LeanAttention(nn.Module):
         self.proj = proj
 
     def forward(self, x: Tensor) -> Tensor:
-        if _exporting():
+        if exporting():
             out = _contrib(
                 "Attention", [x, self.qkv_weight, self.qkv_bias], x, num_heads=self.heads
             )
@@ -94,7 +90,7 @@ class LeanMlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = x @ self.fc1_weight  # (S, T, 4d)
-        if _exporting():
+        if exporting():
             hidden = _contrib("BiasGelu", [hidden, self.fc1_bias], hidden)
         else:
             hidden = F.gelu(hidden + self.fc1_bias)
@@ -103,7 +99,7 @@ class LeanMlp(nn.Module):
 
 class LeanRouter(nn.Module):
     """``TaskRouter`` with one batched MatMul for routed and shared logits and the top-k mask
-    from TopK's indices; its gate is the router's own (``routing.MASKED_GATES``)."""
+    from TopK's indices; its gate is the router's own (``routing.masked_gate``)."""
 
     def __init__(self, router: TaskRouter) -> None:
         super().__init__()
@@ -129,7 +125,7 @@ class LeanRouter(nn.Module):
         return RouterOutput(weights, probs, selected.to(u.dtype), z_routed, z_shared)
 
     def _top_k(self, z_routed: Tensor) -> Tensor:
-        if not _exporting() or self.k == 0:
+        if not exporting() or self.k == 0:
             return top_k_mask(z_routed, self.k)
         index = torch.topk(z_routed, self.k, dim=-1).indices  # (S, tokens, k)
         picked = torch.ones_like(index, dtype=torch.bool)
@@ -168,7 +164,8 @@ def _lean_gelu(block: nn.Sequential) -> nn.Sequential:
 
 def make_lean(model: ASEModel) -> ASEModel:
     """Swap blocks, routers and heads of an export module (``dispatch.export_module``'s result:
-    merged, adapters in dispatch form) for their lean forms, in place; returns ``model``."""
+    merged, adapters in their dense or sparse form) for their lean forms, in place; returns
+    ``model``."""
     for block in model.backbone.blocks:
         adapter = getattr(block, "adapter", None)
         if isinstance(getattr(adapter, "router", None), TaskRouter):

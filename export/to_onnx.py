@@ -5,8 +5,8 @@
 
 Writes ``metadata.json`` and one graph per dispatch mode. ``auto`` writes both (``sparse``
 only for variants with an expert bank) and records which graph each execution provider
-should run: CUDA takes ``sparse``; the CPU takes ``dense`` when N*r <= d (design.md 2: the
-dense gated bank is then cheaper than any sparse dispatch), ``sparse`` otherwise.
+should run: CUDA takes ``sparse``; the CPU takes ``dense`` when N*r <= d (the dense gated bank
+is then the cheaper one: docs/architecture.md, "Expert dispatch"), ``sparse`` otherwise.
 
 fp32 graphs are lean (``export/lean.py``: attention, GELU and router in fewer, fused
 onnxruntime contrib-op nodes); ``--plain`` keeps to standard ONNX ops (other runtimes), and
@@ -38,17 +38,17 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from export.dispatch import DISPATCH_MODES, export_module, keep_routers_fp32  # noqa: E402
-from export.lean import make_lean  # noqa: E402
-from export.metadata import (  # noqa: E402
+from export.contract import (  # noqa: E402
     GRAPH_FILES,
     GRAPH_INPUTS,
     PROVIDERS,
-    build_metadata,
+    SourceInfo,
     file_sha256,
-    output_names,
     write_metadata,
 )
+from export.dispatch import DISPATCH_MODES, export_module, keep_routers_fp32  # noqa: E402
+from export.lean import make_lean  # noqa: E402
+from export.metadata import build_metadata, output_names  # noqa: E402
 from export.quantize import quantize_graph  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
@@ -169,7 +169,7 @@ def graph_modes(config: ModelConfig, dispatch: str) -> list[str]:
         raise ValueError(f"unsupported dispatch {dispatch!r}; choose from {DISPATCH_CHOICES}")
     if dispatch == "sparse" and not config.adapters.has_experts:
         routing = config.adapters.routing
-        raise ValueError(f"--dispatch sparse needs an expert bank; routing {routing!r} has none")
+        raise ValueError(f"--dispatch sparse needs an expert bank; routing '{routing}' has none")
     if dispatch != "auto":
         return [dispatch]
     return ["dense", "sparse"] if config.adapters.has_experts else ["dense"]
@@ -198,10 +198,10 @@ def export_model_dir(
     int8: bool = False,
     lean: bool = True,
     name: str = "ase-model",
-    source: dict | None = None,
+    source: SourceInfo | None = None,
 ) -> Path:
-    """Write a model directory for ``model``; ``source`` describes its checkpoint
-    (``checkpoint``, ``checkpoint_sha256``, ``step``). Returns ``out_dir``."""
+    """Write a model directory for ``model``; ``source`` describes its checkpoint (none: a
+    model that was never saved). Returns ``out_dir``."""
     out_dir = Path(out_dir)
     modes = graph_modes(model.config, dispatch)
     check_options(fp16, int8)
@@ -216,7 +216,6 @@ def export_model_dir(
         providers["CPUExecutionProvider"] = "int8"
     for stale in set(GRAPH_FILES) - set(graphs):  # a previous export's other graphs
         (out_dir / GRAPH_FILES[stale]).unlink(missing_ok=True)
-    source = source or {"checkpoint": None, "checkpoint_sha256": "0" * 64, "step": 0}
     metadata = build_metadata(
         model.config,
         name=name,
@@ -224,8 +223,8 @@ def export_model_dir(
         provider_graph=providers,
         precision="fp16" if fp16 else "fp32",
         opset=OPSET,
-        source=source,
-        exporter={"torch": torch.__version__, "onnx": onnx.__version__},
+        source=source or SourceInfo(),
+        exporter={"torch": str(torch.__version__), "onnx": onnx.__version__},
         quantized_from=quantized_from,
     )
     write_metadata(out_dir, metadata)
@@ -247,11 +246,11 @@ def export_checkpoint(
     check_options(fp16, int8)  # reject bad options before the slow part
     model, payload = load_checkpoint(checkpoint)
     graph_modes(model.config, dispatch)
-    source = {
-        "checkpoint": checkpoint.name,
-        "checkpoint_sha256": file_sha256(checkpoint),
-        "step": int(payload.get("step") or 0),
-    }
+    source = SourceInfo(
+        checkpoint=checkpoint.name,
+        checkpoint_sha256=file_sha256(checkpoint),
+        step=int(payload.get("step") or 0),
+    )
     return export_model_dir(
         model, out_dir, dispatch=dispatch, fp16=fp16, int8=int8, lean=lean, name=name, source=source
     )

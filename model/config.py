@@ -4,18 +4,68 @@ plain dict, so that a checkpoint rebuilds its own model with nothing else."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, NoReturn
 
 from model.tasks import TASK_NAMES, require_dataset
 
-ROUTING_VARIANTS = ("ase", "moe", "naive_shared", "lora", "none")
-"""``ase``: top-k routed + S adaptive shared experts, one softmax (the paper);
-``moe``: plain top-k LoRA-MoE, no shared experts; ``naive_shared``: shared experts added with
-fixed weight 1, routed weights normalised among themselves; ``lora``: one LoRA adapter of the
-active rank (k+S)*r, no routing (MTL-ViT+LoRA); ``none``: no adapters at all."""
+
+class Routing(StrEnum):
+    """What sits beside each block's FFN and how its gates are made: one member per variant,
+    carrying what the variant means, so that code asks a trait instead of comparing names.
+    ``Routing("ase")`` parses a stored name (checkpoints and metadata store the name).
+
+    - ``ase``: top-k routed + S adaptive shared experts, one softmax over both (the paper);
+    - ``moe``: plain top-k LoRA-MoE, no shared experts (``ase``'s gate with S = 0);
+    - ``naive_shared``: shared experts added with fixed weight 1, routed weights normalised
+      among themselves;
+    - ``lora``: one LoRA adapter of the active rank (k+S)*r, no routing (MTL-ViT+LoRA);
+    - ``none``: no adapters at all.
+    """
+
+    # fmt: off
+    #              name            experts  shared gates  in softmax  allows S>0  needs S>0
+    ASE =          "ase",          True,    True,         True,       True,       False
+    MOE =          "moe",          True,    False,        True,       False,      False
+    NAIVE_SHARED = "naive_shared", True,    False,        False,      True,       True
+    LORA =         "lora",         False,   False,        False,      True,       False
+    NONE =         "none",         False,   False,        False,      True,       False
+    # fmt: on
+
+    def __new__(
+        cls,
+        value: str,
+        has_experts: bool,
+        learns_shared_gates: bool,
+        shared_in_softmax: bool,
+        allows_shared: bool,
+        needs_shared: bool,
+    ) -> Routing:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.has_experts = has_experts  # a routed bank of N experts and per-task routers
+        member.learns_shared_gates = learns_shared_gates  # the router scores shared experts too
+        # The shared experts' logits join the k picks in ONE softmax; otherwise they weigh 1.
+        member.shared_in_softmax = shared_in_softmax
+        member.allows_shared, member.needs_shared = allows_shared, needs_shared
+        return member
+
+    @property
+    def has_adapter(self) -> bool:
+        """Anything beside the FFN at all (every variant but ``none``)."""
+        return self is not Routing.NONE
 
 
-def _fail(field_name: str, message: str) -> None:
+def parse_routing(value: str | Routing) -> Routing:
+    """A variant's name -> its member; a ValueError lists the known names."""
+    try:
+        return Routing(value)
+    except ValueError:
+        known = ", ".join(Routing)
+        _fail("adapters.routing", f"unknown variant {value!r}; known: {known}")
+
+
+def _fail(field_name: str, message: str) -> NoReturn:
     raise ValueError(f"{field_name}: {message}")
 
 
@@ -66,18 +116,23 @@ def parse_expert_spec(spec: str) -> tuple[int, int, int, int]:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """The expert bank beside each block's FFN, in the paper's ``N/k/S/r`` notation."""
+    """The expert bank beside each block's FFN, in the paper's ``N/k/S/r`` notation. ``spec``
+    and ``routing`` (a variant's name is accepted) are what checkpoints store; both are parsed
+    once, here, into the integers and the ``Routing`` member that every other module reads."""
 
     spec: str = "16/3/1/4"
-    routing: str = "ase"
+    routing: Routing = Routing.ASE
+    experts: int = field(init=False)  # N
+    k: int = field(init=False)
+    shared: int = field(init=False)  # S
+    rank: int = field(init=False)  # r
 
     def __post_init__(self) -> None:
         experts, k, shared, rank = parse_expert_spec(self.spec)
-        if self.routing not in ROUTING_VARIANTS:
-            _fail(
-                "adapters.routing",
-                f"unknown variant {self.routing!r}; known: {', '.join(ROUTING_VARIANTS)}",
-            )
+        routing = parse_routing(self.routing)
+        for name, value in (("experts", experts), ("k", k), ("shared", shared), ("rank", rank)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "routing", routing)
         if experts < 1:
             _fail("adapters.experts", f"N must be >= 1, got {experts}")
         if rank < 1:
@@ -88,26 +143,14 @@ class AdapterConfig:
             _fail("adapters.k", f"k={k} exceeds the routed experts N-S={experts - shared}")
         if k + shared < 1:
             _fail("adapters.k", "k+S must be >= 1: no expert would ever be active")
-        if self.routing == "moe" and shared:
-            _fail("adapters.shared", f"routing 'moe' has no shared experts, got S={shared}")
-        if self.routing == "naive_shared" and not shared:
-            _fail("adapters.shared", "routing 'naive_shared' needs S >= 1")
+        if shared and not routing.allows_shared:
+            _fail("adapters.shared", f"routing '{routing}' has no shared experts, got S={shared}")
+        if routing.needs_shared and not shared:
+            _fail("adapters.shared", f"routing '{routing}' needs S >= 1")
 
-    @property
-    def experts(self) -> int:
-        return parse_expert_spec(self.spec)[0]
-
-    @property
-    def k(self) -> int:
-        return parse_expert_spec(self.spec)[1]
-
-    @property
-    def shared(self) -> int:
-        return parse_expert_spec(self.spec)[2]
-
-    @property
-    def rank(self) -> int:
-        return parse_expert_spec(self.spec)[3]
+    def to_dict(self) -> dict[str, str]:
+        """What a checkpoint stores: the spec and the variant's name (plain strings)."""
+        return {"spec": self.spec, "routing": self.routing.value}
 
     @property
     def routed(self) -> int:
@@ -122,7 +165,7 @@ class AdapterConfig:
     @property
     def has_experts(self) -> bool:
         """Whether the network carries a routed expert bank (not ``lora``/``none``)."""
-        return self.routing in ("ase", "moe", "naive_shared")
+        return self.routing.has_experts
 
 
 @dataclass(frozen=True)
@@ -163,6 +206,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["adapters"] = self.adapters.to_dict()
         data["tasks"] = list(self.tasks)
         return data
 

@@ -1,5 +1,5 @@
-"""Low-rank expert compute: the gated expert bank, the fused shared experts, LoRA on frozen
-linear layers, and the frozen maps that constant adapters fold into when merged.
+"""Low-rank expert compute: the gated expert bank (and the one flat pair it computes with),
+the single low-rank adapter, and LoRA on frozen linear layers.
 
 No routing happens here: gates arrive as dense weights from ``routing.py``.
 """
@@ -18,12 +18,34 @@ def _lora_a_init(shape: tuple[int, ...], fan_in: int) -> Tensor:
     return torch.empty(shape).uniform_(-bound, bound)
 
 
+def flatten_bank(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+    """A bank A (N, r, d), B (N, d, r) -> one low-rank pair A (N*r, d), B (d, N*r), expert-major:
+    expert i owns rank columns ``i*r .. (i+1)*r - 1``, so any run of experts is a run of columns."""
+    num, rank, dim = A.shape
+    return A.reshape(num * rank, dim), B.permute(1, 0, 2).reshape(dim, num * rank)
+
+
+def unflatten_bank(a_flat: Tensor, b_flat: Tensor, num: int) -> tuple[Tensor, Tensor]:
+    """``flatten_bank``'s inverse: A (N*r, d), B (d, N*r) -> A (N, r, d), B (N, d, r)."""
+    dim = a_flat.shape[-1]
+    return a_flat.reshape(num, -1, dim), b_flat.reshape(dim, num, -1).permute(1, 0, 2)
+
+
+def gated_low_rank(u: Tensor, a_flat: Tensor, b_flat: Tensor, gates: Tensor) -> Tensor:
+    """``sum_i g_i B_i A_i u`` on a flattened bank: ``u @ A_all`` gives every expert's r-dim code
+    at once, each rank block is scaled by its gate (0 for unselected experts), then ``@ B_all``.
+    u (..., d), a_flat (N*r, d), b_flat (d, N*r), gates (..., N) -> (..., d)."""
+    num = gates.shape[-1]
+    codes = (u @ a_flat.T).unflatten(-1, (num, a_flat.shape[0] // num))  # (..., N, r)
+    gated = (codes * gates.unsqueeze(-1)).flatten(-2)  # (..., N*r)
+    return gated @ b_flat.T  # (..., d)
+
+
 class LowRankExperts(nn.Module):
     """A bank of N low-rank experts ``y = sum_i g_i B_i A_i u``, A (N, r, d), B (N, d, r).
 
-    Computed densely: ``u @ A_all`` gives every expert's r-dim code at once (tokens, N*r); each
-    rank block is scaled by its gate (0 for unselected experts), then ``@ B_all``. When
-    N*r <= d this is cheaper on CPU than any sparse dispatch (design.md section 2).
+    Computed densely (``gated_low_rank``). When N*r <= d this is cheaper on CPU than any sparse
+    dispatch (docs/architecture.md, "Expert dispatch").
     B starts at zero (LoRA convention): an untrained bank is a no-op, the model equals its
     frozen backbone, and gradients still reach B at once (and A as soon as B moves).
     """
@@ -36,54 +58,7 @@ class LowRankExperts(nn.Module):
 
     def forward(self, u: Tensor, gates: Tensor) -> Tensor:
         """u (..., d), gates (..., N) -> (..., d)."""
-        dim = u.shape[-1]
-        a_all = self.A.reshape(self.num_experts * self.rank, dim)  # (N*r, d)
-        b_all = self.B.permute(1, 0, 2).reshape(dim, self.num_experts * self.rank)  # (d, N*r)
-        codes = (u @ a_all.T).unflatten(-1, (self.num_experts, self.rank))  # (..., N, r)
-        gated = (codes * gates.unsqueeze(-1)).flatten(-2)  # (..., N*r)
-        return gated @ b_all.T  # (..., d)
-
-    def slice(self, start: int, stop: int) -> LowRankExperts:
-        """A new bank holding experts ``start .. stop-1`` (copied weights)."""
-        part = LowRankExperts(stop - start, self.A.shape[-1], self.rank)
-        part.A.data.copy_(self.A.data[start:stop])
-        part.B.data.copy_(self.B.data[start:stop])
-        return part
-
-    def summed_map(self) -> Tensor:
-        """(d, d) matrix ``sum_i B_i A_i``: the bank with every gate fixed at 1."""
-        return torch.einsum("ndr,nre->de", self.B, self.A)
-
-
-class FusedSharedExperts(nn.Module):
-    """S shared experts fused into ONE low-rank pair of rank S*r, A (S*r, d), B (d, S*r);
-    each expert's gate scales its own rank block. Exactly equal to the S experts of the bank,
-    but a single pair of matmuls that export can keep dense beside a sparse routed dispatch."""
-
-    def __init__(self, experts: LowRankExperts) -> None:
-        super().__init__()
-        num, rank, dim = experts.A.shape
-        self.rank = rank
-        self.A = nn.Parameter(experts.A.detach().reshape(num * rank, dim).clone())  # (S*r, d)
-        b = experts.B.detach().permute(1, 0, 2).reshape(dim, num * rank)  # (d, S*r)
-        self.B = nn.Parameter(b.clone())
-
-    def forward(self, u: Tensor, gates: Tensor) -> Tensor:
-        """u (..., d), gates (..., S) -> (..., d)."""
-        block_gates = gates.repeat_interleave(self.rank, dim=-1)  # (..., S*r)
-        return ((u @ self.A.T) * block_gates) @ self.B.T
-
-
-class FrozenMap(nn.Module):
-    """A constant linear map folded from adapters with fixed weight (merged inference only).
-    Ignores gates: kept call-compatible with the gated banks."""
-
-    def __init__(self, matrix: Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(matrix.detach().clone(), requires_grad=False)  # (d_out, d_in)
-
-    def forward(self, u: Tensor, gates: Tensor | None = None) -> Tensor:
-        return u @ self.weight.T
+        return gated_low_rank(u, *flatten_bank(self.A, self.B), gates)
 
 
 class LowRankAdapter(nn.Module):
@@ -97,9 +72,6 @@ class LowRankAdapter(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         return (u @ self.A.T) @ self.B.T
-
-    def merged(self) -> FrozenMap:
-        return FrozenMap(self.B @ self.A)
 
 
 class LoRALinear(nn.Module):

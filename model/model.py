@@ -38,7 +38,10 @@ def image_major_streams(
     return stream_image, ids.repeat(batch)
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
+    """Whether the code runs inside an export trace (``torch.export``, which the dynamo ONNX
+    exporter runs, or the ONNX exporter itself): eager-only checks are skipped and export forms
+    emit their ONNX Runtime ops. The one test of it, for the model and ``export/`` alike."""
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
@@ -77,7 +80,7 @@ class ASEModel(nn.Module):
 
     def forward(self, images: Tensor, stream_image: Tensor, stream_task: Tensor) -> ModelOutput:
         """images (B, 3, H, W) normalised; stream_image, stream_task (S,) int64 (global ids)."""
-        if not _exporting():
+        if not exporting():
             self._check_streams(images, stream_image, stream_task)
         slots = self.task_slot.index_select(0, stream_task)  # (S,)
         features, routings = self.backbone(images, stream_image, slots)
@@ -103,14 +106,15 @@ class ASEModel(nn.Module):
         return self(images, stream_image, stream_task)
 
     def merge(self) -> ASEModel:
-        """A deep copy for inference/export: backbone LoRA, ``naive_shared``'s shared experts
-        and the ``lora`` adapter folded into frozen weights; ASE's S shared experts fused into
-        one rank-S*r pair gated per rank block. No aux losses. Its state dict differs from
+        """A frozen deep copy in inference form, the one export writes: the backbone LoRA
+        folded into the frozen weights; each expert bank flattened into one gated low-rank pair
+        with the shared experts as its last S*r rank columns (``MergedExpertAdapter``); the
+        ``lora`` adapter kept as its low-rank pair. No aux losses. Its state dict differs from
         this model's: checkpoint the unmerged model."""
         merged = copy.deepcopy(self)
         merged.backbone.merge_()
         merged.aux_terms = {}
-        return merged
+        return merged.requires_grad_(False)
 
     def _task_streams(self, stream_task: Tensor) -> dict[str, Tensor]:
         """Task -> indices of its streams (increasing). Eagerly, tasks without streams are
@@ -119,7 +123,7 @@ class ASEModel(nn.Module):
             task: torch.nonzero(stream_task == TASK_NAMES.index(task)).flatten()
             for task in self.config.tasks
         }
-        if _exporting():
+        if exporting():
             return streams
         return {task: index for task, index in streams.items() if index.numel()}
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from model.config import Routing
+
 
 def top_k_mask(logits: Tensor, k: int) -> Tensor:
     """Boolean mask of the k largest logits on the last axis; ties go to the lowest index.
@@ -68,22 +70,16 @@ def naive_shared_gate(z_routed: Tensor, z_shared: Tensor, k: int) -> Tensor:
     return _naive_shared_weights(z_routed, top_k_mask(z_routed, k), z_shared)
 
 
-GATES: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
-    "ase": ase_gate,
-    "moe": moe_gate,
-    "naive_shared": naive_shared_gate,
-}
-"""Variant -> pure gate (routed logits, shared logits, k) -> dense weights."""
-
 MaskedGate = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(routed logits, top-k mask, shared logits) -> weights: the gates above after selection,
 so that a router selects once and reuses the mask for its statistics."""
 
-MASKED_GATES: dict[str, MaskedGate] = {
-    "ase": _ase_weights,
-    "moe": _ase_weights,
-    "naive_shared": _naive_shared_weights,
-}
+
+def masked_gate(routing: Routing) -> MaskedGate:
+    """The variant's gate after selection: one softmax over the picks and the shared logits
+    (``ase``, and ``moe``, which has no shared experts), or a softmax over the picks beside
+    shared experts of constant weight 1 (``naive_shared``)."""
+    return _ase_weights if routing.shared_in_softmax else _naive_shared_weights
 
 
 def task_logits(u: Tensor, weight: Tensor, stream_task: Tensor) -> Tensor:
@@ -119,22 +115,21 @@ class TaskRouter(nn.Module):
     ``naive_shared`` gives them a constant weight 1, so a shared router would be dead weight."""
 
     def __init__(
-        self, num_tasks: int, dim: int, routed: int, shared: int, k: int, variant: str
+        self, num_tasks: int, dim: int, routed: int, shared: int, k: int, variant: Routing
     ) -> None:
         super().__init__()
-        if variant not in MASKED_GATES:
-            known = list(MASKED_GATES)
-            raise ValueError(f"routing variant {variant!r} has no router; known: {known}")
+        if not variant.has_experts:
+            raise ValueError(f"routing variant '{variant}' has no expert bank to route to")
         self.k, self.shared = k, shared
         # Small init: near-uniform routing at the start, as in switch-style routers.
         self.routed_weight = nn.Parameter(torch.randn(num_tasks, routed, dim) * dim**-0.5 * 0.1)
-        learns_shared = variant == "ase" and shared > 0
+        learns_shared = variant.learns_shared_gates and shared > 0
         self.shared_weight = (
             nn.Parameter(torch.randn(num_tasks, shared, dim) * dim**-0.5 * 0.1)
             if learns_shared
             else None
         )
-        self.gate = MASKED_GATES[variant]
+        self.gate = masked_gate(variant)
 
     def forward(self, u: Tensor, stream_task: Tensor) -> RouterOutput:
         """u (S, tokens, d), stream_task (S,) local task slots."""

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import Routing
 from model.data import PascalContext, SyntheticScenes
 from model.data.transforms import EvalTransform, MultiTaskDataset, TrainTransform, collate
 from model.evaluate import eval_loader, evaluate, flat_metrics, model_predictor, primary
@@ -483,7 +484,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
     parser.add_argument("--pretrained", type=Path, help="timm ViT file: skip the single stage")
     parser.add_argument("--spec", help="expert bank N/k/S/r")
-    parser.add_argument("--routing", help="ase, moe, naive_shared, lora or none")
+    parser.add_argument("--routing", choices=[r.value for r in Routing], help="adapter variant")
     parser.add_argument("--single-steps", type=int, help="steps of the single-task stage")
     parser.add_argument("--multi-steps", type=int, help="steps of the multi-task stage")
     parser.add_argument("--batch-size", type=int)

@@ -63,15 +63,21 @@ def _prepare_multiprocess_metrics() -> None:
     log.info("multiprocess metrics in %s", os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
-def _serve(settings: Settings) -> int:
-    import uvicorn  # after the metrics directory is set: workers inherit the environment
-
-    common = dict(
+def uvicorn_options(settings: Settings) -> dict:
+    """What every uvicorn run gets. The drain timeout stays a float: uvicorn waits on it with
+    ``asyncio.wait_for``, and ``int(0.5)`` would be 0, cancelling requests in flight at once."""
+    return dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn  # after the metrics directory is set: workers inherit the environment
+
+    common = uvicorn_options(settings)
     if settings.workers > 1:
         os.environ.update(settings.to_env())
         uvicorn.run(

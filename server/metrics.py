@@ -39,7 +39,7 @@ class ServerMetrics:
         self._children: dict[tuple[str, int], tuple] = {}  # (task, layer) -> router series
         # Router statistics not yet in the counters, by task id (observe_router, flush_router)
         task_slots = max(t.id for t in model.tasks) + 1
-        layers, experts = int(model.adapters["layers"]), int(model.adapters.get("experts") or 0)
+        layers, experts = model.adapters.layers, model.adapters.experts
         self._pending_streams = np.zeros(task_slots, np.int64)
         self._pending_tokens = np.zeros((task_slots, layers, experts))
         self._pending_mass = np.zeros((task_slots, layers))
@@ -98,10 +98,8 @@ class ServerMetrics:
             ["name", "version", "adapters", "routing", "provider"],
             multiprocess_mode="livemax", registry=r,
         )  # fmt: skip
-        adapters = model.adapters
-        info.labels(
-            model.name, model.version, str(adapters.get("spec")), adapters["routing"], provider
-        ).set(1)
+        spec, routing = model.adapters.spec, model.adapters.routing.value
+        info.labels(model.name, model.version, spec, routing, provider).set(1)
 
     def observe_router(
         self, stream_task: np.ndarray, expert_tokens: np.ndarray, shared_gate_mass: np.ndarray
@@ -118,8 +116,8 @@ class ServerMetrics:
         about 0.5 ms at the demo size: the server calls it after a response has gone out,
         before ``/metrics`` renders, and from a timer, never between a model call and its
         responses). Event-loop thread only, like ``observe_router``."""
-        tokens_per_stream = int(self.model.adapters["tokens_per_stream"])
-        shared = set(self.model.adapters.get("shared_experts") or [])
+        tokens_per_stream = self.model.adapters.tokens_per_stream
+        shared = set(self.model.adapters.shared_experts)
         for task in self.model.tasks:
             streams = int(self._pending_streams[task.id])
             if not streams:
@@ -145,7 +143,7 @@ class ServerMetrics:
         up once: label look-ups per expert per batch would otherwise run on the event loop."""
         key = (task, layer)
         if key not in self._children:
-            experts = int(self.model.adapters.get("experts") or 0)
+            experts = self.model.adapters.experts
             self._children[key] = (
                 self.stream_tokens.labels(str(layer), task),
                 self.shared_gate_mass.labels(str(layer), task),

@@ -1,4 +1,5 @@
-"""Reading and checking an exported model directory (docs/architecture.md, contract 3).
+"""Reading and checking an exported model directory (docs/architecture.md, contract 3) with
+the contract's own schema and rules (``export/contract.py``, which the exporter writes with).
 
 Everything here runs before the first request, so that a missing file, a corrupt graph or a
 metadata file from an incompatible exporter stops the server at start with a message naming
@@ -7,114 +8,87 @@ the problem, instead of failing on the first prediction.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from export.contract import (
     GRAPH_INPUTS,
-    METADATA_FILE,
     ROUTER_OUTPUTS,
-    SCHEMA_VERSION,
-    file_sha256,
+    AdapterInfo,
+    InputInfo,
+    Metadata,
+    MetadataError,
+    TaskInfo,
+    read_metadata,
 )
-from model.tasks import TASK_NAMES, TASKS
+
+# The contract's names the server's other modules take from here.
+__all__ = ["GRAPH_INPUTS", "ROUTER_OUTPUTS", "ModelDir", "ModelDirError", "TaskInfo"]
 
 
 class ModelDirError(RuntimeError):
     """The model directory cannot be served; the message says why and where."""
 
 
-class _TaskEntry(BaseModel):
-    name: str
-    id: int
-    kind: str
-    channels: int = Field(ge=1)
-    classes: list[str] | None = None
-    palette: list[tuple[int, int, int]] | None = None
-
-
-class _InputEntry(BaseModel):
-    height: int = Field(ge=1)
-    width: int = Field(ge=1)
-    layout: str = "NCHW"
-    color: str = "RGB"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-class _AdaptersEntry(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    spec: str | None = None
-    experts: int = Field(ge=0)
-    k: int = Field(ge=0)
-    shared: int = Field(ge=0)
-    rank: int = Field(ge=0)
-    routing: str
-    layers: int = Field(ge=0)
-    tokens_per_stream: int = Field(ge=0)
-    shared_experts: list[int] = []
-
-
-class _GraphEntry(BaseModel):
-    file: str
-    sha256: str | None = None
-
-
-class _IoEntry(BaseModel):
-    inputs: list[str]
-    outputs: list[str]
-
-
-class _Metadata(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    schema_version: int
-    name: str
-    version: str
-    tasks: list[_TaskEntry] = Field(min_length=1)
-    dataset: str | None = None
-    input: _InputEntry
-    adapters: _AdaptersEntry
-    graphs: dict[str, _GraphEntry] = Field(min_length=1)
-    provider_graph: dict[str, str] = {}
-    precision: str = "fp32"
-    io: _IoEntry
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """One task as this model serves it; classes and palettes come from the exported registry."""
-
-    name: str
-    id: int
-    kind: str
-    channels: int
-    classes: tuple[str, ...] | None
-    palette: tuple[tuple[int, int, int], ...] | None
-
-
 @dataclass(frozen=True)
 class ModelDir:
+    """A checked model directory: its metadata, typed all the way down, and where it lies."""
+
     path: Path
-    name: str
-    version: str
-    tasks: tuple[TaskInfo, ...]
-    height: int
-    width: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    adapters: dict[str, Any]
-    graphs: dict[str, Path]
-    provider_graph: dict[str, str]
-    outputs: tuple[str, ...]
-    raw: dict[str, Any]
+    metadata: Metadata
+
+    @property
+    def graphs(self) -> dict[str, Path]:
+        """Dispatch mode -> graph file (each one checked to exist, with its recorded hash)."""
+        return {mode: self.path / entry.file for mode, entry in self.metadata.graphs.items()}
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def version(self) -> str:
+        return self.metadata.version
+
+    @property
+    def tasks(self) -> tuple[TaskInfo, ...]:
+        return self.metadata.tasks
 
     @property
     def task_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.tasks)
+        return self.metadata.task_names
+
+    @property
+    def input(self) -> InputInfo:
+        return self.metadata.input
+
+    @property
+    def height(self) -> int:
+        return self.metadata.input.height
+
+    @property
+    def width(self) -> int:
+        return self.metadata.input.width
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.metadata.input.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.metadata.input.std
+
+    @property
+    def adapters(self) -> AdapterInfo:
+        return self.metadata.adapters
+
+    @property
+    def provider_graph(self) -> dict[str, str]:
+        return self.metadata.provider_graph
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.metadata.io.outputs
 
     def task(self, name: str) -> TaskInfo:
         return next(t for t in self.tasks if t.name == name)
@@ -126,101 +100,11 @@ class ModelDir:
 
 
 def load_model_dir(path: Path, verify_hashes: bool = True) -> ModelDir:
-    """Read ``metadata.json``, check it against the task registry and the graph files."""
+    """Read ``metadata.json`` and check it (schema, registry, graph files and their hashes)."""
     path = Path(path)
-    metadata = _read_metadata(path)
-    tasks = tuple(_check_task(entry, path) for entry in metadata.tasks)
-    _check_io(metadata, tasks, path)
-    graphs = {
-        variant: _check_graph(path, entry, verify_hashes)
-        for variant, entry in metadata.graphs.items()
-    }
-    for provider, variant in metadata.provider_graph.items():
-        if variant not in graphs:
-            raise ModelDirError(
-                f"{path / METADATA_FILE}: provider_graph maps {provider} to {variant!r}, "
-                f"but graphs only has {sorted(graphs)}"
-            )
-    return ModelDir(
-        path=path,
-        name=metadata.name,
-        version=metadata.version,
-        tasks=tasks,
-        height=metadata.input.height,
-        width=metadata.input.width,
-        mean=metadata.input.mean,
-        std=metadata.input.std,
-        adapters=metadata.adapters.model_dump(),
-        graphs=graphs,
-        provider_graph=dict(metadata.provider_graph),
-        outputs=tuple(metadata.io.outputs),
-        raw=metadata.model_dump(mode="json"),
-    )
-
-
-def _read_metadata(path: Path) -> _Metadata:
-    file = path / METADATA_FILE
     if not path.is_dir():
         raise ModelDirError(f"model directory {path} does not exist (set --model-dir)")
-    if not file.is_file():
-        raise ModelDirError(f"{file} is missing: is {path} an exported model directory?")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelDirError(f"{file} is not valid JSON: {error}") from None
-    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-        found = data.get("schema_version") if isinstance(data, dict) else None
-        raise ModelDirError(
-            f"{file}: schema_version {found!r} is not supported (this server reads "
-            f"{SCHEMA_VERSION})"
-        )
-    try:
-        return _Metadata.model_validate(data)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
-        raise ModelDirError(f"{file} does not follow the metadata contract: {problems}") from None
-
-
-def _check_task(entry: _TaskEntry, path: Path) -> TaskInfo:
-    where = f"{path / METADATA_FILE}: task {entry.name!r}"
-    if entry.name not in TASKS:
-        raise ModelDirError(f"{where} is not in the task registry ({', '.join(TASK_NAMES)})")
-    if entry.id != TASK_NAMES.index(entry.name) or entry.kind != TASKS[entry.name].kind:
-        raise ModelDirError(f"{where}: id/kind {entry.id}/{entry.kind} disagree with the registry")
-    if entry.kind == "classes" and (
-        not entry.classes or len(entry.classes) != entry.channels or not entry.palette
-    ):
-        raise ModelDirError(f"{where} needs one class name and palette colour per channel")
-    return TaskInfo(
-        name=entry.name,
-        id=entry.id,
-        kind=entry.kind,
-        channels=entry.channels,
-        classes=tuple(entry.classes) if entry.classes else None,
-        palette=tuple(tuple(c) for c in entry.palette) if entry.palette else None,
-    )
-
-
-def _check_io(metadata: _Metadata, tasks: tuple[TaskInfo, ...], path: Path) -> None:
-    expected_outputs = [t.name for t in sorted(tasks, key=lambda t: t.id)] + list(ROUTER_OUTPUTS)
-    if metadata.io.outputs != expected_outputs or metadata.io.inputs != list(GRAPH_INPUTS):
-        raise ModelDirError(
-            f"{path / METADATA_FILE}: io must be inputs {list(GRAPH_INPUTS)} and outputs "
-            f"{expected_outputs}, got {metadata.io.inputs} and {metadata.io.outputs}"
-        )
-
-
-def _check_graph(path: Path, entry: _GraphEntry, verify_hash: bool) -> Path:
-    file = path / entry.file
-    if not file.is_file():
-        raise ModelDirError(f"graph file {file} named in metadata.json is missing")
-    if verify_hash and entry.sha256:
-        digest = file_sha256(file)
-        if digest != entry.sha256:
-            raise ModelDirError(
-                f"graph file {file} is corrupt: sha256 {digest[:12]}... differs from "
-                f"metadata.json's {entry.sha256[:12]}..."
-            )
-    return file
+        return ModelDir(path=path, metadata=read_metadata(path, verify_hashes))
+    except MetadataError as error:
+        raise ModelDirError(str(error)) from None

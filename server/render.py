@@ -90,13 +90,13 @@ def task_json(prediction: Prediction, task: TaskInfo, look: Look) -> dict:
 
 
 def router_json(model: ModelDir, prediction: Prediction, task: str) -> dict:
-    tokens = int(model.adapters["tokens_per_stream"])
+    tokens = model.adapters.tokens_per_stream
     result = prediction.result
     return {
         "expert_tokens": result.expert_tokens[task].tolist(),
         "shared_gate_share": (result.shared_gate_mass[task] / max(tokens, 1)).tolist(),
         "tokens_per_layer": tokens,
-        "shared_experts": list(model.adapters.get("shared_experts") or []),
+        "shared_experts": list(model.adapters.shared_experts),
     }
 
 

@@ -18,12 +18,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from export.contract import IMAGENET_MEAN, IMAGENET_STD  # the graphs' input normalisation
 from model.data import NORMALS_VALID
 from model.data.sample import Sample
 from model.tasks import IGNORE_INDEX, TASK_NAMES, TASKS
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _LABELS = ("semseg", "parts", "saliency", "edges", "normals_valid")  # resized nearest
 
 

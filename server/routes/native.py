@@ -264,7 +264,7 @@ def describe(state: ServerState) -> dict:
     return {
         "name": model.name,
         "version": model.version,
-        "dataset": model.raw.get("dataset"),
+        "dataset": model.metadata.dataset,
         "tasks": [
             {
                 "name": t.name,
@@ -276,8 +276,8 @@ def describe(state: ServerState) -> dict:
             }
             for t in model.tasks
         ],  # fmt: skip
-        "input": model.raw["input"],
-        "adapters": model.adapters,
+        "input": model.input.model_dump(mode="json"),
+        "adapters": model.adapters.model_dump(mode="json"),
         "providers": state.runtime.providers,
         "graph": state.runtime.graph.name,
         "max_batch": state.settings.max_batch,

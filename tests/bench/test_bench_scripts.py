@@ -4,6 +4,7 @@ them (tiny counts: this checks the scripts, not the speed)."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -44,17 +45,22 @@ def test_bench_render_compares_encoders_on_the_same_maps():
     assert all(row["in_turn"] > 0 and row["job_per_task"] > 0 for row in printed["render"])
 
 
-def test_bench_model_ab_rounds_report_shares_of_the_peak():
+def test_bench_model_ab_rounds_report_shares_of_the_peak(tmp_path):
+    out = tmp_path / "ab.json"
     done = subprocess.run([sys.executable, "bench/bench_model.py", "--ab", "--sizes", "demo",
-                           "--repeats", "2", "--threads", "1"],
+                           "--repeats", "2", "--threads", "1", "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=240)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+    [result] = json.loads(out.read_text())  # unrounded: the table's figures are rounded
+    assert result["size"] == "demo"
+    assert result["peak_gflops"] == max(result["gemm_gflops"], result["ffn_gflops"]) > 0
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()
             if line.startswith("| demo |")]  # fmt: skip
     assert [row[2].strip() for row in rows] == ["ase", "none"]
     for row in rows:
-        peak = max(float(rate) for rate in row[1].split("/"))  # the faster of the two GEMMs
-        gflops, share = float(row[5]), float(row[6].strip(" %"))
-        assert peak > 0 and gflops > 0
-        assert abs(share - 100 * gflops / peak) <= 1  # the share is this row's rate over the peak
+        measured = result[row[2].strip()]
+        assert measured["gflops"] > 0 and measured["pairwise_share_of_peak"] > 0
+        # the share is this row's rate over the peak, and the table prints that share
+        assert math.isclose(measured["share_of_peak"], measured["gflops"] / result["peak_gflops"])
+        assert row[6].strip() == f"{measured['share_of_peak']:.0%}"
     assert "adapter overhead" in done.stdout and "FFN GEMM (320x192x768)" in done.stdout

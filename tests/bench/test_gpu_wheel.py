@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 
 from bench import gpu_wheel
 from tests.monitoring.test_compose import resolved_config
-from tests.monitoring.test_dockerfile import global_args, stage_lines
+from tests.monitoring.test_dockerfile import stage_lines
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
@@ -63,15 +63,19 @@ def test_parts_fit_one_call_beside_the_traveling_tree(tmp_path):
 
 
 def test_one_onnxruntime_gpu_release_everywhere():
+    """The check's wheel is the release the serving lock pins, which both Docker variants
+    (and so compose's GPU profile) install."""
     version = gpu_wheel.ONNXRUNTIME_GPU_VERSION
     assert f"onnxruntime_gpu-{version}-cp312-" in gpu_wheel.WHEEL_NAME
     assert re.fullmatch(r"[0-9a-f]{64}", gpu_wheel.WHEEL_SHA256)
-    assert global_args()["ONNXRUNTIME_GPU_VERSION"] == version
-    assert "ONNXRUNTIME_GPU_VERSION" in stage_lines("builder", "ARG")
-    installs = [run for run in stage_lines("builder", "RUN") if "pip install '.[serve]'" in run]
-    assert installs and '"onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"' in installs[0]
-    gpu_args = resolved_config("gpu")["services"]["server-gpu"]["build"]["args"]
-    assert gpu_args["VARIANT"] == "cuda" and gpu_args["ONNXRUNTIME_GPU_VERSION"] == version
+    for lock in ("serve.txt", "full.txt"):
+        pinned = re.search(r"^onnxruntime-gpu==(\S+)", (REPO / "requirements" / lock).read_text(),
+                           flags=re.M)  # fmt: skip
+        assert pinned and pinned.group(1) == version, lock
+    installs = [run for run in stage_lines("builder", "RUN") if "pip install" in run]
+    assert installs and "-r requirements/serve.txt" in installs[0]
+    gpu = resolved_config("gpu")["services"]["server-gpu"]["build"]
+    assert gpu["args"]["VARIANT"] == "cuda" and gpu["target"] == "runtime"
     pyproject = (REPO / "pyproject.toml").read_text()
     serve = re.search(r'"(onnxruntime-gpu[^"]*)"', pyproject).group(1)
     assert Requirement(serve).specifier.contains(version)  # the serve extra admits it

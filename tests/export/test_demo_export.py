@@ -3,10 +3,12 @@ demo checkpoint (the serving install has no torch, so both are committed: they m
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from export.contract import read_metadata
+from model.config import Routing
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "demo"
@@ -27,6 +29,6 @@ def test_committed_demo_export_is_reproduced_byte_for_byte(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == committed
     for name in committed:
         assert (out / name).read_bytes() == (DEMO / "model" / name).read_bytes(), name
-    metadata = json.loads((out / "metadata.json").read_text())
-    assert metadata["name"] == "ase-demo"
-    assert metadata["adapters"]["spec"] == "16/3/1/4" and metadata["adapters"]["routing"] == "ase"
+    metadata = read_metadata(out)
+    assert metadata.name == "ase-demo"
+    assert metadata.adapters.spec == "16/3/1/4" and metadata.adapters.routing is Routing.ASE

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from export.check import check_graph_file, open_session
-from export.metadata import MetadataError, read_metadata
+from export.contract import MetadataError, read_metadata
 from model.tasks import DATASETS, TASK_NAMES
 from server.modeldir import load_model_dir
 from server.runtime import ModelRuntime
@@ -30,18 +30,18 @@ def run(session, batch, stream_image, stream_task, seed=0):
 
 def test_metadata_follows_contract(ase_dir):
     metadata = read_metadata(ase_dir)
-    assert metadata["io"]["outputs"] == [*TASK_NAMES, "expert_tokens", "shared_gate_mass"]
-    assert metadata["adapters"] == {
+    assert metadata.io.outputs == (*TASK_NAMES, "expert_tokens", "shared_gate_mass")
+    assert json.loads((ase_dir / "metadata.json").read_text())["adapters"] == {
         "spec": "16/3/1/4", "experts": 16, "k": 3, "shared": 1, "rank": 4, "routing": "ase",
         "layers": 2, "tokens_per_stream": 16, "shared_experts": [15],
     }  # fmt: skip
-    assert metadata["provider_graph"] == {
+    assert metadata.provider_graph == {
         "CUDAExecutionProvider": "sparse",
         "CPUExecutionProvider": "sparse",  # tiny: N*r = 64 > d = 32, so dense has no edge
     }
-    assert [t["channels"] for t in metadata["tasks"]] == [CHANNELS[t] for t in TASK_NAMES]
-    assert metadata["version"].endswith(metadata["source"]["checkpoint_sha256"][:8])
-    assert metadata["opset"] == 18
+    assert [t.channels for t in metadata.tasks] == [CHANNELS[t] for t in TASK_NAMES]
+    assert metadata.version.endswith(metadata.source.checkpoint_sha256[:8])
+    assert metadata.opset == 18
 
 
 def test_server_reader_and_runtime_accept_the_export(ase_dir):

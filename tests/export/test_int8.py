@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from export.check import check_model_dir, open_session
-from export.metadata import read_metadata
+from export.contract import read_metadata
 from export.quantize import quantized_node_count
 from export.to_onnx import main, write_int8_graph
 from model.tasks import TASK_NAMES
@@ -25,14 +25,15 @@ def int8_dir(tmp_path_factory):
 
 def test_metadata_records_the_int8_graph_for_the_cpu(int8_dir):
     metadata = read_metadata(int8_dir)
-    entry = metadata["graphs"]["int8"]
-    assert entry["file"] == "model.int8.onnx" and entry["precision"] == "int8"
-    assert entry["quantized_from"] == "sparse"  # tiny: N*r > d, the CPU's fp32 graph is sparse
-    assert metadata["provider_graph"] == {
+    entry = metadata.graphs["int8"]
+    assert entry.file == "model.int8.onnx" and entry.precision == "int8"
+    assert entry.quantized_from == "sparse"  # tiny: N*r > d, the CPU's fp32 graph is sparse
+    assert metadata.provider_graph == {
         "CUDAExecutionProvider": "sparse",
         "CPUExecutionProvider": "int8",
     }
-    assert metadata["precision"] == "fp32"  # the directory's other graphs
+    assert metadata.precision == "fp32"  # the directory's other graphs
+    assert [metadata.graph_precision(mode) for mode in ("int8", "sparse")] == ["int8", "fp32"]
     assert quantized_node_count(int8_dir / "model.int8.onnx") > 0
 
 

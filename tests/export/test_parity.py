@@ -2,8 +2,11 @@
 modes, several task subsets and orders (export/check.py holds the criteria)."""
 
 import pytest
+import torch
 
-from export.check import StreamCase, check_model_dir
+from export.check import MAX_DRAWS, StreamCase, check_model_dir
+from model.checkpoint import load_checkpoint
+from model.routing import TaskRouter
 from tests.export.tiny_export import checkpoint_of, export_tiny_model_dir
 
 
@@ -41,3 +44,15 @@ def test_routing_variant_matches_eager(tmp_path, routing, spec, dispatch, graphs
     model_dir = export_tiny_model_dir(tmp_path / "m", routing, spec, dispatch=dispatch)
     report = assert_passes(model_dir)
     assert {r.graph for r in report.results} == graphs
+
+
+def test_a_routing_that_always_ties_is_reported_not_silently_compared(ase_dir):
+    """Zeroed routers: every routed logit ties on every draw, so no draw is free of near-ties."""
+    model = load_checkpoint(checkpoint_of(ase_dir))[0]
+    for router in (m for m in model.modules() if isinstance(m, TaskRouter)):
+        with torch.no_grad():
+            router.routed_weight.zero_()
+    case = StreamCase("one stream", 1, ((0, "semseg"),))
+    report = check_model_dir(ase_dir, model, cases=[case], seed=3)
+    assert all(r.notes and "near-tie" in r.notes[0] for r in report.results)
+    assert report.summary().count(f"all {MAX_DRAWS} draws had a routing near-tie") == 2

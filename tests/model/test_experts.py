@@ -1,4 +1,4 @@
-"""Expert bank, fused shared experts and LoRA: sizes, equivalences, merges."""
+"""Expert bank, its flattened pair and LoRA: sizes, equivalences, merges."""
 
 import pytest
 import torch
@@ -6,11 +6,13 @@ from torch import nn
 
 from model.config import AdapterConfig
 from model.experts import (
-    FusedSharedExperts,
     LoRALinear,
     LowRankAdapter,
     LowRankExperts,
+    flatten_bank,
     frozen_linear,
+    gated_low_rank,
+    unflatten_bank,
 )
 
 DIM = 32
@@ -41,15 +43,20 @@ def test_fresh_bank_is_a_no_op_and_zero_gates_switch_experts_off():
     assert torch.equal(bank(u, torch.zeros(3, 4)), torch.zeros(3, DIM))
 
 
-def test_fused_shared_experts_equal_their_bank():
+def test_flattened_bank_is_expert_major_and_round_trips():
     torch.manual_seed(0)
     bank = LowRankExperts(6, DIM, 2)
     bank.B.data.normal_()
-    shared = bank.slice(4, 6)
-    fused = FusedSharedExperts(shared)
-    assert fused.A.shape == (4, DIM) and fused.B.shape == (DIM, 4)  # one pair, rank S*r
-    u, gates = torch.randn(5, DIM), torch.rand(5, 2)
-    torch.testing.assert_close(fused(u, gates), shared(u, gates), rtol=1e-5, atol=1e-6)
+    a_flat, b_flat = flatten_bank(bank.A, bank.B)
+    assert a_flat.shape == (12, DIM) and b_flat.shape == (DIM, 12)
+    # Experts 4..5 (the shared ones, say) are the last 2*r columns: one pair of rank S*r.
+    u, gates = torch.randn(5, DIM), torch.rand(5, 6)
+    last_two = (u @ a_flat[8:].T) * gates[:, 4:].repeat_interleave(2, -1) @ b_flat[:, 8:].T
+    expected = sum(gates[:, i : i + 1] * (u @ bank.A[i].T @ bank.B[i].T) for i in (4, 5))
+    torch.testing.assert_close(last_two, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gated_low_rank(u, a_flat, b_flat, gates), bank(u, gates))
+    A, B = unflatten_bank(a_flat, b_flat, 6)
+    assert torch.equal(A, bank.A) and torch.equal(B, bank.B)
 
 
 def test_one_expert_with_unit_gate_is_a_plain_low_rank_adapter():

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.adapters import MergedExpertAdapter
 from model.config import AdapterConfig, BackboneConfig, ModelConfig, RouterLossConfig
-from model.experts import FrozenMap, FusedSharedExperts, LoRALinear
+from model.experts import LoRALinear, LowRankAdapter
 from model.losses import multitask_loss
 from model.model import ASEModel
 from model.tasks import IGNORE_INDEX, TASK_NAMES
@@ -69,12 +70,17 @@ def test_merged_equals_unmerged(variant):
     assert after.aux == {}
 
 
-def test_merge_fuses_ase_shared_experts_and_folds_naive_ones():
-    fused = tiny_model("ase").merge().backbone.blocks[0].adapter.shared_experts
-    assert isinstance(fused, FusedSharedExperts) and fused.A.shape == (2 * 2, 32)  # rank S*r
-    folded = tiny_model("naive_shared").merge().backbone.blocks[0].adapter.shared_experts
-    assert isinstance(folded, FrozenMap) and not folded.weight.requires_grad
-    assert isinstance(tiny_model("lora").merge().backbone.blocks[0].adapter, FrozenMap)
+@pytest.mark.parametrize("variant", ["ase", "moe", "naive_shared"])
+def test_merge_flattens_each_bank_into_one_frozen_pair(variant):
+    model = tiny_model(variant)
+    merged = model.merge()
+    adapter, source = merged.backbone.blocks[0].adapter, model.backbone.blocks[0].adapter
+    assert isinstance(adapter, MergedExpertAdapter)
+    adapters = model.config.adapters
+    assert adapter.A.shape == (adapters.experts * adapters.rank, 32)  # shared: last S*r rows
+    assert torch.equal(adapter.A[-adapters.rank :], source.experts.A[-1])
+    assert not any(p.requires_grad for p in merged.parameters())
+    assert isinstance(tiny_model("lora").merge().backbone.blocks[0].adapter, LowRankAdapter)
 
 
 @pytest.mark.parametrize("variant", ["ase", "lora"])

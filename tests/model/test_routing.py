@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.config import Routing
 from model.routing import TaskRouter, ase_gate, moe_gate, naive_shared_gate, top_k_mask
 
 
@@ -74,7 +75,7 @@ def test_naive_shared_gate_fixes_shared_weights_at_one():
 def test_each_stream_uses_its_tasks_router(variant):
     torch.manual_seed(0)
     shared = 0 if variant == "moe" else 2
-    router = TaskRouter(num_tasks=3, dim=16, routed=6, shared=shared, k=2, variant=variant)
+    router = TaskRouter(num_tasks=3, dim=16, routed=6, shared=shared, k=2, variant=Routing(variant))
     u, stream_task = torch.randn(4, 5, 16), torch.tensor([2, 0, 2, 1])
     out = router(u, stream_task)
     assert out.weights.shape == (4, 5, 6 + shared)
@@ -87,11 +88,11 @@ def test_each_stream_uses_its_tasks_router(variant):
 
 
 def test_ase_router_trains_its_shared_logits():
-    router = TaskRouter(num_tasks=2, dim=8, routed=4, shared=1, k=1, variant="ase")
+    router = TaskRouter(num_tasks=2, dim=8, routed=4, shared=1, k=1, variant=Routing.ASE)
     out = router(torch.randn(2, 3, 8), torch.tensor([0, 1]))
     out.shared_gate_mass().sum().backward()
     assert router.shared_weight.grad is not None and router.shared_weight.grad.abs().sum() > 0
-    assert TaskRouter(2, 8, 4, 1, 1, "naive_shared").shared_weight is None
+    assert TaskRouter(2, 8, 4, 1, 1, Routing.NAIVE_SHARED).shared_weight is None
 
 
 @pytest.mark.parametrize("k", [0, 1, 3, 7, 8])

@@ -1,4 +1,5 @@
-"""A tiny model directory that honours contract 3 exactly, built with ``onnx.helper`` (no torch).
+"""A tiny model directory that honours contract 3 exactly, built with ``onnx.helper`` (no torch);
+its ``metadata.json`` is what the exporter's own ``build_metadata`` writes for that shape.
 
 The graph is not a ViT, but it has the real graph's inputs, outputs, shapes and dtypes, and every
 output is a deterministic function of the inputs: each stream gathers its image, each task
@@ -10,14 +11,15 @@ that changes no output, to make the model slow on purpose (queue and deadline te
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export.contract import GRAPH_FILES, PROVIDERS, Metadata, SourceInfo, write_metadata
+from export.metadata import build_metadata
+from model.config import AdapterConfig, BackboneConfig, ModelConfig
 from model.tasks import DATASETS, TASK_NAMES, TASKS
 
 OPSET = 18
@@ -182,37 +184,27 @@ def write_fake_model_dir(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
-    graph_file = path / "model.dense.onnx"
-    model_bytes = model.SerializeToString()
-    graph_file.write_bytes(model_bytes)
-
-    metadata = {
-        "schema_version": 1,
-        "name": "ase-fake",
-        "version": f"test-{seed}",
-        "tasks": dataset.describe(tasks)["tasks"],
-        "dataset": dataset.name,
-        "input": {
-            "height": size, "width": size, "layout": "NCHW", "color": "RGB",
-            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        },
-        "adapters": {
-            "spec": f"{experts}/{k}/{shared}/4", "experts": experts, "k": k, "shared": shared,
-            "rank": 4, "routing": "ase" if shared else "moe", "layers": layers,
-            "tokens_per_stream": tokens, "shared_experts": list(range(routed, experts)),
-        },
-        "graphs": {
-            "dense": {"file": graph_file.name, "sha256": hashlib.sha256(model_bytes).hexdigest()}
-        },
-        "provider_graph": {"CUDAExecutionProvider": "dense", "CPUExecutionProvider": "dense"},
-        "precision": "fp32",
-        "opset": OPSET,
-        "io": {
-            "inputs": ["images", "stream_image", "stream_task"],
-            "outputs": [*tasks, "expert_tokens", "shared_gate_mass"],
-        },
-        "source": {"checkpoint": None, "checkpoint_sha256": None, "step": 0},
-        "exporter": {"onnx": onnx.__version__, "fake": True},
-    }  # fmt: skip
-    (path / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    graph_file = path / GRAPH_FILES["dense"]
+    graph_file.write_bytes(model.SerializeToString())
+    write_metadata(path, fake_metadata(graph_file, tasks, experts, shared, k, layers, size, patch))
     return path
+
+
+def fake_metadata(graph: Path, tasks, experts, shared, k, layers, size, patch) -> Metadata:
+    """The metadata the exporter writes for a model of this shape (rank 4, synthetic data)."""
+    routing = "ase" if shared else "moe"
+    config = ModelConfig(
+        backbone=BackboneConfig(image_size=size, patch_size=patch, depth=layers),
+        adapters=AdapterConfig(spec=f"{experts}/{k}/{shared}/4", routing=routing),
+        tasks=tasks,
+    )
+    return build_metadata(
+        config,
+        name="ase-fake",
+        graphs={"dense": graph},
+        provider_graph=dict.fromkeys(PROVIDERS, "dense"),
+        precision="fp32",
+        opset=OPSET,
+        source=SourceInfo(),
+        exporter={"onnx": onnx.__version__, "fake": "tests/server/fake_model.py"},
+    )

@@ -9,7 +9,11 @@ import subprocess
 
 import httpx
 import pytest
+import uvicorn
 
+from export.contract import file_sha256
+from server.__main__ import uvicorn_options
+from server.settings import Settings
 from tests.server.conftest import PYTHON, REPO, free_port, image_bytes, random_image, start_server
 
 
@@ -39,10 +43,17 @@ def corrupt_graph(path):
     (path / data["graphs"][cpu_graph(path)]["file"]).write_bytes(b"garbage" * 100)
 
 
+def drop_graph_hash(path):
+    data = json.loads((path / "metadata.json").read_text())
+    data["graphs"][cpu_graph(path)]["sha256"] = None  # hashes are required, not optional
+    (path / "metadata.json").write_text(json.dumps(data))
+
+
 def corrupt_graph_and_hash(path):
     corrupt_graph(path)
     data = json.loads((path / "metadata.json").read_text())
-    data["graphs"][cpu_graph(path)]["sha256"] = None  # the hash no longer catches it: ORT must
+    entry = data["graphs"][cpu_graph(path)]
+    entry["sha256"] = file_sha256(path / entry["file"])  # the hash no longer catches it: ORT must
     (path / "metadata.json").write_text(json.dumps(data))
 
 
@@ -52,6 +63,7 @@ def corrupt_graph_and_hash(path):
         (break_metadata_json, "not valid JSON"),
         (drop_metadata_field, "input: Field required"),
         (corrupt_graph, "is corrupt: sha256"),
+        (drop_graph_hash, "sha256: Input should be a valid string"),
         (corrupt_graph_and_hash, "ONNX Runtime cannot load"),
     ],
 )
@@ -120,3 +132,10 @@ def test_api_key_guards_everything_but_probes(keyed_server):
     assert httpx.post(f"{url}/predict", content=body, headers=wrong).status_code == 401
     bearer = {**headers, "Authorization": "Bearer s3cret-key"}
     assert httpx.post(f"{url}/predict", content=body, headers=bearer, timeout=30).status_code == 200
+
+
+def test_a_fractional_shutdown_timeout_reaches_uvicorn_as_it_is():
+    """0.5 s must stay 0.5 s: rounded to 0, uvicorn cancels the requests in flight at once."""
+    options = uvicorn_options(Settings(shutdown_timeout_s=0.5))
+    assert options["timeout_graceful_shutdown"] == 0.5
+    assert uvicorn.Config(app=None, **options).timeout_graceful_shutdown == 0.5
