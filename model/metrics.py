@@ -75,7 +75,7 @@ def _count_above(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 class SaliencyMetrics:
-    """Saliency maxF (beta^2 = 0.3) in the two protocols of the literature.
+    """Saliency in the two protocols of the literature (InvPT maxF; MTI-Net maxF and mIoU).
 
     - ``maxF`` (InvPT family): thresholds 0.05, 0.10, ..., 0.95 (19); TP/FP/FN summed over the
       whole set per threshold, F from the set's precision and recall, max over thresholds.
