@@ -52,7 +52,7 @@ def _brute_force_f(pred, target, threshold, beta2=0.3):
     fn = np.sum(~positive & (target == 1))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
-    iou = tp / (tp + fp + fn) if tp + fp + fn else 0.0
+    iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0  # MTI-Net: both empty -> 1
     f = (1 + beta2) * precision * recall / (beta2 * precision + recall) if tp else 0.0
     return f, precision, recall, iou
 
