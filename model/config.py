@@ -168,17 +168,29 @@ class AdapterConfig:
         return self.routing.has_experts
 
 
+LAYER_REDUCTIONS = ("sum", "mean")
+
+
 @dataclass(frozen=True)
 class RouterLossConfig:
-    """Weights of the router's auxiliary losses; 0 disables a term (it is then not computed)."""
+    """Weights of the router's auxiliary losses; 0 disables a term (it is then not computed).
 
-    mi_weight: float = 0.01  # Mod-Squad task-expert mutual information (the paper's choice)
+    Each term is computed per layer, then the layers are combined by ``layers``: ``"sum"``
+    as Mod-Squad does (its ``get_zloss`` adds every MoE layer's loss), or ``"mean"``. The ASE
+    paper regularises with Mod-Squad's loss but gives no weight; 0.005 per layer, summed, is
+    what Mod-Squad's README model (``mtvit_taskgate_att_mlp_base_MI_twice``) uses.
+    """
+
+    mi_weight: float = 0.005  # Mod-Squad task-expert mutual information, per layer
     balance_weight: float = 0.0  # switch-style load balancing, the usual alternative
+    layers: str = "sum"  # how the per-layer losses combine: "sum" (Mod-Squad) or "mean"
 
     def __post_init__(self) -> None:
         for name in ("mi_weight", "balance_weight"):
             if getattr(self, name) < 0:
                 _fail(f"router_loss.{name}", f"must be >= 0, got {getattr(self, name)}")
+        if self.layers not in LAYER_REDUCTIONS:
+            _fail("router_loss.layers", f"expected 'sum' or 'mean', got {self.layers!r}")
 
 
 @dataclass(frozen=True)
@@ -221,9 +233,16 @@ class ModelConfig:
             return cls(
                 backbone=BackboneConfig(**data.get("backbone", {})),
                 adapters=AdapterConfig(**data.get("adapters", {})),
-                router_loss=RouterLossConfig(**data.get("router_loss", {})),
+                router_loss=_router_loss(data.get("router_loss")),
                 dataset=data.get("dataset", "synthetic"),
                 tasks=tuple(data.get("tasks", TASK_NAMES)),
             )
         except TypeError as error:  # an unexpected field inside backbone/adapters
             raise ValueError(f"config: {error}") from None
+
+
+def _router_loss(stored: dict[str, Any] | None) -> RouterLossConfig:
+    """A stored ``router_loss`` without ``layers`` predates the option: it averaged layers."""
+    if stored is None:
+        return RouterLossConfig()
+    return RouterLossConfig(**{"layers": "mean", **stored})

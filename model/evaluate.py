@@ -9,6 +9,9 @@ adds trivial predictors scored by the same code: the majority class of ``classes
 mean normal, and constant probabilities 0 (all-background) and 1 (all-foreground).
 Edge odsF is an approximation of SEISM's (see ``EdgeMetrics``); saliency's primary number is
 the MTI-Net mIoU that ASE reports. Δm uses each task's primary metric (``PRIMARY_METRIC``).
+Scoring is at each image's original size (``--resolution original``, the benchmark's): the
+image is resized to the model's input, each prediction back to the image's size by the
+server's rules; ``--resolution fixed`` scores labels resized to the model's input instead.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from model.data import NORMALS_VALID, PascalContext, SyntheticScenes
-from model.data.transforms import EvalTransform, MultiTaskDataset, collate
+from model.data.transforms import (
+    EvalTransform,
+    MultiTaskDataset,
+    OriginalSizeDataset,
+    collate,
+    collate_eval,
+    restore_size,
+)
 from model.heads import postprocess
 from model.metrics import PRIMARY_METRIC, NormalsMetrics, delta_m, task_metric
 from model.model import ASEModel
@@ -52,7 +62,21 @@ def eval_source(data: str, split: str, count: int, size: int, seed: int = 0):
     return source
 
 
-def eval_loader(source, size: int, tasks: Iterable[str], batch_size: int = 16) -> DataLoader:
+RESOLUTIONS = ("original", "fixed")
+"""``original``: every image scored at its own size, predictions resized back (the benchmark's
+protocol, InvPT family); ``fixed``: labels resized to the model's input size (cheaper; not
+comparable with published numbers when the images have other sizes)."""
+
+
+def eval_loader(
+    source, size: int, tasks: Iterable[str], batch_size: int = 16, resolution: str = "original"
+) -> DataLoader:
+    """Batches of model-size images with their labels at ``resolution`` (``RESOLUTIONS``)."""
+    if resolution == "original":
+        dataset = OriginalSizeDataset(source, size, tuple(tasks))
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_eval)
+    if resolution != "fixed":
+        raise ValueError(f"unknown resolution {resolution!r}; known: {', '.join(RESOLUTIONS)}")
     dataset = MultiTaskDataset(source, EvalTransform(size), tuple(tasks))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
@@ -68,15 +92,41 @@ def model_predictor(model: ASEModel, device: torch.device | str = "cpu") -> Pred
     return predict
 
 
-def _update(metric, task: str, prediction: Tensor, targets: dict[str, Tensor]) -> None:
-    kind = TASKS[task].kind
-    target = targets[task].numpy()
+def _metric_input(kind: str, prediction: Tensor) -> np.ndarray:
+    """(B, C, h, w) prediction -> what the metric takes: class ids (B, h, w), probabilities
+    (B, h, w) or vectors (B, 3, h, w)."""
     if kind == "classes":
-        metric.update(prediction.argmax(dim=1).numpy(), target)
-    elif kind == "probability":
-        metric.update(prediction[:, 0].numpy(), target)
+        return prediction.argmax(dim=1).numpy()
+    if kind == "probability":
+        return prediction[:, 0].numpy()
+    return prediction.numpy()
+
+
+def _at_label_size(
+    predictions: dict[str, np.ndarray], targets: dict[str, Any]
+) -> Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """(predictions, targets) pairs of equal sizes: the batch itself when its labels have the
+    predictions' size, else image by image with each prediction restored to its labels' size
+    (``restore_size``, the server's rules). ``targets`` values: stacked tensors, or lists of
+    per-image tensors when the images' sizes differ (``collate_eval``)."""
+    some = next(iter(predictions.values()))
+    labels = next(iter(targets.values()))
+    if isinstance(labels, Tensor) and labels.shape[-2:] == some.shape[-2:]:
+        yield predictions, {key: value.numpy() for key, value in targets.items()}
+        return
+    for index in range(some.shape[0]):
+        image_targets = {key: value[index].numpy()[None] for key, value in targets.items()}
+        size = image_targets[next(iter(targets))].shape[-2:]
+        restored = {task: restore_size(TASKS[task].kind, p[index], size)[None]
+                    for task, p in predictions.items()}  # fmt: skip
+        yield restored, image_targets
+
+
+def _update(metric, task: str, prediction: np.ndarray, targets: dict[str, np.ndarray]) -> None:
+    if TASKS[task].kind == "vector":
+        metric.update(prediction, targets[task], valid=targets[NORMALS_VALID])
     else:
-        metric.update(prediction.numpy(), target, valid=targets[NORMALS_VALID].numpy())
+        metric.update(prediction, targets[task])
 
 
 def evaluate(
@@ -90,14 +140,15 @@ def evaluate(
     tasks = tuple(tasks)
     metrics = {t: task_metric(t, len(spec.classes(t) or ()) or None) for t in tasks}
     foreground = NormalsMetrics() if {"normals", "saliency"} <= set(tasks) else None
-    for images, targets in loader:
-        predictions = predict(images)
-        for task, metric in metrics.items():
-            _update(metric, task, predictions[task], targets)
-        if foreground is not None:
-            valid = targets[NORMALS_VALID] & (targets["saliency"] == 1)  # (B, H, W)
-            foreground.update(predictions["normals"].numpy(), targets["normals"].numpy(),
-                              valid=valid.numpy())  # fmt: skip
+    for images, batch_targets in loader:
+        raw = predict(images)
+        inputs = {task: _metric_input(TASKS[task].kind, raw[task]) for task in tasks}
+        for predictions, targets in _at_label_size(inputs, batch_targets):
+            for task, metric in metrics.items():
+                _update(metric, task, predictions[task], targets)
+            if foreground is not None:
+                valid = targets[NORMALS_VALID] & (targets["saliency"] == 1)  # (B, H, W)
+                foreground.update(predictions["normals"], targets["normals"], valid=valid)
     results = {task: metric.compute() for task, metric in metrics.items()}
     if foreground is not None and foreground.count:
         results["normals"] |= {f"fg_{k}": v for k, v in foreground.compute().items()}
@@ -228,6 +279,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=200, help="images (0: a whole PASCAL split)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic scenes' seed")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--resolution", default="original", choices=RESOLUTIONS,
+                        help="original: each image at its own size (the benchmark's); "
+                        "fixed: labels resized to the model's input")  # fmt: skip
     parser.add_argument("--baselines", action="store_true", help="also score trivial predictors")
     parser.add_argument("--reference", type=Path, help="JSON of reference metrics for Δm")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -244,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = model.config
     size = config.backbone.image_size
     source = eval_source(args.data, args.split, args.count, size, args.seed)
-    loader = eval_loader(source, size, config.tasks, args.batch_size)
+    loader = eval_loader(source, size, config.tasks, args.batch_size, args.resolution)
     rows = {
         "model": evaluate(model_predictor(model, args.device), loader, config.tasks, config.dataset)
     }
@@ -260,6 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "step": payload.get("step"),
         "data": args.data,
         "split": args.split,
+        "resolution": args.resolution,
         "images": len(source),
         "results": rows["model"],
         "primary": primary(rows["model"]),

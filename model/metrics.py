@@ -75,14 +75,16 @@ def _count_above(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 class SaliencyMetrics:
-    """Saliency maxF (beta^2 = 0.3) in the two protocols of the literature.
+    """Saliency in the two protocols of the literature (InvPT maxF; MTI-Net maxF and mIoU).
 
     - ``maxF`` (InvPT family): thresholds 0.05, 0.10, ..., 0.95 (19); TP/FP/FN summed over the
       whole set per threshold, F from the set's precision and recall, max over thresholds.
     - ``mti_maxF`` / ``mti_mIoU`` (MTI-Net, reported by M3ViT and ASE): 15 thresholds evenly
       in [0.2, 0.9]; per image precision, recall and IoU at each threshold, averaged over
-      images; maxF = max over thresholds of F(mean precision, mean recall); mIoU = max over
-      thresholds of the mean IoU. A 0/0 ratio of one image counts as 0.
+      images; maxF = max over thresholds of F1 = 2PR / (P + R) of the mean precision and mean
+      recall (MTI-Net's F is F1, not beta^2 = 0.3); mIoU = max over thresholds of the mean IoU.
+      An image whose target and thresholded prediction are both empty has IoU 1 (MTI-Net's
+      ``jaccard``); its 0/0 precision or recall counts as 0.
     A pixel is predicted salient when its probability is strictly above the threshold;
     target pixels of 255 are skipped.
     """
@@ -105,7 +107,8 @@ class SaliencyMetrics:
             negatives = probabilities[labels == 0].ravel()
             self.counts += self._tp_fp_fn(positives, negatives, self.thresholds)
             tp, fp, fn = self._tp_fp_fn(positives, negatives, self.mti_thresholds)
-            self.mti_sums += [_ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(tp, tp + fp + fn)]
+            iou = np.where(tp + fp + fn > 0, _ratio(tp, tp + fp + fn), 1.0)  # both empty: 1
+            self.mti_sums += [_ratio(tp, tp + fp), _ratio(tp, tp + fn), iou]
             self.images += 1
 
     @staticmethod
@@ -115,10 +118,11 @@ class SaliencyMetrics:
         return np.stack([tp, fp, len(positives) - tp])  # (3, T)
 
     @classmethod
-    def f_measure(cls, precision, recall):
-        """F_beta with beta^2 = 0.3; 0 where precision and recall are both 0."""
+    def f_measure(cls, precision, recall, beta2: float | None = None):
+        """F_beta (beta^2 = 0.3 unless given); 0 where precision and recall are both 0."""
+        beta2 = cls.BETA2 if beta2 is None else beta2
         precision, recall = np.asarray(precision, float), np.asarray(recall, float)
-        return _ratio((1 + cls.BETA2) * precision * recall, cls.BETA2 * precision + recall)
+        return _ratio((1 + beta2) * precision * recall, beta2 * precision + recall)
 
     def compute(self) -> dict:
         tp, fp, fn = self.counts.astype(np.float64)
@@ -126,7 +130,7 @@ class SaliencyMetrics:
         precision, recall, iou = self.mti_sums / max(self.images, 1)
         return {
             "maxF": 100.0 * float(set_f.max()),
-            "mti_maxF": 100.0 * float(self.f_measure(precision, recall).max()),
+            "mti_maxF": 100.0 * float(self.f_measure(precision, recall, beta2=1.0).max()),
             "mti_mIoU": 100.0 * float(iou.max()),
         }
 

@@ -77,6 +77,7 @@ class ASEModel(nn.Module):
         self.aux_terms: dict[str, tuple[float, AuxTerm]] = {
             name: term for name, term in terms.items() if term[0] > 0 and adapters.has_experts
         }
+        self.combine_layers = torch.sum if weights.layers == "sum" else torch.mean
 
     def forward(self, images: Tensor, stream_image: Tensor, stream_task: Tensor) -> ModelOutput:
         """images (B, 3, H, W) normalised; stream_image, stream_task (S,) int64 (global ids)."""
@@ -138,10 +139,11 @@ class ASEModel(nn.Module):
         return expert_tokens, shared_mass
 
     def _aux(self, routings: list[RouterOutput], slots: Tensor) -> dict[str, Tensor]:
-        """Each enabled term: weight x mean over layers."""
+        """Each enabled term: weight x (sum or mean, ``router_loss.layers``) over layers."""
         num_tasks = len(self.config.tasks)
         return {
-            name: weight * torch.stack([term(r, slots, num_tasks) for r in routings]).mean()
+            name: weight
+            * self.combine_layers(torch.stack([term(r, slots, num_tasks) for r in routings]))
             for name, (weight, term) in self.aux_terms.items()
         }
 

@@ -112,7 +112,9 @@ def demo() -> TrainConfig:
         model=ModelConfig(
             backbone=BackboneConfig(image_size=128, patch_size=16, width=192, depth=6, heads=3),
             adapters=AdapterConfig(spec="16/3/1/4", routing="ase"),
-            router_loss=RouterLossConfig(mi_weight=0.01, balance_weight=0.0),
+            # What the committed demo was trained with (before the Mod-Squad sum was the
+            # default): 0.01 x the mean over its 6 layers.
+            router_loss=RouterLossConfig(mi_weight=0.01, balance_weight=0.0, layers="mean"),
         ),
         data=DataConfig(dataset="synthetic", val_size=64, augment="flip", workers=1),
         single_task=StageConfig(steps=800, lr=1e-3, warmup=50),
@@ -155,6 +157,9 @@ def _pascal(width: int, depth: int, heads: int) -> TrainConfig:
                 image_size=224, patch_size=16, width=width, depth=depth, heads=heads
             ),
             adapters=AdapterConfig(spec="16/3/1/4", routing="ase"),
+            # Mod-Squad's MI loss as Mod-Squad runs it: 0.005 per layer, summed over layers
+            # (the ASE paper names the loss, not its weight; see RouterLossConfig).
+            router_loss=RouterLossConfig(mi_weight=0.005, balance_weight=0.0, layers="sum"),
             dataset="pascal_context",
         ),
         data=DataConfig(dataset="pascal_context", val_size=0, augment="benchmark", workers=4),

@@ -402,7 +402,8 @@ def resume_model(config: TrainConfig, path: Path) -> tuple[ASEModel, dict[str, A
     """The model and payload of ``path``; a ValueError when it was made with another model
     config (training settings may change: more steps, another eval interval)."""
     model, payload = load_checkpoint(path)
-    differences = _differences(payload["config"], config.model.to_dict())
+    # The rebuilt config, not the stored dict: fields added since then read as their rule.
+    differences = _differences(model.config.to_dict(), config.model.to_dict())
     if differences:
         raise ValueError(f"{path} is from another model config: " + "; ".join(differences))
     return model.train(), payload

@@ -26,9 +26,11 @@ def label_boundaries(labels: np.ndarray, both_sides: bool = False) -> np.ndarray
 def laplacian_support(labels: np.ndarray) -> np.ndarray:
     """(H, W) bool: where the 4-neighbour Laplacian of the label map is non-zero.
 
-    The image border is replicated, so a region touching the border has no boundary there.
+    The border is reflected without repeating the edge pixel (reflect-101: ``d c b | a b c d
+    | c b a``), OpenCV's default and so what ``cv2.Laplacian`` computes: a region touching the
+    border has no boundary there.
     """
-    padded = np.pad(labels.astype(np.int64), 1, mode="edge")
+    padded = np.pad(labels.astype(np.int64), 1, mode="reflect")
     laplacian = (
         padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
         - 4 * padded[1:-1, 1:-1]

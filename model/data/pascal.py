@@ -16,12 +16,14 @@ Decoding choices, so nothing surprises a reader of the metrics:
     part names mapped to the 7 classes of ``PARTS_CLASSES`` (``PART_NAME_TO_CLASS``); pixels
     outside any part are 0; an image without such a person is all 255 (ignored), as the
     benchmark does. An unknown part name is an error, not a silent 0.
-  - edges: the support of the 4-neighbour Laplacian of ``LabelMap`` (replicated border) is a
-    2 px band around each boundary; it is thinned to 1 px by keeping only its pixels whose right
-    or lower neighbour carries another label (an axis-aligned stand-in for morphological
-    thinning). Values {0, 1}, never ignored.
-  - normals: decoded exactly by the formula (not renormalised; a metric normalises anyway);
-    pixels whose three channels are all 255 are invalid (``normals_valid`` False, vector 0).
+  - edges, as the reference loaders (Multi-Task-Learning-PyTorch, InvPT) make them: the
+    4-neighbour Laplacian of ``LabelMap`` with OpenCV's default border (reflect-101, what
+    ``cv2.Laplacian`` uses), then scikit-image's ``thin`` of its non-zero pixels. Values
+    {0, 1}, never ignored.
+  - normals, as the reference loaders keep them: decoded exactly by the formula (not
+    renormalised; a metric normalises anyway) and valid only where the ``LabelMap`` class is
+    one of ``NORMALS_VALID_CLASSES``; everywhere else ``normals_valid`` is False and the vector
+    0. A stored value has no special meaning: (255, 255, 255) on a valid class is (1, 1, 1).
   - saliency: {0, 1}, never ignored.
 """
 
@@ -32,8 +34,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy.io import loadmat
+from skimage.morphology import thin
 
-from model.data.labels import label_boundaries, laplacian_support
+from model.data.labels import laplacian_support
 from model.data.sample import Sample
 from model.tasks import IGNORE_INDEX, PARTS_CLASSES, VOC_CLASSES
 
@@ -52,6 +55,22 @@ PART_NAME_TO_CLASS: dict[str, int] = {
 """PASCAL-Part person part name -> index in ``PARTS_CLASSES``."""
 
 SPLITS = ("train", "val")
+
+NORMALS_VALID_CLASSES = frozenset((
+    3, 4, 6, 9, 10, 11, 13, 15, 17, 18, 22, 23, 29, 30, 33, 34, 36, 37, 38, 39, 41, 43, 46, 49,
+    50, 51, 53, 55, 56, 59, 61, 62, 65, 66, 68, 69, 72, 73, 78, 83, 84, 85, 87, 88, 95, 96, 101,
+    104, 105, 107, 111, 113, 115, 122, 124, 135, 141, 142, 143, 146, 150, 154, 157, 158, 159,
+    165, 172, 174, 181, 183, 184, 191, 193, 195, 197, 199, 202, 213, 215, 216, 219, 220, 223,
+    225, 228, 230, 232, 233, 238, 239, 242, 243, 246, 250, 251, 252, 255, 260, 261, 263, 269,
+    272, 273, 275, 281, 283, 284, 285, 286, 287, 288, 290, 291, 292, 293, 295, 304, 307, 309,
+    310, 314, 315, 319, 323, 329, 330, 331, 336, 342, 345, 349, 350, 351, 352, 355, 357, 368,
+    370, 371, 374, 379, 380, 383, 384, 397, 401, 403, 405, 407, 408, 411, 412, 413, 414, 417,
+    419, 421, 423, 427, 429, 430, 432, 440, 441, 442, 443, 444, 446, 454, 457,
+))  # fmt: skip
+"""``LabelMap`` values (1-based indices into the 459 PASCAL-Context classes) where the
+benchmark's normals are valid: the classes whose names are NYU class names ('unknown'
+excluded), plus 'tvmonitor'; e.g. person, chair, table, wall, floor, ceiling, window, sofa,
+bed, cabinet; not sky, grass, tree, road, water. 170 classes."""
 
 
 class PascalContext:
@@ -84,12 +103,14 @@ class PascalContext:
         image_id = self.ids[index]
         image = np.asarray(Image.open(_require(self.path("JPEGImages", image_id, ".jpg"))))
         image = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-        normals, normals_valid = load_normals(self.path("normals_distill", image_id, ".png"))
+        label_map = load_label_map(self.path("pascal-context/trainval", image_id, ".mat"))
+        normals_path = self.path("normals_distill", image_id, ".png")
+        normals, normals_valid = load_normals(normals_path, label_map)
         labels = {
             "semseg": load_semseg(self.semseg_path(image_id)),
             "parts": load_parts(self.path("human_parts", image_id, ".mat")),
             "saliency": load_saliency(self.path("sal_distill", image_id, ".png")),
-            "edges": load_edges(self.path("pascal-context/trainval", image_id, ".mat")),
+            "edges": label_map_edges(label_map),
             "normals": normals,
         }
         for name, label in labels.items():
@@ -137,20 +158,26 @@ def load_saliency(path: Path) -> np.ndarray:
     return (values.astype(np.float32) / 255.0 > 0.5).astype(np.uint8)
 
 
-def load_normals(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """((H, W, 3) float32 n = 2 v / 255 - 1, zero where invalid; (H, W) bool validity)."""
+def load_label_map(path: Path) -> np.ndarray:
+    """(H, W) ``LabelMap`` of PASCAL-Context: 1-based ids of its 459 classes."""
+    return np.asarray(loadmat(_require(path))["LabelMap"])
+
+
+def load_normals(path: Path, label_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((H, W, 3) float32 n = 2 v / 255 - 1, zero where invalid; (H, W) bool validity: the
+    pixels whose ``label_map`` class is in ``NORMALS_VALID_CLASSES``)."""
     values = _read_png(path)[..., :3]
-    valid = ~(values == 255).all(axis=2)
+    if values.shape[:2] != label_map.shape:
+        raise ValueError(f"{path}: {values.shape[:2]} but its LabelMap is {label_map.shape}")
+    valid = np.isin(label_map, np.fromiter(NORMALS_VALID_CLASSES, dtype=np.int64))
     normals = 2.0 * values.astype(np.float32) / 255.0 - 1.0
     normals[~valid] = 0.0
     return normals, valid
 
 
-def load_edges(path: Path) -> np.ndarray:
-    """(H, W) uint8 {0, 1}: the thinned boundaries of the ``LabelMap`` (module docstring)."""
-    label_map = loadmat(_require(path))["LabelMap"]
-    edges = laplacian_support(label_map) & label_boundaries(label_map)
-    return edges.astype(np.uint8)
+def label_map_edges(label_map: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 {0, 1}: ``thin`` of where the reflect-101 Laplacian is non-zero."""
+    return thin(laplacian_support(label_map)).astype(np.uint8)
 
 
 def load_parts(path: Path) -> np.ndarray:

@@ -3,9 +3,12 @@
 Training (the benchmark recipe): random scale 0.5-2, random crop / pad to the output size
 (labels padded with 255, normals with invalid, the image with the ImageNet mean so it
 normalises to 0), horizontal flip (negating the x of normals), photometric distortion on the
-image only. Evaluation: resize to the output size, nearest for labels, bilinear for normals
-followed by renormalisation. Normalisation with ImageNet mean/std happens when a sample
-becomes tensors (``to_tensors``), so every transform sees uint8 RGB.
+image only. Evaluation, two protocols: at each image's original size (the benchmark's: only
+the image is resized to the model's input, ``OriginalSizeDataset``, and predictions go back
+with ``restore_size``, as the server does) or at the model's size (``EvalTransform``: nearest
+for labels, bilinear for normals followed by renormalisation). Normalisation with ImageNet
+mean/std happens when a sample becomes tensors (``to_tensors``), so every transform sees
+uint8 RGB.
 """
 
 from __future__ import annotations
@@ -61,10 +64,40 @@ def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return top * (1 - fr) + bottom * fr
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> ``size`` (height, width), PIL bilinear as the server's preprocessing.
+    PIL's bilinear filter widens its support when shrinking: no aliasing on big downscales."""
+    if image.shape[:2] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR))
+
+
+def restore_size(kind: str, prediction: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A prediction at model size -> ``size`` (height, width), by the server's rules
+    (``server/runtime.py``): ``classes`` ids (h, w) nearest (a label never blends into
+    another); ``probability`` (h, w) bilinear, clipped to [0, 1]; ``vector`` (3, h, w)
+    bilinear per channel, then renormalised."""
+    same_size = prediction.shape[-2:] == size
+    if kind == "classes":
+        if same_size:
+            return prediction
+        image = Image.fromarray(prediction.astype(np.uint8))
+        return np.asarray(image.resize(size[::-1], Image.Resampling.NEAREST))
+    planes = prediction[None] if kind == "probability" else prediction  # (C, h, w)
+    resized = planes if same_size else np.stack([_resize_plane(p, size) for p in planes])
+    if kind == "probability":
+        return np.clip(resized[0], 0.0, 1.0)
+    return resized / np.maximum(np.linalg.norm(resized, axis=0, keepdims=True), 1e-6)
+
+
+def _resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # mode "F"
+    return np.asarray(image.resize(size[::-1], Image.Resampling.BILINEAR), dtype=np.float32)
+
+
 def resize_sample(sample: Sample, size: tuple[int, int], smooth_normals: bool) -> Sample:
     """Image bilinear (antialiased), labels nearest; normals bilinear + renormalised, or nearest."""
-    # PIL's bilinear filter widens its support when shrinking: no aliasing on big downscales.
-    image = np.asarray(Image.fromarray(sample.image).resize(size[::-1], Image.Resampling.BILINEAR))
+    image = resize_image(sample.image, size)
     labels = {name: resize_nearest(getattr(sample, name), size) for name in _LABELS}
     if smooth_normals:
         normals = resize_bilinear(sample.normals, size)  # invalid pixels are 0: they only shrink
@@ -178,11 +211,16 @@ class EvalTransform:
 # ---------------------------------------------------------------- torch adapter
 
 
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalised with ImageNet mean/std."""
+    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+    normalised = (image.astype(np.float32) / 255.0 - mean) / std  # (H, W, 3)
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+
+
 def to_tensors(sample: Sample, tasks: Sequence[str] = TASK_NAMES) -> dict[str, torch.Tensor]:
     """One sample as tensors: ``image`` (3, H, W) normalised, targets as in the package doc."""
-    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
-    image = (sample.image.astype(np.float32) / 255.0 - mean) / std  # (H, W, 3)
-    out = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
+    out = {"image": image_tensor(sample.image)}
     for task in tasks:
         kind = TASKS[task].kind
         label = getattr(sample, task)
@@ -203,6 +241,34 @@ def collate(items: Sequence[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dic
     images = torch.stack([item["image"] for item in items])
     keys = [key for key in items[0] if key != "image"]
     return images, {key: torch.stack([item[key] for item in items]) for key in keys}
+
+
+def collate_eval(items: Sequence[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict]:
+    """``collate`` for evaluation at original sizes: each target is a stacked tensor when every
+    item has the same size, else a list of per-image tensors."""
+    images = torch.stack([item["image"] for item in items])
+    keys = [key for key in items[0] if key != "image"]
+    same = len({tuple(item[keys[0]].shape[-2:]) for item in items}) == 1 if keys else True
+    if same:
+        return images, {key: torch.stack([item[key] for item in items]) for key in keys}
+    return images, {key: [item[key] for item in items] for key in keys}
+
+
+class OriginalSizeDataset(Dataset):
+    """Evaluation at each image's original size: the image resized to the model's input
+    ``size`` (PIL bilinear, as the server does), the labels as the source stores them."""
+
+    def __init__(self, source, size: int | tuple[int, int], tasks: Sequence[str]) -> None:
+        self.source, self.size, self.tasks = source, _as_size(size), tuple(tasks)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = self.source[index]
+        item = to_tensors(sample, self.tasks)
+        item["image"] = image_tensor(resize_image(sample.image, self.size))
+        return item
 
 
 class MultiTaskDataset(Dataset):
