@@ -18,7 +18,7 @@ from model.evaluate import constant_predictor, eval_loader, evaluate, main
 from model.model import ASEModel
 from model.presets import preset
 from model.tasks import TASK_NAMES, require_dataset
-from server.runtime import restore_size as server_restore_size
+from server.maps import restore_size as server_restore_size
 from tests.model.pascal_tree import (
     IMAGES,
     reference_normals,
