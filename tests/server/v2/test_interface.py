@@ -1,0 +1,39 @@
+"""The model's V2 interface as metadata declares it, and the shared path's errors in V2 terms."""
+
+from __future__ import annotations
+
+from server.v2.errors import from_api_error
+from server.v2.interface import model_metadata, server_metadata
+from tests.server.v2.helpers import demo_model
+
+MODEL = demo_model()
+
+
+def test_model_metadata_declares_the_interface():
+    document = model_metadata(MODEL)
+    layers, experts = MODEL.adapters["layers"], MODEL.adapters["experts"]
+    assert (document["name"], document["versions"]) == ("ase-demo", [MODEL.version])
+    assert document["inputs"] == [
+        {"name": "image", "datatype": "BYTES", "shape": [1]},
+        {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
+    ]
+    assert document["outputs"] == [
+        {"name": "semseg", "datatype": "UINT8", "shape": [-1, -1, -1]},
+        {"name": "parts", "datatype": "UINT8", "shape": [-1, -1, -1]},
+        {"name": "saliency", "datatype": "FP32", "shape": [-1, -1, -1]},
+        {"name": "normals", "datatype": "FP32", "shape": [-1, -1, -1, 3]},
+        {"name": "edges", "datatype": "FP32", "shape": [-1, -1, -1]},
+        {"name": "expert_tokens", "datatype": "FP32", "shape": [-1, -1, layers, experts]},
+        {"name": "shared_gate_mass", "datatype": "FP32", "shape": [-1, -1, layers]},
+    ]
+    semseg = document["tasks"][0]
+    assert (semseg["kind"], semseg["channels"]) == ("classes", len(semseg["classes"]))
+    assert server_metadata("0.1.0")["extensions"] == ["binary_tensor_data"]
+
+
+def test_shared_path_errors_in_protocol_terms():
+    assert from_api_error(422, "unknown task").status == 400  # the protocol has no 422
+    overloaded = from_api_error(503, "queue full", {"Retry-After": "1"})
+    assert (overloaded.status, overloaded.headers) == (503, {"Retry-After": "1"})
+    assert overloaded.body() == {"error": "queue full"}
+    assert from_api_error(413, "too large").status == 413
