@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
+import tritonclient.http as httpclient
+
 from server.v2.errors import from_api_error
-from server.v2.interface import model_metadata, server_metadata
-from tests.server.v2.helpers import demo_model
+from server.v2.interface import infer_request, infer_response, model_metadata, server_metadata
+from server.v2.openapi import (
+    INFER_OPENAPI,
+    InferRequestBody,
+    InferResponseBody,
+    ModelMetadataResponse,
+    ServerMetadataResponse,
+)
+from server.v2.rest import encode_response, parse_request
+from tests.server.v2.helpers import demo_model, fake_frames, http_body, image_input, png_bytes
 
 MODEL = demo_model()
 
@@ -37,3 +49,17 @@ def test_shared_path_errors_in_protocol_terms():
     assert (overloaded.status, overloaded.headers) == (503, {"Retry-After": "1"})
     assert overloaded.body() == {"error": "queue full"}
     assert from_api_error(413, "too large").status == 413
+
+
+def test_documents_match_their_openapi_models():
+    ModelMetadataResponse.model_validate(model_metadata(MODEL))
+    ServerMetadataResponse.model_validate(server_metadata("0.1.0"))
+    assert "$ref" not in json.dumps(INFER_OPENAPI)  # pasted into /openapi.json as it is
+    outputs = [httpclient.InferRequestedOutput("edges", binary_data=False)]
+    body, _ = http_body([image_input(httpclient, png_bytes(), binary=False)], outputs)
+    InferRequestBody.model_validate_json(body)
+    request = infer_request(parse_request(body, {}, MODEL.name), MODEL)
+    frames = fake_frames(request, MODEL, height=4, width=5)
+    response, headers = encode_response(infer_response(request, MODEL, frames))
+    assert headers == {"Content-Type": "application/json"}
+    InferResponseBody.model_validate_json(response)
