@@ -55,7 +55,8 @@ test: lint
 # A real Triton (tritonserver 2.51 with its Python backend, bundled by nvidia-pytriton) for the
 # Open Inference Protocol cross-check and benchmark (bench/triton_reference.py). pytriton pins
 # numpy<2, so it gets its own venv, with the same ONNX Runtime version as $(VENV) (CPU build):
-# the same kernels, the same values. The stamp names that version, so a new one rebuilds it.
+# the same kernels, the same values (and what server/pipeline.py and server/maps.py import).
+# The stamp names that version, so a new one rebuilds it.
 # (No prerequisite on $(VENV)/.installed: the test that needs this venv runs inside $(VENV) and
 # must not reinstall it; it passes TRITON_ORT itself.)
 TRITON_ORT ?= $(shell $(VENV)/bin/python -c "import onnxruntime; print(onnxruntime.__version__)")
@@ -68,7 +69,7 @@ $(TRITON_VENV)/.installed-ort-%:
 	rm -rf $(TRITON_VENV)
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/pip install $(PIP_FLAGS) nvidia-pytriton==0.7.0 onnxruntime==$* \
-		'pillow>=10.0' 'isal>=1.6' 'pydantic>=2.6'
+		'pillow>=10.0' 'isal>=1.6' 'pydantic>=2.6' 'numba>=0.60' 'prometheus-client>=0.20'
 	touch $@
 
 serve: $(SERVE_VENV)/.installed

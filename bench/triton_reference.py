@@ -8,8 +8,9 @@ protocol cross-check and the benchmark (docs/api_v2.md). Runs in its own venv:
 nvidia-pytriton 0.7.0 bundles tritonserver 2.51 with its Python backend; the bound function
 below is that backend's model: it decodes the ``image`` file (or takes ``pixels``), preprocesses,
 runs ONNX Runtime on the exported graph and restores the maps' size with the server's own
-functions (``server.codecs``, ``server.runtime``, imported from this checkout: they need no torch
-and run on pytriton's numpy<2), and returns the outputs ``server.v2.interface`` declares, with
+stages (``server.pipeline``: open, plan, decode at the planned JPEG scale, preprocess;
+``server.maps``: restore; imported from this checkout: they need no torch and run on pytriton's
+numpy<2), and returns the outputs ``server.v2.interface`` declares, with
 the same names, datatypes and shapes. Only the task outputs requested are computed, as in our
 server. Prints a line starting ``ready`` when Triton serves the model; SIGTERM or SIGINT stops
 it (and Triton). Triton writes its own log to the same stdout and stderr: a caller reads them to
@@ -18,7 +19,7 @@ the end or sends them to a file (a closed pipe stalls Triton's shutdown).
 Where Triton and our server legitimately differ: the model version is Triton's integer "1";
 ``platform`` is "python"; the response carries no output parameters (``expert_tokens``' task
 list); an error raised here is Triton's 500, where our server answers 400; a JSON ``image`` is
-recognised by failing to decode as a file, then read as base64 (Triton cannot tell JSON from
+recognised by failing to open as a file, then read as base64 (Triton cannot tell JSON from
 binary inputs apart).
 """
 
@@ -39,10 +40,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from server.codecs import decode_image  # noqa: E402
+from server.errors import InvalidInput  # noqa: E402
+from server.maps import restore_size  # noqa: E402
 from server.modeldir import ModelDir, TaskInfo, load_model_dir  # noqa: E402
-from server.protocol import ApiError  # noqa: E402
-from server.runtime import ModelRuntime, preprocess, restore_size  # noqa: E402
+from server.pipeline import MapRequest, MapSize, Pipeline, preprocess  # noqa: E402
+from server.runtime import ModelRuntime  # noqa: E402
 from server.v2.interface import (  # noqa: E402
     IMAGE,
     KIND_DTYPES,
@@ -55,18 +57,6 @@ MAX_PIXELS = 40_000_000  # the server's default pixel limit (server/settings.py)
 DTYPES = {"BYTES": np.bytes_, "UINT8": np.uint8, "FP32": np.float32}
 
 
-def map_size(width: int, height: int, size: str, max_side: int | None, model: ModelDir):
-    """The maps' (width, height): the upload's or the model's, then the longest side capped at
-    ``max_side`` with the aspect kept. (Issue 12 defines these parameters for /predict; this
-    must follow whatever rounding the server's pipeline settles on.)"""
-    if size == "model":
-        width, height = model.width, model.height
-    if max_side and max(width, height) > max_side:
-        scale = max_side / max(width, height)
-        width, height = max(1, round(width * scale)), max(1, round(height * scale))
-    return width, height
-
-
 class Reference:
     """The Python backend's model: one request at a time (Triton's dynamic batching would
     give the inputs a batch dimension of their own, and so a different interface)."""
@@ -74,54 +64,62 @@ class Reference:
     def __init__(self, model: ModelDir, threads: int) -> None:
         self.model = model
         self.runtime = ModelRuntime(model, ["CPUExecutionProvider"], threads)
+        # Stages 1, 2, 4 and 5 of the server's own pipeline (open, plan, decode at the planned
+        # JPEG scale, preprocess); no batcher or budget: Triton runs one request at a time.
+        self.pipeline = Pipeline(model, batcher=None, budget=None, max_pixels=MAX_PIXELS)
 
     def __call__(self, requests):
         return [self.infer(request) for request in requests]
 
     def infer(self, request) -> dict[str, np.ndarray]:
         parameters = request.parameters or {}
-        rgb_frames = self.frames(request.data)
         wanted = request.requested_output_names or [s.name for s in output_specs(self.model)]
         tasks = [t for t in self.model.tasks if t.name in wanted] or list(self.model.tasks)
-        height, width = rgb_frames[0].shape[:2]
-        size = map_size(width, height, parameters.get("size", "upload"),
-                        parameters.get("max_side"), self.model)  # fmt: skip
-        outputs = self.run(rgb_frames, tasks, size)
+        size = MapSize(model=parameters.get("size") == "model",
+                       max_side=parameters.get("max_side"))  # fmt: skip
+        images, map_size = self.prepare(request.data, MapRequest(tuple(tasks), size))
+        outputs = self.run(images, tasks, map_size)
         return {name: value for name, value in outputs.items() if name in wanted}
 
-    def frames(self, data: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def prepare(self, data: dict[str, np.ndarray], request: MapRequest):
+        """The model's inputs (N, 3, H, W) and the maps' (width, height), as the server plans."""
         if (IMAGE in data) == (PIXELS in data):
             raise ValueError(f"send exactly one input, {IMAGE!r} or {PIXELS!r}")
         if PIXELS in data:
-            return list(data[PIXELS])
-        return [decode_file(data[IMAGE][0])]
+            frames = data[PIXELS]
+            plan = self.pipeline.plan_frames(frames, request)
+            images = np.stack([preprocess(frame, self.model) for frame in frames])
+        else:
+            plan = self.pipeline.plan(self.open(data[IMAGE][0]), request)
+            images = self.pipeline.decode(plan)[1][None]
+        return images, (plan.map_width, plan.map_height)
 
-    def run(self, rgb_frames: list[np.ndarray], tasks: list[TaskInfo], size) -> dict:
-        """Frames (h, w, 3) -> every output for ``tasks``, stacked over the frames."""
-        images = np.stack([preprocess(rgb, self.model) for rgb in rgb_frames])  # (N, 3, H, W)
-        count, ids = len(rgb_frames), np.array([t.id for t in tasks], np.int64)
+    def open(self, element: bytes):
+        """The BYTES element: the file itself (binary data), else the file in base64 (JSON)."""
+        try:
+            return self.pipeline.open(element)
+        except InvalidInput:
+            try:
+                return self.pipeline.open(base64.b64decode(element, validate=True))
+            except (binascii.Error, ValueError):
+                raise ValueError(
+                    "input 'image' is neither an image file nor one in base64"
+                ) from None
+
+    def run(self, images: np.ndarray, tasks: list[TaskInfo], size) -> dict:
+        """Model inputs (N, 3, H, W) -> every output for ``tasks``, stacked over the images."""
+        count, ids = images.shape[0], np.array([t.id for t in tasks], np.int64)
         stream_image = np.repeat(np.arange(count, dtype=np.int64), len(tasks))  # image-major
         stream_task = np.tile(ids, count)
         raw = self.runtime.run(images, stream_image, stream_task)
         outputs = {}
         for task in tasks:
-            maps = [restore_size(task.kind, row, *size) for row in raw[task.name]]  # per frame
+            maps = [restore_size(task.kind, row, *size) for row in raw[task.name]]  # per image
             outputs[task.name] = np.stack(maps).astype(KIND_DTYPES[task.kind], copy=False)
         layers, experts = raw["expert_tokens"].shape[1:]
         outputs["expert_tokens"] = raw["expert_tokens"].reshape(count, len(tasks), layers, experts)
         outputs["shared_gate_mass"] = raw["shared_gate_mass"].reshape(count, len(tasks), layers)
         return outputs
-
-
-def decode_file(element: bytes) -> np.ndarray:
-    """The BYTES element: the file itself (binary data), else the file in base64 (JSON)."""
-    try:
-        return decode_image(element, MAX_PIXELS)
-    except ApiError:
-        try:
-            return decode_image(base64.b64decode(element, validate=True), MAX_PIXELS)
-        except (binascii.Error, ValueError):
-            raise ValueError("input 'image' is neither an image file nor one in base64") from None
 
 
 def tensors(specs):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from server import errors
+
 # gRPC has no HTTP statuses: each one's closest gRPC code, by name (``grpc.StatusCode[name]``),
 # so that this module needs no grpcio.
 GRPC_CODES = {
@@ -55,9 +57,26 @@ def unavailable(message: str, retry_after_s: int = 1) -> V2Error:
     return V2Error(503, message, {"Retry-After": str(retry_after_s)})
 
 
-def from_api_error(status: int, message: str, headers: dict[str, str] | None = None) -> V2Error:
-    """An error of the shared request path (``/predict``'s ``ApiError``: status, message,
-    headers) in the protocol's terms. The protocol has no 422: a request the server cannot
-    serve as asked is a 400, as in Triton and KServe. Every other status, and ``Retry-After``,
-    stays as it is."""
-    return V2Error(400 if status == 422 else status, message, headers)
+# The request path's errors (server/errors.py) by class: as /predict's, except that the
+# protocol has no 422: a request the model cannot serve as asked is a 400, as in Triton and KServe.
+STATUS: dict[type[errors.ServingError], int] = {
+    errors.InvalidInput: 400,
+    errors.InvalidParameter: 400,
+    errors.Unauthorized: 401,
+    errors.NotFound: 404,
+    errors.TooLarge: 413,
+    errors.UnsupportedMedia: 415,
+    errors.Internal: 500,
+    errors.Unavailable: 503,
+    errors.DeadlineExceeded: 504,
+}
+
+
+def from_serving_error(error: Exception) -> V2Error | None:
+    """A ``ServingError`` of the request path in the protocol's terms (``Retry-After`` kept);
+    ``None`` for anything else (a bug: the front door's own 500)."""
+    if not isinstance(error, errors.ServingError):
+        return None
+    status = next(s for kind, s in STATUS.items() if isinstance(error, kind))
+    retry = {} if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+    return V2Error(status, error.message, retry)

@@ -17,11 +17,11 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from server.modeldir import ModelDir
 from server.v2 import grpc_wire, interface
-from server.v2.errors import V2Error, unavailable
+from server.v2.errors import V2Error, from_serving_error, unavailable
 from server.v2.interface import FrameResult, InferRequest
 
 Infer = Callable[[InferRequest], Awaitable[Sequence[FrameResult]]]
-# Errors of the request path -> the protocol's (e.g. ApiError -> errors.from_api_error).
+# Errors of the request path -> the protocol's (default: server/errors.py's ServingError).
 Translate = Callable[[Exception], V2Error | None]
 
 
@@ -36,7 +36,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         infer: Infer,
         is_ready: Callable[[], bool],
         api_key: str | None = None,
-        translate: Translate = lambda error: None,
+        translate: Translate = from_serving_error,
     ) -> None:
         self.model, self.server_version = model, server_version
         self.infer, self.is_ready, self.translate = infer, is_ready, translate

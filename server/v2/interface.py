@@ -98,7 +98,7 @@ def input_specs() -> tuple[TensorSpec, ...]:
 
 def output_specs(model: ModelDir) -> tuple[TensorSpec, ...]:
     """Task outputs in registry order, then the router statistics (docs/api_v2.md)."""
-    layers, experts = model.adapters["layers"], model.adapters["experts"]
+    layers, experts = model.adapters.layers, model.adapters.experts
     tasks = tuple(
         TensorSpec(t.name, KIND_OUTPUTS[t.kind][0], (-1, *KIND_OUTPUTS[t.kind][1]))
         for t in sorted(model.tasks, key=lambda t: t.id)
@@ -206,6 +206,8 @@ def _request_options(parameters: dict) -> tuple[str, int | None, float | None]:
     max_side = int_parameter(parameters, "max_side", "request")
     if max_side is not None and max_side < 1:
         raise bad_request(f"parameter 'max_side' must be an integer >= 1, got {max_side}")
+    if max_side is not None and size == "model":
+        raise bad_request("size=model excludes max_side (the maps are at the model's size)")
     timeout_us = int_parameter(parameters, "timeout", "request")
     if timeout_us is not None and timeout_us < 0:
         raise bad_request(f"parameter 'timeout' (microseconds) must be >= 0, got {timeout_us}")

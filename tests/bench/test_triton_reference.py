@@ -20,8 +20,10 @@ import onnxruntime
 import pytest
 
 from server.codecs import decode_image
+from server.maps import restore_size
 from server.modeldir import load_model_dir
-from server.runtime import ModelRuntime, preprocess, restore_size
+from server.pipeline import MapSize, preprocess
+from server.runtime import ModelRuntime
 from server.v2.interface import model_metadata
 from tests.server.conftest import free_port
 
@@ -144,15 +146,11 @@ def test_outputs_equal_the_projects_post_processing(sequence):
 
 
 def expected_outputs(runtime, rgb_frames, names, parameters) -> dict:
-    """Each frame alone through ONNX Runtime with every task, then server/runtime.py's
-    post-processing: what the requested outputs must hold, stacked over the frames."""
+    """Each frame alone through ONNX Runtime with every task, then the server's own
+    post-processing (server/maps.py): what the requested outputs must hold, stacked."""
     wanted = [t for t in MODEL.tasks if t.name in names] or list(MODEL.tasks)
-    height, width = rgb_frames[0].shape[:2]
-    if parameters.get("size") == "model":
-        height, width = MODEL.height, MODEL.width
-    if parameters.get("max_side"):
-        scale = min(1.0, parameters["max_side"] / max(height, width))
-        height, width = round(height * scale), round(width * scale)
+    size = MapSize(parameters.get("size") == "model", parameters.get("max_side"))
+    width, height = size.resolve(rgb_frames[0].shape[1], rgb_frames[0].shape[0], MODEL)
     ids = np.array([t.id for t in MODEL.tasks], np.int64)
     rows = [t.id for t in wanted]  # the streams of the requested tasks, in registry order
     per_frame = []

@@ -23,14 +23,15 @@ from tests.server.conftest import start_server
 
 EXAMPLES_PER_OPERATION = 30
 ACCEPTANCE = "Schema-valid request rejected"
-# Found and left to the /predict rewrite (issues 12 and 13): /predict's OpenAPI allows requests
+# Found and left to /predict's owner (issue 13): /predict's OpenAPI allows requests
 # that the server rightly refuses, because OpenAPI cannot say what it checks: constraints across
 # query parameters, task names known only once the model is loaded, and whether the body is an
 # image. Each needs a decision (the schema, the behaviour, or the test's expected statuses);
 # listed so that any other failure fails the test now.
 KNOWN_FAILURES = {
     f"POST /predict -> 422 invalid_parameter: {ACCEPTANCE}": "format=png with several tasks "
-    "(or none named: all five), and visualize=true with format=npz",
+    "(or none named: all five), visualize=true with format=npz, size=model with max_side, "
+    "npz_normals without format=npz, tasks= (empty)",
     f"POST /predict -> 422 unknown_task: {ACCEPTANCE}": "tasks is any string in the schema",
     f"POST /predict -> 400 invalid_image: {ACCEPTANCE}": "a binary body that is not an image",
     f"POST /predict -> 400 empty_body: {ACCEPTANCE}": "an empty body is valid binary",

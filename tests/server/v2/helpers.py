@@ -86,7 +86,7 @@ def grpc_result(message: service_pb2.ModelInferResponse) -> grpcclient.InferResu
 def fake_frames(request: InferRequest, model: ModelDir, height: int, width: int, seed: int = 0):
     """What the request path would compute: random maps of each kind, router rows per task."""
     rng = np.random.default_rng(seed)
-    layers, experts = model.adapters["layers"], model.adapters["experts"]
+    layers, experts = model.adapters.layers, model.adapters.experts
     frames = []
     for _ in range(request.frames):
         maps = {}

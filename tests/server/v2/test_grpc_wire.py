@@ -28,12 +28,12 @@ def test_image_and_parameters_from_tritonclients_message():
     upload = png_bytes(3)
     outputs = [grpcclient.InferRequestedOutput("edges"), grpcclient.InferRequestedOutput("parts")]
     message = grpc_message([image_input(grpcclient, upload)], outputs, request_id="g-1",
-                           parameters={"size": "model", "max_side": 32})  # fmt: skip
+                           parameters={"max_side": 32})  # fmt: skip
     request = infer_request(grpc_wire.from_infer_request(message), MODEL)
     assert request.image == upload and request.id == "g-1"
     assert [t.name for t in request.tasks] == ["parts", "edges"]
     assert [c.name for c in request.outputs] == ["edges", "parts"]
-    assert (request.size, request.max_side) == ("model", 32)
+    assert (request.size, request.max_side) == ("upload", 32)
 
 
 def test_pixel_frames_round_trip_through_raw_contents():

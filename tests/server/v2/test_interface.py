@@ -6,7 +6,8 @@ import json
 
 import tritonclient.http as httpclient
 
-from server.v2.errors import from_api_error
+from server import errors
+from server.v2.errors import from_serving_error
 from server.v2.interface import infer_request, infer_response, model_metadata, server_metadata
 from server.v2.openapi import (
     INFER_OPENAPI,
@@ -23,7 +24,7 @@ MODEL = demo_model()
 
 def test_model_metadata_declares_the_interface():
     document = model_metadata(MODEL)
-    layers, experts = MODEL.adapters["layers"], MODEL.adapters["experts"]
+    layers, experts = MODEL.adapters.layers, MODEL.adapters.experts
     assert (document["name"], document["versions"]) == ("ase-demo", [MODEL.version])
     assert document["inputs"] == [
         {"name": "image", "datatype": "BYTES", "shape": [1]},
@@ -43,12 +44,15 @@ def test_model_metadata_declares_the_interface():
     assert server_metadata("0.1.0")["extensions"] == ["binary_tensor_data"]
 
 
-def test_shared_path_errors_in_protocol_terms():
-    assert from_api_error(422, "unknown task").status == 400  # the protocol has no 422
-    overloaded = from_api_error(503, "queue full", {"Retry-After": "1"})
-    assert (overloaded.status, overloaded.headers) == (503, {"Retry-After": "1"})
-    assert overloaded.body() == {"error": "queue full"}
-    assert from_api_error(413, "too large").status == 413
+def test_request_path_errors_in_protocol_terms():
+    unknown = errors.InvalidParameter("unknown_task", "unknown task(s) ['depth']")
+    assert from_serving_error(unknown).status == 400  # the protocol has no 422
+    full = from_serving_error(errors.overloaded("queue"))
+    assert (full.status, full.headers) == (503, {"Retry-After": "1"})
+    assert full.body() == {"error": full.message}
+    assert from_serving_error(errors.TooLarge("image_too_large", "big")).status == 413
+    assert from_serving_error(errors.deadline_exceeded()).grpc_code == "DEADLINE_EXCEEDED"
+    assert from_serving_error(ValueError("a bug")) is None
 
 
 def test_documents_match_their_openapi_models():

@@ -75,14 +75,11 @@ def test_router_statistics_alone_compute_every_task():
 
 
 def test_size_parameters_and_client_timeout():
-    body, headers = http_body(
-        [image_input(httpclient, png_bytes())],
-        parameters={"size": "model", "max_side": 64},
-        timeout=250_000,
-    )
-    request = parse(body, headers)
-    assert (request.size, request.max_side, request.timeout_s) == ("model", 64, 0.25)
-    assert parse(*http_body([image_input(httpclient, png_bytes())])).size == "upload"
+    image = [image_input(httpclient, png_bytes())]
+    request = parse(*http_body(image, parameters={"size": "model"}, timeout=250_000))
+    assert (request.size, request.max_side, request.timeout_s) == ("model", None, 0.25)
+    request = parse(*http_body(image, parameters={"max_side": 64}))
+    assert (request.size, request.max_side, request.timeout_s) == ("upload", 64, None)
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -118,7 +115,7 @@ def test_responses_read_back_by_tritonclient(binary):
 
 
 def _router_dims() -> tuple[int, int]:
-    return MODEL.adapters["layers"], MODEL.adapters["experts"]
+    return MODEL.adapters.layers, MODEL.adapters.experts
 
 
 def test_compressed_request_bodies():
@@ -176,6 +173,10 @@ BAD_REQUESTS = {
     "bf16": (_json({"inputs": [{**IMAGE_JSON, "datatype": "BF16"}]}), 400, "datatype"),
     "size": (_json({"inputs": [IMAGE_JSON], "parameters": {"size": "big"}}), 400, "'size'"),
     "max_side": (_json({"inputs": [IMAGE_JSON], "parameters": {"max_side": 0}}), 400, ">= 1"),
+    "size and max_side": (
+        _json({"inputs": [IMAGE_JSON], "parameters": {"size": "model", "max_side": 64}}),
+        400, "excludes",
+    ),
     "max_side type": (
         _json({"inputs": [IMAGE_JSON], "parameters": {"max_side": "64"}}), 400, "integer",
     ),
