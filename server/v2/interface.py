@@ -91,6 +91,22 @@ class FrameResult:
     expert_tokens: np.ndarray  # (T, L, E): one row per task of the request, in its order
     shared_gate_mass: np.ndarray  # (T, L)
 
+    @classmethod
+    def per_task(
+        cls,
+        tasks: Sequence[TaskInfo],
+        maps: Mapping[str, np.ndarray],
+        expert_tokens: Mapping[str, np.ndarray],  # task -> (L, E), as the batcher's JobResult
+        shared_gate_mass: Mapping[str, np.ndarray],  # task -> (L,)
+    ) -> FrameResult:
+        """From per-task router statistics, rows in the order of ``tasks``."""
+        names = [t.name for t in tasks]
+        return cls(
+            maps,
+            np.stack([expert_tokens[name] for name in names]),
+            np.stack([shared_gate_mass[name] for name in names]),
+        )
+
 
 def input_specs() -> tuple[TensorSpec, ...]:
     return TensorSpec(IMAGE, "BYTES", (1,)), TensorSpec(PIXELS, "UINT8", (-1, -1, -1, 3))

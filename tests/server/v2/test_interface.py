@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import tritonclient.http as httpclient
 
 from server import errors
 from server.v2.errors import from_serving_error
-from server.v2.interface import infer_request, infer_response, model_metadata, server_metadata
+from server.v2.interface import (
+    FrameResult,
+    infer_request,
+    infer_response,
+    model_metadata,
+    server_metadata,
+)
 from server.v2.openapi import (
     INFER_OPENAPI,
     InferRequestBody,
@@ -67,3 +74,16 @@ def test_documents_match_their_openapi_models():
     response, headers = encode_response(infer_response(request, MODEL, frames))
     assert headers == {"Content-Type": "application/json"}
     InferResponseBody.model_validate_json(response)
+
+
+def test_frame_results_from_per_task_router_statistics():
+    tasks = [MODEL.task("semseg"), MODEL.task("edges")]
+    layers, experts = MODEL.adapters.layers, MODEL.adapters.experts
+    tokens = {t.name: np.full((layers, experts), t.id, np.float32) for t in tasks}
+    gate = {t.name: np.full(layers, t.id, np.float32) for t in tasks}
+    frame = FrameResult.per_task(tasks, {}, tokens, gate)
+    assert frame.expert_tokens.shape == (2, layers, experts)
+    assert frame.expert_tokens[:, 0, 0].tolist() == [0, 4] and frame.shared_gate_mass.shape == (
+        2,
+        layers,
+    )
