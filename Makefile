@@ -5,6 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 LOCK_VENV ?= .venv-lock
+TRITON_VENV ?= .venv-triton
 PIP_FLAGS ?= --disable-pip-version-check -q
 PIP_TOOLS ?= pip-tools==7.6.2
 # LOCK_ARGS=--upgrade: newest releases everywhere (default: keep the pins that still fit)
@@ -14,7 +15,7 @@ LOCK_FLAGS = --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: test lint serve lock clean
+.PHONY: test lint serve lock clean triton-venv
 
 # The full lock pins torch 2.13.0+cpu, the CPU wheel on local disk (requirements/full.in): a
 # bare `torch` would pull a multi-GB CUDA build. `pip check`: the lock covers pyproject.toml.
@@ -51,8 +52,28 @@ lint: $(VENV)/.installed
 test: lint
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
+# A real Triton (tritonserver 2.51 with its Python backend, bundled by nvidia-pytriton) for the
+# Open Inference Protocol cross-check and benchmark (bench/triton_reference.py). pytriton pins
+# numpy<2, so it gets its own venv, with the same ONNX Runtime version as $(VENV) (CPU build):
+# the same kernels, the same values (and what server/pipeline.py and server/maps.py import).
+# The stamp names that version, so a new one rebuilds it.
+# (No prerequisite on $(VENV)/.installed: the test that needs this venv runs inside $(VENV) and
+# must not reinstall it; it passes TRITON_ORT itself.)
+TRITON_ORT ?= $(shell $(VENV)/bin/python -c "import onnxruntime; print(onnxruntime.__version__)")
+
+triton-venv:
+	@test -n "$(TRITON_ORT)" || { echo "no onnxruntime in $(VENV): make $(VENV)/.installed first, or set TRITON_ORT"; exit 1; }
+	$(MAKE) $(TRITON_VENV)/.installed-ort-$(TRITON_ORT)
+
+$(TRITON_VENV)/.installed-ort-%:
+	rm -rf $(TRITON_VENV)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install $(PIP_FLAGS) nvidia-pytriton==0.7.0 onnxruntime==$* \
+		'pillow>=10.0' 'isal>=1.6' 'pydantic>=2.6' 'numba>=0.60' 'prometheus-client>=0.20'
+	touch $@
+
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m server --host $(HOST) --port $(PORT)
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) $(LOCK_VENV)
+	rm -rf $(VENV) $(SERVE_VENV) $(LOCK_VENV) $(TRITON_VENV)

@@ -1,0 +1,158 @@
+"""The gRPC form (``inference.GRPCInferenceService``) of the protocol's messages, to and from the
+wire request and response of ``tensors.py``.
+
+Messages are tritonclient's generated classes (``tritonclient.grpc.service_pb2``, from the
+protocol's ``.proto``). Tensors travel in ``raw_input_contents`` / ``raw_output_contents`` (one
+entry per tensor, in order, ``BYTES`` elements length-prefixed), as tritonclient sends and reads
+them; typed ``contents`` are read too. Every response tensor goes raw: a reader finds tensor i
+in ``raw_output_contents[i]``, so all or none must be raw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tritonclient.grpc import service_pb2
+
+from server.v2.errors import V2Error, bad_request
+from server.v2.tensors import (
+    Parameter,
+    RequestedOutput,
+    WireRequest,
+    WireResponse,
+    WireTensor,
+    check_datatype,
+    check_shape,
+    from_list,
+    from_raw,
+    to_raw,
+)
+
+# datatype -> the InferTensorContents field that carries it explicitly (FP16: raw only).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}  # fmt: skip
+# A few hundred MiB: camera-size maps in FP32 are far past gRPC's 4 MiB default.
+MAX_MESSAGE_BYTES = 512 * 2**20
+
+
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Options for ``grpc.server(..., options=...)`` (and a client's channel) that lift the
+    4 MiB default on message size in both directions."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def from_infer_request(message: service_pb2.ModelInferRequest) -> WireRequest:
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise bad_request(
+            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs: "
+            "give every input's data there, or none"
+        )
+    inputs = tuple(
+        _input(tensor, raw[index] if raw else None) for index, tensor in enumerate(message.inputs)
+    )
+    outputs = tuple(
+        RequestedOutput(output.name, parameters(output.parameters)) for output in message.outputs
+    )
+    if any(not output.name for output in outputs):
+        raise bad_request("every requested output needs a name")
+    return WireRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        id=message.id or None,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=parameters(message.parameters),
+    )
+
+
+def _input(tensor: Any, raw: bytes | None) -> WireTensor:
+    name = tensor.name
+    if not name:
+        raise bad_request("every input needs a name")
+    datatype = check_datatype(tensor.datatype, name)
+    shape = check_shape(list(tensor.shape), name)
+    given = parameters(tensor.parameters)
+    if any(key.startswith("shared_memory") for key in given):
+        raise bad_request(f"input {name!r}: shared memory is not supported; send the data")
+    if raw is not None:
+        if tensor.HasField("contents"):
+            raise bad_request(f"input {name!r} has both contents and raw_input_contents")
+        return WireTensor(name, datatype, shape, from_raw(name, datatype, shape, raw), given)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise bad_request(f"input {name!r}: {datatype} travels in raw_input_contents only")
+    values = list(getattr(tensor.contents, field))
+    return WireTensor(name, datatype, shape, from_list(name, datatype, shape, values), given)
+
+
+def parameters(entries: Any) -> dict[str, Parameter]:
+    """A ``map<string, InferParameter>`` -> plain values."""
+    plain = {}
+    for key, value in entries.items():
+        kind = value.WhichOneof("parameter_choice")
+        if kind is None:
+            raise bad_request(f"parameter {key!r} has no value")
+        plain[key] = getattr(value, kind)
+    return plain
+
+
+def set_parameters(entries: Any, values: dict[str, Parameter]) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool):
+            entries[key].bool_param = value
+        elif isinstance(value, int):
+            entries[key].int64_param = value
+        elif isinstance(value, float):
+            entries[key].double_param = value
+        else:
+            entries[key].string_param = value
+
+
+def to_infer_response(response: WireResponse) -> service_pb2.ModelInferResponse:
+    message = service_pb2.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id or "",
+    )
+    set_parameters(message.parameters, response.parameters)
+    for tensor in response.outputs:
+        output = message.outputs.add(name=tensor.name, datatype=tensor.datatype)
+        output.shape.extend(tensor.shape)
+        set_parameters(output.parameters, tensor.parameters)
+        message.raw_output_contents.append(to_raw(tensor))
+    return message
+
+
+def server_metadata(document: dict) -> service_pb2.ServerMetadataResponse:
+    """``interface.server_metadata``'s document as the gRPC message."""
+    return service_pb2.ServerMetadataResponse(
+        name=document["name"], version=document["version"], extensions=document["extensions"]
+    )
+
+
+def model_metadata(document: dict) -> service_pb2.ModelMetadataResponse:
+    """``interface.model_metadata``'s document as the gRPC message (which has no ``tasks``)."""
+    tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+    return service_pb2.ModelMetadataResponse(
+        name=document["name"],
+        versions=document["versions"],
+        platform=document["platform"],
+        inputs=[tensor(**spec) for spec in document["inputs"]],
+        outputs=[tensor(**spec) for spec in document["outputs"]],
+    )
+
+
+def error_metadata(error: V2Error) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata for a failed call: gRPC keys are lower case (``retry-after``)."""
+    return tuple((key.lower(), value) for key, value in error.headers.items())

@@ -1,0 +1,97 @@
+"""gRPC messages both ways with tritonclient 2.73's own message builder and result reader,
+through the messages' wire bytes (service_pb2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2
+
+from server.v2 import grpc_wire
+from server.v2.errors import V2Error, unavailable
+from server.v2.interface import infer_request, infer_response, model_metadata, server_metadata
+from tests.server.v2.helpers import (
+    demo_model,
+    fake_frames,
+    grpc_message,
+    grpc_result,
+    image_input,
+    pixels_input,
+    png_bytes,
+)
+
+MODEL = demo_model()
+
+
+def test_image_and_parameters_from_tritonclients_message():
+    upload = png_bytes(3)
+    outputs = [grpcclient.InferRequestedOutput("edges"), grpcclient.InferRequestedOutput("parts")]
+    message = grpc_message([image_input(grpcclient, upload)], outputs, request_id="g-1",
+                           parameters={"max_side": 32})  # fmt: skip
+    request = infer_request(grpc_wire.from_infer_request(message), MODEL)
+    assert request.image == upload and request.id == "g-1"
+    assert [t.name for t in request.tasks] == ["parts", "edges"]
+    assert [c.name for c in request.outputs] == ["edges", "parts"]
+    assert (request.size, request.max_side) == ("upload", 32)
+
+
+def test_pixel_frames_round_trip_through_raw_contents():
+    frames = np.random.default_rng(2).integers(0, 256, (2, 4, 6, 3), np.uint8)
+    request = infer_request(
+        grpc_wire.from_infer_request(grpc_message([pixels_input(grpcclient, frames)])), MODEL
+    )
+    np.testing.assert_array_equal(request.pixels, frames)
+    computed = fake_frames(request, MODEL, height=4, width=6)
+    result = grpc_result(grpc_wire.to_infer_response(infer_response(request, MODEL, computed)))
+    response = result.get_response()
+    assert (response.model_name, response.model_version) == (MODEL.name, MODEL.version)
+    assert [o.name for o in response.outputs] == [*MODEL.task_names, "expert_tokens",
+                                                  "shared_gate_mass"]  # fmt: skip
+    for index, frame in enumerate(computed):
+        for name, expected in frame.maps.items():
+            np.testing.assert_array_equal(result.as_numpy(name)[index], expected)
+        np.testing.assert_array_equal(result.as_numpy("shared_gate_mass")[index],
+                                      frame.shared_gate_mass)  # fmt: skip
+    assert result.as_numpy("semseg").dtype == np.uint8
+    assert result.as_numpy("normals").shape == (2, 4, 6, 3)
+    tasks = result.get_output("expert_tokens").parameters["tasks"].string_param
+    assert tasks == ",".join(MODEL.task_names)
+
+
+def test_typed_contents_are_read_too():
+    message = service_pb2.ModelInferRequest(model_name=MODEL.name)
+    tensor = message.inputs.add(name="pixels", datatype="UINT8", shape=[1, 1, 2, 3])
+    tensor.contents.uint_contents.extend([0, 1, 2, 253, 254, 255])
+    request = infer_request(grpc_wire.from_infer_request(message), MODEL)
+    assert request.pixels.tolist() == [[[[0, 1, 2], [253, 254, 255]]]]
+    tensor.contents.uint_contents[0] = 256
+    with pytest.raises(V2Error, match="range"):
+        grpc_wire.from_infer_request(message)
+
+
+def test_raw_and_contents_mixed_or_missing_are_400():
+    message = grpc_message([image_input(grpcclient, png_bytes())])
+    message.raw_input_contents.append(b"\x00")  # two raw entries for one input
+    with pytest.raises(V2Error, match="raw_input_contents has 2 entries") as error:
+        grpc_wire.from_infer_request(message)
+    assert error.value.grpc_code == "INVALID_ARGUMENT"
+
+
+def test_metadata_messages():
+    server = grpc_wire.server_metadata(server_metadata("0.1.0"))
+    assert list(server.extensions) == ["binary_tensor_data"]
+    document = model_metadata(MODEL)
+    model = grpc_wire.model_metadata(document)
+    assert (model.name, list(model.versions)) == (MODEL.name, [MODEL.version])
+    assert [(t.name, t.datatype, list(t.shape)) for t in model.outputs] == [
+        (t["name"], t["datatype"], t["shape"]) for t in document["outputs"]
+    ]
+
+
+def test_errors_carry_their_grpc_code_and_retry_after():
+    error = unavailable("queue full", retry_after_s=2)
+    assert error.grpc_code == "UNAVAILABLE"
+    assert grpc_wire.error_metadata(error) == (("retry-after", "2"),)
+    assert V2Error(504, "late").grpc_code == "DEADLINE_EXCEEDED"
+    assert V2Error(413, "big").grpc_code == "RESOURCE_EXHAUSTED"
