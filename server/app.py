@@ -21,15 +21,16 @@ from fastapi.staticfiles import StaticFiles
 
 from server.errors import Unauthorized
 from server.metrics import mark_worker_dead
-from server.routes import native, ops
+from server.routes import native, ops, v2
 from server.routes.errors import add_error_handlers, error_response
 from server.settings import Settings
 from server.state import ServerState, load_state, warm_up
+from server.v2 import serving
 
 log = logging.getLogger("server.app")
-ROUTERS = (ops.router, native.router)  # every front door's routes (server/routes/)
+ROUTERS = (ops.router, native.router, v2.router)  # every front door's routes (server/routes/)
 ENDPOINTS = ("/predict", "/healthz", "/readyz", "/v1/models", "/metrics", "/")
-OPEN_PATHS = ("/healthz", "/readyz")  # probes never need the API key
+OPEN_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")  # probes: no key
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -62,12 +63,15 @@ def _lifespan(settings: Settings):
         state = await asyncio.to_thread(load_state, settings)
         app.state.server = state
         state.batcher.start()
+        grpc_server = None if settings.grpc_port is None else await serving.start_grpc(state)
         warming = asyncio.create_task(_warm_up(state))
         try:
             yield
         finally:
             state.ready = False
             warming.cancel()
+            if grpc_server is not None:  # no new calls; those in flight finish first
+                await grpc_server.stop(settings.shutdown_timeout_s)
             await state.batcher.stop(settings.shutdown_timeout_s)
             await asyncio.to_thread(state.render_pool.shutdown, True)
             mark_worker_dead(os.getpid())
@@ -108,7 +112,7 @@ class _AccessMiddleware:
         if hmac.compare_digest(given or b"", self.key):
             return await self.app(scope, receive, send)
         error = Unauthorized("unauthorized", "missing or wrong API key: send it in X-API-Key")
-        response = error_response(error)
+        response = error_response(error, scope["path"])
         response.headers["WWW-Authenticate"] = "ApiKey"
         await response(scope, receive, send)
 
@@ -147,8 +151,25 @@ class _MetricsMiddleware:
         finally:
             state: ServerState | None = scope["app"].state.server
             if state is not None:
-                endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
-                state.metrics.requests.labels(endpoint, str(status[0])).inc()
-                state.metrics.request_duration.labels(endpoint).observe(
-                    time.perf_counter() - started
-                )
+                protocol, endpoint = endpoint_label(scope["path"])
+                seconds = time.perf_counter() - started
+                state.metrics.observe_request(protocol, endpoint, status[0], seconds)
+
+
+def endpoint_label(path: str) -> tuple[str, str]:
+    """(protocol, endpoint) for the metrics: bounded values, whatever paths clients send."""
+    if path == "/v2":
+        return "v2", "/v2"
+    if not path.startswith("/v2/"):
+        return "native", path if path in ENDPOINTS else "other"
+    parts = path.split("/")[2:]  # health/<probe> | models/<name>[/versions/<v>][/ready|/infer]
+    if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
+        return "v2", f"/v2/health/{parts[1]}"
+    if parts[0] != "models" or len(parts) < 2:
+        return "v2", "other"
+    rest = parts[4:] if len(parts) >= 4 and parts[2] == "versions" else parts[2:]
+    if not rest:
+        return "v2", "/v2/models/{model}"
+    if rest in (["ready"], ["infer"]):
+        return "v2", f"/v2/models/{{model}}/{rest[0]}"
+    return "v2", "other"

@@ -47,13 +47,14 @@ class ServerMetrics:
         r = self.registry
         self.requests = Counter(
             "ase_requests",
-            "HTTP requests by endpoint and status",
-            ["endpoint", "status"],
+            "requests by protocol (native, v2, grpc), endpoint and status (HTTP's; for gRPC "
+            "the HTTP status of the protocol's error table, docs/api_v2.md)",
+            ["protocol", "endpoint", "status"],
             registry=r,
         )
         self.request_duration = Histogram(
             "ase_request_duration_seconds", "whole request, first byte in to response out",
-            ["endpoint"], buckets=REQUEST_BUCKETS, registry=r,
+            ["protocol", "endpoint"], buckets=REQUEST_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_wait = Histogram(
             "ase_queue_wait_seconds", "time a request waited for its batch to start",
@@ -100,6 +101,10 @@ class ServerMetrics:
         )  # fmt: skip
         spec, routing = model.adapters.spec, model.adapters.routing.value
         info.labels(model.name, model.version, spec, routing, provider).set(1)
+
+    def observe_request(self, protocol: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(protocol, endpoint, str(status)).inc()
+        self.request_duration.labels(protocol, endpoint).observe(seconds)
 
     def observe_router(
         self, stream_task: np.ndarray, expert_tokens: np.ndarray, shared_gate_mass: np.ndarray

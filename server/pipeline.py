@@ -65,12 +65,14 @@ class MapSize:
 @dataclass(frozen=True)
 class MapRequest:
     """What a front door asks of one image: tasks in id order, the maps' size, each map's
-    dtype (uint8 wire form, or float32 values), and the image itself at map size (overlays)."""
+    dtype (uint8 wire form, or float32 values), the image itself at map size (overlays), and
+    how many whole copies of the maps its response holds at once (the memory it reserves)."""
 
     tasks: tuple[TaskInfo, ...]
     size: MapSize = MapSize()
     dtypes: dict[str, np.dtype] = field(default_factory=dict)  # task -> dtype; default uint8
     keep_image: bool = False
+    copies: int = 1  # whole copies of the maps the front door holds at once (V2: arrays + body)
 
     def dtype(self, task: TaskInfo) -> np.dtype:
         return np.dtype(self.dtypes.get(task.name, np.uint8))
@@ -248,8 +250,8 @@ def map_bytes(request: MapRequest, width: int, height: int) -> int:
     """What the maps hold at their size and form (and the image, for overlays): the encoders
     work in bands, so this bounds every copy a response makes of them."""
     pixels = width * height
-    total = sum(pixels * (3 if t.kind == "vector" else 1) * request.dtype(t).itemsize
-                for t in request.tasks)  # fmt: skip
+    total = request.copies * sum(pixels * (3 if t.kind == "vector" else 1)
+                                 * request.dtype(t).itemsize for t in request.tasks)  # fmt: skip
     if request.keep_image:
         total += pixels * 3 * (1 + len(request.tasks))  # the image, and each task's overlay
     return total

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         description="PNG maps' deflate level: 0 none, 1-3 ISA-L (fast), 4-9 zlib (smaller)",
     )
     api_key: SecretStr | None = Field(None, description="when set, required in X-API-Key")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="port of the Open Inference Protocol's gRPC service (KServe V2; 0: any free "
+        "port); unset: no gRPC. The REST form is always on the HTTP port under /v2",
+    )
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="port to bind (0: any free port)")
     workers: int = Field(1, ge=1, le=64, description="server processes (metrics: multiprocess)")

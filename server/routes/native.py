@@ -2,7 +2,7 @@
 
 It only translates: query and body -> ``MapRequest`` and the upload, the pipeline's
 ``Prediction`` -> JSON, PNG or a streamed npz. The memory a request reserved is given back once
-its response has been sent, or the client has gone (``_Budgeted``).
+its response has been sent, or the client has gone (``server/routes/responses.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import numpy as np
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
@@ -25,6 +25,7 @@ from server.pipeline import MapRequest, MapSize, Prediction
 from server.protocol import ModelsResponse, OutputFormat, PredictResponse, error_responses
 from server.routes.body import client_gone, read_image_body
 from server.routes.ops import ready_state
+from server.routes.responses import BudgetedResponse, BudgetedStream
 from server.state import ServerState
 
 router = APIRouter()
@@ -126,12 +127,10 @@ async def predict(
     if prediction is None:
         return Response(status_code=CLIENT_CLOSED)
     try:
-        response = await _respond(state, prediction, options, arrived)
+        return await _respond(state, prediction, options, arrived)
     except BaseException:
         prediction.reservation.release()
         raise
-    response.reservation = prediction.reservation
-    return response
 
 
 def parse_tasks(tasks: str | None, model: ModelDir) -> tuple[TaskInfo, ...]:
@@ -198,12 +197,12 @@ async def _respond(
         content, media_type = orjson.dumps(body), "application/json"
     elif options.format == "png":
         content, media_type = encoded[wanted[0].name], "image/png"
-    kind = _BudgetedStream if options.format == "npz" else _BudgetedResponse
+    kind = BudgetedStream if options.format == "npz" else BudgetedResponse
     # The router counters are updated once the response has gone out (Starlette runs the
     # background after the last byte), not between the model's answer and the responses.
     return kind(
         content, media_type=media_type, headers=_headers(state, prediction, milliseconds),
-        background=BackgroundTask(_flush_router, state),
+        background=BackgroundTask(_flush_router, state), reservation=prediction.reservation,
     )  # fmt: skip
 
 
@@ -235,28 +234,6 @@ def _headers(state: ServerState, prediction: Prediction, milliseconds: dict) -> 
 
 async def _flush_router(state: ServerState) -> None:  # async: Starlette runs it on the loop
     state.batcher.flush_router()
-
-
-class _Budgeted:
-    """A response that gives its request's memory reservation back once it has been sent, or
-    its sending failed (client gone): never before, never not at all."""
-
-    reservation = None
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self.reservation is not None:
-                self.reservation.release()
-
-
-class _BudgetedResponse(_Budgeted, Response):
-    pass
-
-
-class _BudgetedStream(_Budgeted, StreamingResponse):
-    pass
 
 
 def describe(state: ServerState) -> dict:

@@ -9,6 +9,7 @@ repository, shared memory, statistics, ...) answer UNIMPLEMENTED.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,7 +21,11 @@ from server.v2 import grpc_wire, interface
 from server.v2.errors import V2Error, from_serving_error, unavailable
 from server.v2.interface import FrameResult, InferRequest
 
-Infer = Callable[[InferRequest], Awaitable[Sequence[FrameResult]]]
+# The request path: a checked request and the call's context -> one FrameResult per frame.
+Infer = Callable[[InferRequest, grpc.aio.ServicerContext], Awaitable[Sequence[FrameResult]]]
+# Each answered call, for the metrics: (RPC name, the HTTP status of the protocol's error
+# table, or 200; seconds).
+Observe = Callable[[str, int, float], None]
 # Errors of the request path -> the protocol's (default: server/errors.py's ServingError).
 Translate = Callable[[Exception], V2Error | None]
 
@@ -37,43 +42,49 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         is_ready: Callable[[], bool],
         api_key: str | None = None,
         translate: Translate = from_serving_error,
+        observe: Observe | None = None,
     ) -> None:
         self.model, self.server_version = model, server_version
         self.infer, self.is_ready, self.translate = infer, is_ready, translate
         self.api_key = api_key.encode() if api_key else None
+        self.observe = observe
 
     async def ServerLive(self, request, context):
-        return service_pb2.ServerLiveResponse(live=True)
+        async with self._answering(context, "ServerLive", open_call=True):
+            return service_pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return service_pb2.ServerReadyResponse(ready=self.is_ready())
+        async with self._answering(context, "ServerReady", open_call=True):
+            return service_pb2.ServerReadyResponse(ready=self.is_ready())
 
     async def ModelReady(self, request, context):
-        async with self._answering(context):
+        async with self._answering(context, "ModelReady"):
             interface.check_model(self.model, request.name, request.version)
             return service_pb2.ModelReadyResponse(ready=self.is_ready())
 
     async def ServerMetadata(self, request, context):
-        async with self._answering(context):
+        async with self._answering(context, "ServerMetadata"):
             document = interface.server_metadata(self.server_version)
             return grpc_wire.server_metadata(document)
 
     async def ModelMetadata(self, request, context):
-        async with self._answering(context):
+        async with self._answering(context, "ModelMetadata"):
             interface.check_model(self.model, request.name, request.version)
             return grpc_wire.model_metadata(interface.model_metadata(self.model))
 
     async def ModelInfer(self, request, context):
-        async with self._answering(context):
+        async with self._answering(context, "ModelInfer"):
             if not self.is_ready():
                 raise unavailable("the model is loading or the server is shutting down")
             checked = interface.infer_request(grpc_wire.from_infer_request(request), self.model)
-            frames = await self.infer(checked)
+            frames = await self.infer(checked, context)
             response = interface.infer_response(checked, self.model, frames)
             return grpc_wire.to_infer_response(response)
 
-    def _answering(self, context: grpc.aio.ServicerContext) -> _Answering:
-        return _Answering(self, context)
+    def _answering(
+        self, context: grpc.aio.ServicerContext, method: str, open_call: bool = False
+    ) -> _Answering:
+        return _Answering(self, context, method, open_call)
 
     def authorised(self, context: grpc.aio.ServicerContext) -> bool:
         if self.api_key is None:
@@ -84,28 +95,49 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 class _Answering:
-    """Checks the API key on the way in; on the way out turns a protocol error (or one the
-    service's ``translate`` knows) into the call's status, message and trailing metadata."""
+    """Checks the API key on the way in (probes are open); on the way out turns a protocol
+    error (or one the service's ``translate`` knows) into the call's status, message and
+    trailing metadata, and tells ``observe`` how the call ended."""
 
-    def __init__(self, service: InferenceService, context: grpc.aio.ServicerContext) -> None:
-        self.service, self.context = service, context
+    def __init__(
+        self, service: InferenceService, context: grpc.aio.ServicerContext, method: str,
+        open_call: bool,
+    ) -> None:  # fmt: skip
+        self.service, self.context, self.method, self.open_call = (
+            service,
+            context,
+            method,
+            open_call,
+        )
+        self.started = time.perf_counter()
 
     async def __aenter__(self) -> None:
-        if not self.service.authorised(self.context):
+        if not self.open_call and not self.service.authorised(self.context):
+            self._observed(401)
             await self.context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key: send x-api-key"
             )
 
     async def __aexit__(self, kind, error, traceback) -> bool:
-        if error is None or not isinstance(error, Exception):
+        if error is None:
+            self._observed(200)
+            return False
+        if not isinstance(error, Exception):  # cancelled: the client left
+            self._observed(499)
             return False
         failure = error if isinstance(error, V2Error) else self.service.translate(error)
         if failure is None:
+            self._observed(500)
             return False  # grpc reports it as UNKNOWN and logs it
+        self._observed(failure.status)
         await self.context.abort(
             grpc.StatusCode[failure.grpc_code], failure.message, grpc_wire.error_metadata(failure)
         )
         return False  # abort raises; never reached
+
+    def _observed(self, status: int) -> None:
+        if self.service.observe is not None:
+            self.service.observe(self.method, status, time.perf_counter() - self.started)
 
 
 def _bearer(value: str) -> str | None:

@@ -46,7 +46,7 @@ class Running:
         self.thread.join(30)
 
 
-async def stand_in(request):
+async def stand_in(request, context):
     height, width = (4, 4) if request.pixels is None else request.pixels.shape[1:3]
     if request.id == "full":
         raise unavailable("queue full", retry_after_s=3)

@@ -1,0 +1,122 @@
+"""The Open Inference Protocol's REST front door (KServe V2; docs/api_v2.md), on the same port
+as ``/predict``: health, server and model metadata, and inference with JSON tensors or the
+binary tensor data extension.
+
+It only translates: ``server/v2/rest.py`` parses the body, ``server/v2/interface.py`` checks it
+against the model and builds the response, ``server/v2/serving.py`` runs it through the one
+request path. Errors under ``/v2`` are the protocol's ``{"error": "..."}`` (routes/errors.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from server.routes.body import client_gone, read_body
+from server.routes.native import CLIENT_CLOSED
+from server.routes.ops import ready_state
+from server.routes.responses import BudgetedResponse
+from server.state import ServerState
+from server.v2 import interface, openapi, rest, serving
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
+MODEL = "/models/{model_name}"
+VERSION = "/models/{model_name}/versions/{model_version}"
+
+
+@router.get("", response_model=openapi.ServerMetadataResponse,
+            responses=openapi.error_responses(401), summary="server metadata")  # fmt: skip
+async def server_metadata() -> dict:
+    return interface.server_metadata(serving.server_version())
+
+
+@router.get("/health/live", response_model=openapi.LiveResponse, summary="liveness")
+async def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready", response_model=openapi.ReadyResponse,
+            responses={503: {"model": openapi.ReadyResponse}}, summary="readiness")  # fmt: skip
+async def ready(request: Request) -> JSONResponse:
+    state: ServerState | None = request.app.state.server
+    is_ready = state is not None and state.ready
+    return JSONResponse({"ready": is_ready}, 200 if is_ready else 503)
+
+
+READY_RESPONSES = {**openapi.error_responses(401, 404), 503: {"model": openapi.ModelReadyResponse}}
+METADATA_RESPONSES = openapi.error_responses(401, 404, 503)
+
+
+@router.get(MODEL, response_model=openapi.ModelMetadataResponse,
+            responses=METADATA_RESPONSES, summary="model metadata")  # fmt: skip
+async def model_metadata(request: Request, model_name: str) -> dict:
+    return _metadata(request, model_name, "")
+
+
+@router.get(VERSION, response_model=openapi.ModelMetadataResponse,
+            responses=METADATA_RESPONSES, summary="model metadata, one version")  # fmt: skip
+async def version_metadata(request: Request, model_name: str, model_version: str) -> dict:
+    return _metadata(request, model_name, model_version)
+
+
+def _metadata(request: Request, model_name: str, model_version: str) -> dict:
+    state = ready_state(request, need_warm=False)
+    interface.check_model(state.model, model_name, model_version)
+    return interface.model_metadata(state.model)
+
+
+@router.get(MODEL + "/ready", response_model=openapi.ModelReadyResponse,
+            responses=READY_RESPONSES, summary="model readiness")  # fmt: skip
+async def model_ready(request: Request, model_name: str) -> JSONResponse:
+    return _ready(request, model_name, "")
+
+
+@router.get(VERSION + "/ready", response_model=openapi.ModelReadyResponse,
+            responses=READY_RESPONSES, summary="model readiness, one version")  # fmt: skip
+async def version_ready(request: Request, model_name: str, model_version: str) -> JSONResponse:
+    return _ready(request, model_name, model_version)
+
+
+def _ready(request: Request, model_name: str, model_version: str) -> JSONResponse:
+    state = ready_state(request, need_warm=False)
+    interface.check_model(state.model, model_name, model_version)
+    return JSONResponse({"name": model_name, "ready": state.ready}, 200 if state.ready else 503)
+
+
+@router.post(MODEL + "/infer", responses=openapi.infer_responses(),
+             openapi_extra=openapi.INFER_OPENAPI, summary="inference")  # fmt: skip
+async def model_infer(request: Request, model_name: str) -> Response:
+    return await _infer(request, model_name, "")
+
+
+@router.post(VERSION + "/infer", responses=openapi.infer_responses(),
+             openapi_extra=openapi.INFER_OPENAPI, summary="inference, one version")  # fmt: skip
+async def version_infer(request: Request, model_name: str, model_version: str) -> Response:
+    return await _infer(request, model_name, model_version)
+
+
+async def _infer(request: Request, model_name: str, model_version: str) -> Response:
+    arrived = time.monotonic()
+    state = ready_state(request)
+    limit = state.settings.max_body_bytes
+    body = await read_body(request, limit)
+    wire = rest.parse_request(body, request.headers, model_name, model_version, limit)
+    del body
+    checked = interface.infer_request(wire, state.model)
+    deadline = serving.deadline_for(state, checked, arrived)
+    done = await serving.infer(
+        state, checked, serving.REST_MAP_COPIES, deadline, lambda: client_gone(request)
+    )
+    if done is None:
+        return Response(status_code=CLIENT_CLOSED)
+    frames, reservation = done
+    try:
+        response = interface.infer_response(checked, state.model, frames)
+        del frames  # the body below is their copy; the arrays go with the response object
+        content, headers = rest.encode_response(response)
+    except BaseException:
+        reservation.release()
+        raise
+    return BudgetedResponse(content, headers=headers, reservation=reservation)
