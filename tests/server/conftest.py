@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 BASE_FLAGS = ("--providers", "cpu", "--threads", "1", "--log-level", "warning")
 SLOW_MATMULS = 100  # ~0.15 s per model call on one thread
+PREDICT = {"protocol": "native", "endpoint": "/predict"}  # the request metrics' labels
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.server.conftest import image_bytes, metric, random_image, start_server
+from tests.server.conftest import PREDICT, image_bytes, metric, random_image, start_server
 from tests.server.fake_model import write_fake_model_dir
 
 TASK_SETS = [
@@ -76,7 +76,7 @@ def test_full_queue_answers_503_with_retry_after(slow_server):
     assert all(r.headers["Retry-After"] == "1" for r in rejected)
     assert all(r.json()["error"]["code"] == "overloaded" for r in rejected)
     values = slow_server.metrics()
-    assert metric(values, "ase_requests_total", protocol="native", endpoint="/predict", status="503") == len(rejected)
+    assert metric(values, "ase_requests_total", **PREDICT, status="503") == len(rejected)
 
 
 @pytest.fixture(scope="module")

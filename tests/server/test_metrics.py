@@ -13,7 +13,7 @@ import pytest
 from server.codecs import decode_image
 from server.modeldir import load_model_dir
 from server.pipeline import preprocess
-from tests.server.conftest import image_bytes, metric, random_image, start_server
+from tests.server.conftest import PREDICT, image_bytes, metric, random_image, start_server
 from tests.server.test_load import post_all
 
 REQUESTS = [(11, "semseg,edges"), (12, None), (13, "edges"), (14, "normals,parts")]
@@ -53,9 +53,9 @@ def test_exact_counts_after_known_requests(model_dir, logs):
         values = server.metrics()
     finally:
         server.stop()
-    assert metric(values, "ase_requests_total", protocol="native", endpoint="/predict", status="200") == 4
-    assert metric(values, "ase_requests_total", protocol="native", endpoint="/predict", status="400") == 1
-    assert metric(values, "ase_request_duration_seconds_count", protocol="native", endpoint="/predict") == 5
+    assert metric(values, "ase_requests_total", **PREDICT, status="200") == 4
+    assert metric(values, "ase_requests_total", **PREDICT, status="400") == 1
+    assert metric(values, "ase_request_duration_seconds_count", **PREDICT) == 5
     assert metric(values, "ase_queue_wait_seconds_count") == 4
     assert metric(values, "ase_batch_size_sum") == 4
     assert metric(values, "ase_batch_streams_sum") == 2 + 5 + 1 + 2
@@ -93,7 +93,7 @@ def test_counts_are_exact_across_worker_processes(model_dir, logs, tmp_path):
     finally:
         server.stop()
     for values in scrapes:
-        assert metric(values, "ase_requests_total", protocol="native", endpoint="/predict", status="200") == 8
+        assert metric(values, "ase_requests_total", **PREDICT, status="200") == 8
         assert metric(values, "ase_task_requests_total", task="saliency") == 8
         assert metric(values, "ase_stream_tokens_total", layer="1", task="saliency") == 8 * 16
     pids = {dict(labels).get("pid") for (name, labels) in scrapes[0] if name == "ase_model_info"}
