@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train,serve,dev]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train,serve,dev,bench]'
 	touch $@
 
 $(SERVE_VENV)/.installed: pyproject.toml
