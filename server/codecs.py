@@ -16,7 +16,6 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -149,24 +148,25 @@ def encode_png_bands(
     """A map given as bands of rows (each uint8 (rows, w) or (rows, w, 3)) -> one PNG.
 
     Written here rather than by PIL, whose encoder picks a filter per row by trying them all:
-    one "Up" filter for every row (``up_filter``; dense maps are smooth, so most differences
-    are 0), then deflate, which releases the GIL. Files about as small as PIL's, in
+    one "Up" filter for every row (a NumPy subtraction; dense maps are smooth, so most
+    differences are 0), then deflate, which releases the GIL. Files about as small as PIL's, in
     a third to a thirteenth of its time (docs/benchmarks.md, server section). Any PNG reader
     decodes the same pixels.
     """
     compressor = compressobj(compress_level)
-    idat, above, scratch, colour_type = [], None, None, PNG_GREY
+    idat, above, colour_type = [], None, PNG_GREY
     for band in bands:
         colour_type = PNG_GREY if band.ndim == 2 else PNG_RGB
-        rows = np.ascontiguousarray(band, np.uint8).reshape(band.shape[0], -1)  # (rows, w * c)
+        rows = band.reshape(band.shape[0], -1)  # (rows, w * channels)
+        filtered = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
+        filtered[:, 0] = PNG_FILTER_UP
         if above is None:
-            above = np.zeros(rows.shape[1], np.uint8)  # the first row's "above" is zeros
-        if scratch is None or scratch.shape[0] < rows.shape[0]:  # one buffer for every band
-            scratch = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
-        filtered = scratch[: rows.shape[0]]
-        up_filter(rows, above, filtered)
+            filtered[0, 1:] = rows[0]  # the first row's "above" is zeros
+        else:
+            np.subtract(rows[0], above, out=filtered[0, 1:])
+        np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps
         above = rows[-1].copy()
-        idat.append(compressor.compress(filtered.data))  # deflate keeps no reference to it
+        idat.append(compressor.compress(filtered.data))
     idat.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return b"".join((
@@ -177,31 +177,18 @@ def encode_png_bands(
     ))  # fmt: skip
 
 
-ISAL_LEVELS = (1, 3)
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_GREY, PNG_RGB = 0, 2  # IHDR colour types
-PNG_FILTER_UP = 2
-
-
-@numba.njit(nogil=True, cache=True)
-def up_filter(rows, above, out):  # pragma: no cover
-    """PNG's "Up" filter: ``out[r] = [2, rows[r] - rows[r - 1]]`` in uint8 (wrapping), the row
-    above the first being ``above``. In one compiled pass into a reused buffer (NumPy would
-    allocate a new array per band and pass over it twice)."""
-    for row in range(rows.shape[0]):
-        previous = above if row == 0 else rows[row - 1]
-        current, target = rows[row], out[row]
-        target[0] = PNG_FILTER_UP
-        for column in range(current.shape[0]):
-            target[column + 1] = current[column] - previous[column]
-
-
 def compressobj(level: int):
     """A zlib stream compressor, as PNG's IDAT holds. Levels 1-3: ISA-L's igzip, 10-20 times
     faster than zlib's level 1 on our maps and about as small; 0 (stored) and 4-9: zlib's."""
     if ISAL_LEVELS[0] <= level <= ISAL_LEVELS[1]:
         return isal_zlib.compressobj(level)
     return zlib.compressobj(level)
+
+
+ISAL_LEVELS = (1, 3)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GREY, PNG_RGB = 0, 2  # IHDR colour types
+PNG_FILTER_UP = 2
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
