@@ -81,3 +81,18 @@ def test_bench_model_ab_rounds_report_shares_of_the_peak():
         assert peak > 0 and gflops > 0
         assert abs(share - 100 * gflops / peak) <= 1  # the share is this row's rate over the peak
     assert "adapter overhead" in done.stdout and "FFN GEMM (320x192x768)" in done.stdout
+
+
+def test_reduced_decode_compares_both_decodes_on_the_same_scenes():
+    printed = run_script("bench/reduced_decode.py", "--sizes", "200x150:1,800x600:2",
+                         "--eval-side", "96", "--threads", "1")  # fmt: skip
+    small, large = printed["rows"]
+    assert small["dct_scales"] == [1] and large["dct_scales"] == [2]  # 256 px at least
+    tasks = {"semseg", "parts", "saliency", "normals", "edges"}
+    for row in (small, large):
+        assert set(row["agreement_at_upload_size"]) == set(row["metrics"]) == tasks
+    for task, agreement in small["agreement_at_upload_size"].items():  # one decode, twice
+        assert agreement["equal_share"] == 1.0 and agreement["max_difference"] == 0, task
+        assert small["metrics"][task]["reduced_minus_full"] == 0.0
+    shares = [a["equal_share"] for a in large["agreement_at_upload_size"].values()]
+    assert all(0 < share <= 1 for share in shares) and min(shares) < 1  # another input
