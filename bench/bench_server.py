@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -124,7 +125,8 @@ class Connection:
 
 
 async def load_level(url: str, body: bytes, concurrency: int, requests: int, seconds: float,
-                     model: ModelAlone | None = None, target: str = "/predict"):  # fmt: skip
+                     model: ModelAlone | None = None, target: str = "/predict",
+                     server_pid: int | None = None):  # fmt: skip
     """One concurrency level; with ``model`` (concurrency 1), one model run before each request."""
     latencies, spans, payload_sizes, give_up = [], [], [], time.monotonic() + seconds
     budget = iter(range(requests))
@@ -148,8 +150,11 @@ async def load_level(url: str, body: bytes, concurrency: int, requests: int, sec
             connection.close()
 
     started, client_cpu = time.perf_counter(), time.process_time()
+    server_cpu = process_cpu_s(server_pid)
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))
     wall, client_cpu = time.perf_counter() - started, time.process_time() - client_cpu
+    if server_cpu is not None:
+        server_cpu = round((process_cpu_s(server_pid) - server_cpu) * 1000 / len(latencies), 1)
     client_cpu -= model.cpu_s if model is not None else 0.0
     throughput = round(len(latencies) / wall, 2)
     names = spans[0] if spans else {}
@@ -159,7 +164,20 @@ async def load_level(url: str, body: bytes, concurrency: int, requests: int, sec
             **percentiles(latencies), "server_timing_p50_ms": inside,
             "in_request_overhead_p50": round(float(np.median(own_work)), 3),
             "response_bytes": int(np.median(payload_sizes)),
-            "client_cpu_ms_per_request": round(client_cpu * 1000 / len(latencies), 2)}  # fmt: skip
+            "client_cpu_ms_per_request": round(client_cpu * 1000 / len(latencies), 2),
+            "server_cpu_ms_per_request": server_cpu}  # fmt: skip
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; else ``None``): a
+    steadier measure of the server's work than its latency on a shared machine."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def overheads(first: dict, model_p50: float) -> dict[str, float]:
@@ -199,6 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=REPO / "demo" / "model")
     parser.add_argument("--url", help="an already running server on loopback")
+    parser.add_argument("--server-pid", type=int, help="its process, for its CPU time (Linux)")
     parser.add_argument("--requests", type=int, default=64, help="most requests per level")
     parser.add_argument("--seconds", type=float, default=20.0, help="longest time per level")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads")
@@ -247,12 +266,14 @@ def run(args: argparse.Namespace) -> None:
     process, url = (
         (None, args.url) if args.url else start_server(args.model_dir, args.threads, args.ort_spin)
     )
+    pid = process.pid if process else args.server_pid
     target = predict_target(args)
     first, *others = (int(level) for level in args.concurrency.split(","))
     try:
         levels = [asyncio.run(load_level(url, body, first, args.requests, args.seconds, model,
-                                         target))]  # fmt: skip
-        levels += [asyncio.run(load_level(url, body, c, args.requests, args.seconds, None, target))
+                                         target, pid))]  # fmt: skip
+        levels += [asyncio.run(load_level(url, body, c, args.requests, args.seconds, None, target,
+                                          pid))
                    for c in others]  # fmt: skip
     finally:
         if process:
@@ -261,8 +282,10 @@ def run(args: argparse.Namespace) -> None:
     alone = percentiles(model.times)
     overhead = overheads(levels[0], alone["p50"])
     model_name = f"random {args.random_model}" if args.random_model else str(args.model_dir)
+    model_cpu = round(model.cpu_s * 1000 / len(model.times), 1)
     results = {"model": model_name, "image": args.image, "jpeg_bytes": len(body), "query": target,
-               "model_alone_ms": alone, "server": levels, "overhead_at_c1": overhead}  # fmt: skip
+               "model_alone_ms": alone, "model_alone_cpu_ms_per_run": model_cpu, "server": levels,
+               "overhead_at_c1": overhead}  # fmt: skip
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -29,7 +29,8 @@ def test_bench_server_reports_every_level_against_the_model(tmp_path):
         spans = level["server_timing_p50_ms"]
         assert set(spans) == {"decode", "queue", "inference", "postprocess", "total"}
         assert spans["total"] >= spans["inference"] > 0
-    assert printed["model_alone_ms"]["p50"] > 0
+    assert printed["model_alone_ms"]["p50"] > 0 and printed["model_alone_cpu_ms_per_run"] > 0
+    assert all(level["server_cpu_ms_per_request"] > 0 for level in printed["server"])  # /proc
     overhead = printed["overhead_at_c1"]
     assert set(overhead) == {"client", "server", "in_request", "times_model"}
     assert overhead["in_request"] > 0
