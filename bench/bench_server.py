@@ -1,12 +1,14 @@
 """Server latency and throughput against the model alone, on loopback only.
 
-    .venv/bin/python bench/bench_server.py --model-dir demo/model [--requests 64] [--seconds 20]
+    .venv/bin/python bench/bench_server.py --model-dir demo/model [--image 4032x3024]
+        [--size upload|model] [--format json|npz] [--concurrency 1,4,16] [--requests 64]
 
-Starts ``python -m server`` on 127.0.0.1 (or uses ``--url``), sends one synthetic JPEG for all
-five tasks at concurrency 1, 4 and 16 (each level bounded by ``--requests`` and ``--seconds``),
-and times the ORT session in-process on the same preprocessed input. The load client is a bare
-keep-alive HTTP/1.1 connection (``Connection``), so that the client's own CPU time stays small
-on the cores it shares with the server.
+Starts ``python -m server`` on 127.0.0.1 (or uses ``--url``), sends one photo-like JPEG of
+``--image`` (width x height; ``bench/images.py``) for all five tasks at each concurrency (each
+level bounded by ``--requests`` and ``--seconds``), and times the ORT session in-process on the
+same preprocessed input. The load client is a bare keep-alive HTTP/1.1 connection
+(``Connection``), so that the client's own CPU time stays small on the cores it shares with the
+server.
 
 At concurrency 1 each request alternates with one in-process run of the model (A, B, A, B, ...),
 so both see the same machine, and the overhead is reported three ways (p50 each):
@@ -15,14 +17,16 @@ its last byte, HTTP included. ``server``: (``Server-Timing`` total - model alone
 alone: from the request's arrival in the handler to the response built. ``in_request``:
 (total - inference) / inference, both from the same responses' ``Server-Timing``: the server's
 own work against the model call it made, immune to the machine getting faster or slower.
+``times_model`` says the same as ratios (round trip / model alone, total / model alone), the
+form of issue 12's camera-size targets.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -32,23 +36,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.images import parse_size, photo_jpeg  # noqa: E402
 from server.codecs import decode_image  # noqa: E402
 from server.modeldir import load_model_dir  # noqa: E402
 from server.pipeline import preprocess  # noqa: E402
 from server.runtime import SPIN_CONFIG, ModelRuntime  # noqa: E402
-
-
-def synthetic_jpeg(height: int, width: int) -> bytes:
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    rgb = np.stack([np.sin(7 * x), np.cos(5 * y), np.sin(3 * (x + y))], -1)
-    buffer = io.BytesIO()
-    Image.fromarray(((rgb + 1) * 127.5).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -84,7 +80,8 @@ def server_timing(header: str) -> dict[str, float]:
 
 
 class Connection:
-    """A bare HTTP/1.1 keep-alive client: one POST at a time, the body read by Content-Length.
+    """A bare HTTP/1.1 keep-alive client: one POST at a time, the body read by Content-Length
+    or, for streamed responses (npz), by its chunks.
 
     httpx spends 3-4 ms of CPU per 36 KB JSON response (measured here, 2026-11-29), on the same
     two cores as the server; this reads the bytes and parses only the status and headers.
@@ -107,17 +104,31 @@ class Connection:
         for line in filter(None, lines):
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        payload = await self.reader.readexactly(int(headers["content-length"]))
+        if headers.get("transfer-encoding") == "chunked":
+            payload = await self._chunks()
+        else:
+            payload = await self.reader.readexactly(int(headers["content-length"]))
         return int(status_line.split()[1]), headers, payload
+
+    async def _chunks(self) -> bytes:
+        """A chunked body: hex size line, data, CRLF, ... until the zero-size chunk (no
+        trailers: the server sends none)."""
+        parts = []
+        while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)
+        await self.reader.readuntil(b"\r\n")
+        return b"".join(parts)
 
     def close(self) -> None:
         self.writer.close()
 
 
 async def load_level(url: str, body: bytes, concurrency: int, requests: int, seconds: float,
-                     model: ModelAlone | None = None):  # fmt: skip
+                     model: ModelAlone | None = None, target: str = "/predict",
+                     server_pid: int | None = None):  # fmt: skip
     """One concurrency level; with ``model`` (concurrency 1), one model run before each request."""
-    latencies, spans, give_up = [], [], time.monotonic() + seconds
+    latencies, spans, payload_sizes, give_up = [], [], [], time.monotonic() + seconds
     budget = iter(range(requests))
 
     async def client_loop() -> None:
@@ -129,17 +140,21 @@ async def load_level(url: str, body: bytes, concurrency: int, requests: int, sec
                 if model is not None:
                     model.run_once()
                 started = time.perf_counter()
-                status, headers, payload = await connection.post("/predict", body, "image/jpeg")
+                status, headers, payload = await connection.post(target, body, "image/jpeg")
                 latencies.append(time.perf_counter() - started)
                 if status != 200:
                     raise SystemExit(f"HTTP {status}: {payload[:300]!r}")
                 spans.append(server_timing(headers.get("server-timing", "")))
+                payload_sizes.append(len(payload))
         finally:
             connection.close()
 
     started, client_cpu = time.perf_counter(), time.process_time()
+    server_cpu = process_cpu_s(server_pid)
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))
     wall, client_cpu = time.perf_counter() - started, time.process_time() - client_cpu
+    if server_cpu is not None:
+        server_cpu = round((process_cpu_s(server_pid) - server_cpu) * 1000 / len(latencies), 1)
     client_cpu -= model.cpu_s if model is not None else 0.0
     throughput = round(len(latencies) / wall, 2)
     names = spans[0] if spans else {}
@@ -148,7 +163,21 @@ async def load_level(url: str, body: bytes, concurrency: int, requests: int, sec
     return {"concurrency": concurrency, "requests": len(latencies), "throughput_rps": throughput,
             **percentiles(latencies), "server_timing_p50_ms": inside,
             "in_request_overhead_p50": round(float(np.median(own_work)), 3),
-            "client_cpu_ms_per_request": round(client_cpu * 1000 / len(latencies), 2)}  # fmt: skip
+            "response_bytes": int(np.median(payload_sizes)),
+            "client_cpu_ms_per_request": round(client_cpu * 1000 / len(latencies), 2),
+            "server_cpu_ms_per_request": server_cpu}  # fmt: skip
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; else ``None``): a
+    steadier measure of the server's work than its latency on a shared machine."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def overheads(first: dict, model_p50: float) -> dict[str, float]:
@@ -158,6 +187,10 @@ def overheads(first: dict, model_p50: float) -> dict[str, float]:
         "client": round((first["p50"] - model_p50) / model_p50, 3),
         "server": round((total - model_p50) / model_p50, 3),
         "in_request": first["in_request_overhead_p50"],
+        "times_model": {
+            "client": round(first["p50"] / model_p50, 2),
+            "server": round(total / model_p50, 2),
+        },  # fmt: skip
     }
 
 
@@ -184,11 +217,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=REPO / "demo" / "model")
     parser.add_argument("--url", help="an already running server on loopback")
+    parser.add_argument("--server-pid", type=int, help="its process, for its CPU time (Linux)")
     parser.add_argument("--requests", type=int, default=64, help="most requests per level")
     parser.add_argument("--seconds", type=float, default=20.0, help="longest time per level")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads")
     parser.add_argument("--ort-spin", default="brief", choices=SPIN_CONFIG, help="see runtime.py")
-    parser.add_argument("--image", default="480x640", help="HxW of the synthetic JPEG")
+    parser.add_argument("--image", default="640x480", help="width x height of the JPEG")
+    parser.add_argument("--size", default="upload", choices=("upload", "model"), help="maps'")
+    parser.add_argument("--max-side", type=int, help="maps' longest side (query max_side)")
+    parser.add_argument("--format", default="json", choices=("json", "npz"))
+    parser.add_argument("--concurrency", default="1,4,16", help="levels; the first alternates "
+                        "with the model alone")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--random-model", choices=("vits",),
@@ -211,19 +250,31 @@ def export_random_model(size: str, workdir: Path) -> Path:
     return export_model_dir(random_model(SIZES[size], "ase"), workdir / size, dispatch="auto")
 
 
+def predict_target(args: argparse.Namespace) -> str:
+    """``/predict`` with the query the flags ask for (all tasks: none named)."""
+    query = {"format": args.format, "size": args.size, "max_side": args.max_side}
+    defaults = {"format": "json", "size": "upload", "max_side": None}
+    asked = [f"{k}={v}" for k, v in query.items() if v != defaults[k]]
+    return "/predict" + ("?" + "&".join(asked) if asked else "")
+
+
 def run(args: argparse.Namespace) -> None:
     if args.url and not args.url.startswith(("http://127.0.0.1", "http://localhost")):
         raise SystemExit("loopback only: --url must be http://127.0.0.1:PORT")
-    height, width = (int(v) for v in args.image.split("x"))
-    body = synthetic_jpeg(height, width)
+    body = photo_jpeg(*parse_size(args.image))
     model = ModelAlone(args.model_dir, body, args.threads, args.ort_spin)
     process, url = (
         (None, args.url) if args.url else start_server(args.model_dir, args.threads, args.ort_spin)
     )
+    pid = process.pid if process else args.server_pid
+    target = predict_target(args)
+    first, *others = (int(level) for level in args.concurrency.split(","))
     try:
-        levels = [asyncio.run(load_level(url, body, 1, args.requests, args.seconds, model))]
-        levels += [asyncio.run(load_level(url, body, c, args.requests, args.seconds))
-                   for c in (4, 16)]  # fmt: skip
+        levels = [asyncio.run(load_level(url, body, first, args.requests, args.seconds, model,
+                                         target, pid))]  # fmt: skip
+        levels += [asyncio.run(load_level(url, body, c, args.requests, args.seconds, None, target,
+                                          pid))
+                   for c in others]  # fmt: skip
     finally:
         if process:
             process.terminate()
@@ -231,7 +282,9 @@ def run(args: argparse.Namespace) -> None:
     alone = percentiles(model.times)
     overhead = overheads(levels[0], alone["p50"])
     model_name = f"random {args.random_model}" if args.random_model else str(args.model_dir)
-    results = {"model": model_name, "image": args.image, "model_alone_ms": alone, "server": levels,
+    model_cpu = round(model.cpu_s * 1000 / len(model.times), 1)
+    results = {"model": model_name, "image": args.image, "jpeg_bytes": len(body), "query": target,
+               "model_alone_ms": alone, "model_alone_cpu_ms_per_run": model_cpu, "server": levels,
                "overhead_at_c1": overhead}  # fmt: skip
     print(json.dumps(results, indent=2))
     if args.json:

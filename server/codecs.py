@@ -149,9 +149,10 @@ def encode_png_bands(
 
     Written here rather than by PIL, whose encoder picks a filter per row by trying them all:
     one "Up" filter for every row (a NumPy subtraction; dense maps are smooth, so most
-    differences are 0), then deflate, which releases the GIL. Files about as small as PIL's, in
-    a third to a thirteenth of its time (docs/benchmarks.md, server section). Any PNG reader
-    decodes the same pixels.
+    differences are 0), then deflate, which releases the GIL. On camera-size maps 8-26 times
+    faster than PIL's and OpenCV's encoders with files up to 18% smaller, 1.5-1.9 times faster
+    than the same filter with zlib-ng's deflate, and up to 4 times faster than fpng
+    (docs/benchmarks.md, camera-size images). Any PNG reader decodes the same pixels.
     """
     compressor = compressobj(compress_level)
     idat, above, colour_type = [], None, PNG_GREY

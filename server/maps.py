@@ -46,9 +46,7 @@ class Raster:
             self._columns = columns.nearest
         else:  # PIL's horizontal pass for every channel at model height: (C, H, width) float32
             planes = np.ascontiguousarray(prediction, dtype=np.float32)
-            self._source = np.stack(
-                [resample.horizontal_pass(p, columns.bounds, columns.weights) for p in planes]
-            )
+            self._source = resample.horizontal_pass(planes, columns.bounds, columns.weights)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -6,12 +6,15 @@ channel with PIL's BILINEAR on float32 ("F") images, probabilities clipped to [0
 divided by their float32 norm; the uint8 wire forms round ``v * 255`` and ``(n + 1) * 127.5``.
 
 PIL computes a whole float32 image per channel (12 bytes a pixel for normals, then as many for
-the unit vectors: 0.9 GB for one 39-megapixel map) in a second per 12-MP normals map. Here the
-same arithmetic runs in compiled loops (numba, GIL released) that write only the rows asked
-for, in the final form: PIL's filter coefficients in float64, its horizontal pass at model
-height (small), then its vertical pass, clip, norm and rounding fused per pixel. The float
-steps are PIL's and NumPy's own, in their order, so every value is equal, not close
-(tests/server/test_resample.py holds them to ``array_equal`` against PIL).
+the unit vectors: 0.9 GB for one 39-megapixel map), and it and NumPy take half a second of CPU
+for a 12-MP normals map. Here the same arithmetic runs in compiled loops (numba, GIL released)
+that write only the rows asked for, in the final form: PIL's filter coefficients in float64,
+its horizontal pass at model height (small), then per output row its vertical pass, clip, norm
+and rounding, each step one loop over contiguous buffers so that it runs in SIMD registers
+(13-16 times less CPU than PIL and NumPy for 12- and 39-MP probabilities and normals:
+docs/benchmarks.md, camera-size images). The float steps are PIL's and NumPy's own, in their
+order, so every value is equal, not close (tests/server/test_resample.py holds them to
+``array_equal`` against PIL).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import numba
 import numpy as np
 
 KINDS = ("classes", "probability", "vector")
-_JIT = {"nogil": True, "cache": True}
+# error_model "numpy": a float division by zero gives inf or nan as in NumPy, where Python's
+# model branches to raise ZeroDivisionError, which keeps loops from running in SIMD registers.
+_JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
 
 
 @dataclass(frozen=True)
@@ -92,37 +97,59 @@ def _nearest(step, in_size, out_size):  # pragma: no cover
 
 
 @numba.njit(**_JIT)
-def horizontal_pass(plane, bounds, weights):  # pragma: no cover
-    """(H, W) float32 -> (H, w) float32: PIL's first pass (float64 sums, stored as float32)."""
-    out = np.empty((plane.shape[0], bounds.shape[0]), np.float32)
-    for row in range(plane.shape[0]):
-        for column in range(bounds.shape[0]):
-            first, count = bounds[column, 0], bounds[column, 1]
-            total = 0.0
-            for tap in range(count):
-                total += plane[row, first + tap] * weights[column, tap]
-            out[row, column] = total
+def horizontal_pass(planes, bounds, weights):  # pragma: no cover
+    """(C, H, W) float32 -> (C, H, w) float32: PIL's first pass (float64 sums, stored as
+    float32). Every column is first computed as two taps without a loop over taps (what every
+    enlargement has), then the columns with another number of taps are computed again."""
+    channels, height, width = planes.shape[0], planes.shape[1], bounds.shape[0]
+    first, second = bounds[:, 0].copy(), np.minimum(bounds[:, 0] + 1, planes.shape[2] - 1)
+    w0 = weights[:, 0].copy()
+    w1 = weights[:, 1].copy() if weights.shape[1] > 1 else np.zeros(width)
+    others = np.nonzero(bounds[:, 1] != 2)[0]
+    out = np.empty((channels, height, width), np.float32)
+    for channel in range(channels):
+        for row in range(height):
+            source, target = planes[channel, row], out[channel, row]
+            for column in range(width):
+                target[column] = np.float32(
+                    (0.0 + source[first[column]] * w0[column]) + source[second[column]] * w1[column]
+                )
+            for column in others:
+                total = 0.0
+                for tap in range(bounds[column, 1]):
+                    total += source[first[column] + tap] * weights[column, tap]
+                target[column] = total
     return out
 
 
-CHUNK = 512
-"""Columns handled at once: the float64 sums of three channels stay in the L1 cache."""
+CHUNK = 1024
+"""Columns handled at once: a row's intermediate values stay in the L1 cache."""
 
 
 @numba.njit(**_JIT)
-def _vertical_sums(planes, bounds, weights, row, first_column, sums):  # pragma: no cover
-    """PIL's second pass for one output row, columns ``first_column:+len``, every plane:
-    float64 sums, tap after tap, into ``sums`` (planes, len)."""
-    first, count = bounds[row, 0], bounds[row, 1]
-    width = sums.shape[1]
-    sums[:] = 0.0
-    for tap in range(count):
-        weight = weights[row, tap]
-        for plane in range(planes.shape[0]):
-            source = planes[plane, first + tap, first_column : first_column + width]
-            target = sums[plane]
+def tap_sums(plane, first, count, weights, first_column, out):  # pragma: no cover
+    """PIL's pass along the rows of ``plane`` (H, W) for one output line: ``out[c]`` = float32
+    of the float64 sum, tap after tap from 0.0, of ``plane[first + t, first_column + c] *
+    weights[t]``. One and two taps (every enlargement) get loops of their own."""
+    width = out.shape[0]
+    if count == 1:
+        weight, source = weights[0], plane[first, first_column : first_column + width]
+        for column in range(width):
+            out[column] = np.float32(0.0 + source[column] * weight)
+    elif count == 2:
+        w0, w1 = weights[0], weights[1]
+        a0 = plane[first, first_column : first_column + width]
+        a1 = plane[first + 1, first_column : first_column + width]
+        for column in range(width):
+            out[column] = np.float32((0.0 + a0[column] * w0) + a1[column] * w1)
+    else:
+        sums = np.zeros(width, np.float64)
+        for tap in range(count):
+            weight, source = weights[tap], plane[first + tap, first_column : first_column + width]
             for column in range(width):
-                target[column] += source[column] * weight
+                sums[column] += source[column] * weight
+        for column in range(width):
+            out[column] = np.float32(sums[column])
 
 
 @numba.njit(**_JIT)
@@ -130,59 +157,92 @@ def probability_rows(plane, bounds, weights, start, out, as_uint8):  # pragma: n
     """Rows ``start:start + len(out)`` of a probability map (``plane``: the horizontal pass, (1,
     H, w)): bilinear, clipped to [0, 1]; uint8 ``rint(v * 255)`` or float32."""
     width = plane.shape[2]
-    sums = np.empty((1, CHUNK), np.float64)
+    values = np.empty(CHUNK, np.float32)
     zero, one, full = np.float32(0.0), np.float32(1.0), np.float32(255.0)
     for offset in range(out.shape[0]):
+        row = start + offset
         for first in range(0, width, CHUNK):
             count = min(CHUNK, width - first)
-            chunk = sums[:, :count]
-            _vertical_sums(plane, bounds, weights, start + offset, first, chunk)
+            chunk = values[:count]
+            tap_sums(plane[0], bounds[row, 0], bounds[row, 1], weights[row], first, chunk)
             target = out[offset, first : first + count]
-            for column in range(count):
-                value = min(max(np.float32(chunk[0, column]), zero), one)
-                if as_uint8:
-                    target[column] = np.uint8(np.rint(value * full))
-                else:
-                    target[column] = value
+            if as_uint8:
+                for column in range(count):
+                    target[column] = np.uint8(np.rint(min(max(chunk[column], zero), one) * full))
+            else:
+                for column in range(count):
+                    target[column] = min(max(chunk[column], zero), one)
 
 
 @numba.njit(**_JIT)
 def vector_rows(planes, bounds, weights, start, out, as_uint8):  # pragma: no cover
     """Rows of a normals map (``planes``: (3, H, w)): bilinear per channel, divided by the float32
     norm (x*x + y*y + z*z in that order, at least 1e-6); uint8 ``rint((clip(n) + 1) * 127.5)``
-    or float32 unit vectors. Computed per channel in contiguous buffers (so that the loops run
-    in SIMD registers), then interleaved into the (rows, w, 3) output."""
+    or float32 unit vectors. Each step is its own loop over contiguous per-channel buffers (so
+    that it runs in SIMD registers); the last interleaves them into the (rows, w, 3) output."""
     width = planes.shape[2]
-    sums = np.empty((3, CHUNK), np.float64)
-    units = np.empty((3, CHUNK), np.float32)
-    smallest, one, half = np.float32(1e-6), np.float32(1.0), np.float32(127.5)
+    values = np.empty((4, CHUNK), np.float32)  # x, y, z, then the norms
+    wire = np.empty((3, CHUNK), np.uint8)
+    flat = out.reshape(out.shape[0], -1)  # (rows, w * 3)
     for offset in range(out.shape[0]):
+        row = start + offset
+        first_tap, taps = bounds[row, 0], bounds[row, 1]
         for first in range(0, width, CHUNK):
             count = min(CHUNK, width - first)
-            _vertical_sums(planes, bounds, weights, start + offset, first, sums[:, :count])
-            for column in range(count):
-                x = np.float32(sums[0, column])
-                y = np.float32(sums[1, column])
-                z = np.float32(sums[2, column])
-                norm = max(np.sqrt(x * x + y * y + z * z), smallest)
-                units[0, column] = x / norm
-                units[1, column] = y / norm
-                units[2, column] = z / norm
+            for channel in range(3):
+                chunk = values[channel, :count]
+                tap_sums(planes[channel], first_tap, taps, weights[row], first, chunk)
+            _norms(values[0], values[1], values[2], values[3, :count])
+            target = flat[offset, 3 * first : 3 * (first + count)]
             if as_uint8:
                 for channel in range(3):
-                    for column in range(count):
-                        clipped = min(max(units[channel, column], -one), one)
-                        units[channel, column] = np.rint((clipped + one) * half)
-            target = out[offset, first : first + count]
-            for column in range(count):
+                    _normal_wire(values[channel], values[3], wire[channel, :count])
+                _interleave(wire, target)
+            else:
                 for channel in range(3):
-                    target[column, channel] = units[channel, column]
+                    _divide(values[channel, :count], values[3])
+                _interleave(values, target)
+
+
+@numba.njit(**_JIT)
+def _norms(x, y, z, out):  # pragma: no cover
+    smallest = np.float32(1e-6)
+    for column in range(out.shape[0]):
+        out[column] = max(np.sqrt(x[column] * x[column] + y[column] * y[column]
+                                  + z[column] * z[column]), smallest)  # fmt: skip
+
+
+@numba.njit(**_JIT)
+def _normal_wire(values, norms, out):  # pragma: no cover
+    one, half = np.float32(1.0), np.float32(127.5)
+    for column in range(out.shape[0]):
+        unit = values[column] / norms[column]
+        out[column] = np.uint8(np.rint((min(max(unit, -one), one) + one) * half))
+
+
+@numba.njit(**_JIT)
+def _divide(values, norms):  # pragma: no cover
+    for column in range(values.shape[0]):
+        values[column] /= norms[column]
+
+
+@numba.njit(**_JIT)
+def _interleave(channels, out):  # pragma: no cover
+    """(3, >= n) -> (n * 3,) of the same dtype: x0 y0 z0 x1 y1 z1 ..."""
+    for column in range(out.shape[0] // 3):
+        out[3 * column] = channels[0, column]
+        out[3 * column + 1] = channels[1, column]
+        out[3 * column + 2] = channels[2, column]
 
 
 @numba.njit(**_JIT)
 def class_rows(ids, rows, columns, start, out):  # pragma: no cover
-    """Rows of a NEAREST-resized class map: ``out[r, c] = ids[rows[start + r], columns[c]]``."""
+    """Rows of a NEAREST-resized class map: ``out[r, c] = ids[rows[start + r], columns[c]]``.
+    An enlarged map repeats each source row: a repeat is copied from the row above."""
     for offset in range(out.shape[0]):
+        if offset > 0 and rows[start + offset] == rows[start + offset - 1]:
+            out[offset] = out[offset - 1]
+            continue
         source = ids[rows[start + offset]]
         for column in range(out.shape[1]):
             out[offset, column] = source[columns[column]]
