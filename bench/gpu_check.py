@@ -63,7 +63,7 @@ from bench.gpu_runs import (  # noqa: E402
     parity_cases,
     timings,
 )
-from bench.gpu_wheel import ONNXRUNTIME_GPU_VERSION  # noqa: E402
+from bench.gpu_wheel import ONNXRUNTIME_GPU_VERSION, WHEELS  # noqa: E402
 from export.contract import read_metadata  # noqa: E402
 from export.to_onnx import export_checkpoint, export_model_dir  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
@@ -208,8 +208,12 @@ def choose_device(requested: str) -> str:
 
 
 def environment(device: str, small: bool) -> dict:
-    """What ran: versions, the GPU and its clocks (nvidia-smi), the packages onnxruntime uses."""
+    """What ran: versions, the GPU and its clocks (nvidia-smi), the packages onnxruntime uses,
+    the carried wheels' packages and where pydantic came from (on the GPU machine: the
+    carried wheels' install, bench/gpu_device.sh)."""
     from importlib import metadata
+
+    import pydantic
 
     def version(name: str) -> str | None:
         try:
@@ -222,7 +226,9 @@ def environment(device: str, small: bool) -> dict:
             "onnxruntime": ort.__version__, "onnxruntime_file": ort.__file__,
             "onnxruntime_expected": ONNXRUNTIME_GPU_VERSION if device == "cuda" else None,
             "providers": ort.get_available_providers(),
-            "packages": {name: version(name) for name in DEVICE_PACKAGES}}  # fmt: skip
+            "packages": {name: version(name) for name in DEVICE_PACKAGES},
+            "carried": {wheel.project: version(wheel.project) for wheel in WHEELS},
+            "pydantic_file": pydantic.__file__}  # fmt: skip
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
         query = "name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.draw"

@@ -36,6 +36,7 @@ def header(data: dict) -> list[str]:
         f"torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), onnxruntime "
         f"{env.get('onnxruntime')} ({env.get('onnxruntime_file')}), Python {env.get('python')}, "
         f"{env.get('cpus')} CPUs",
+        f"pydantic {env.get('carried', {}).get('pydantic')} ({env.get('pydantic_file')})",
         f"reference GEMM: torch {dtype} {gemm.get('n')}^3 on {gemm.get('device')}: "
         f"{rate:.3g} TFLOP/s (the faster of start and end; all: {_rates(gemm)})",
     ]
