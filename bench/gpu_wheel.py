@@ -104,27 +104,28 @@ def traveling_tree_bytes(repo: Path) -> int:
     return sum(path.lstat().st_size for path in paths if path.is_file() or path.is_symlink())
 
 
-def part_mib_beside(tree_bytes: int) -> int:
-    """The largest whole-MiB part that fits one call beside a tree of ``tree_bytes``."""
-    part = CALL_LIMIT_MIB - MARGIN_MIB - -(-tree_bytes // MIB)
-    if part < 4:
+def part_bytes_beside(tree_bytes: int) -> int:
+    """The largest part that fits one call beside a tree of ``tree_bytes`` with MARGIN_MIB to
+    spare (in bytes: whole MiB would waste up to one per part, and so cost a call)."""
+    part = (CALL_LIMIT_MIB - MARGIN_MIB) * MIB - tree_bytes
+    if part < 4 * MIB:
         raise SystemExit(f"the working tree takes {tree_bytes / MIB:.1f} MiB of a call's "
                          f"{CALL_LIMIT_MIB}: leave large files out of it first")  # fmt: skip
     return part
 
 
-def split(wheels: list[Path], destination: Path, part_mib: int) -> list[Path]:
+def split(wheels: list[Path], destination: Path, part_bytes: int) -> list[Path]:
     """``destination``/part<i>/ with ``wheel.part<i>`` and the manifest, one folder per call:
-    slices of ``part_mib`` MiB of the wheels laid end to end, in the order given."""
+    slices of ``part_bytes`` of the wheels laid end to end, in the order given."""
     for stale in destination.glob("part*"):  # an earlier split's parts
         shutil.rmtree(stale)
     stream = b"".join(wheel.read_bytes() for wheel in wheels)  # a few hundred MiB at most
-    parts, step = [], part_mib * MIB
-    for index, start in enumerate(range(0, len(stream), step)):
+    parts = []
+    for index, start in enumerate(range(0, len(stream), part_bytes)):
         folder = destination / f"part{index}"
         folder.mkdir(parents=True)
         path = folder / f"wheel.part{index}"
-        path.write_bytes(stream[start : start + step])
+        path.write_bytes(stream[start : start + part_bytes])
         parts.append(path)
     manifest = {
         "wheels": [{"file": w.name, "size": w.stat().st_size, "sha256": sha256(w)} for w in wheels],
@@ -195,14 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(str(path) for path in download(args.destination)))
     elif args.verb == "split":
         tree = traveling_tree_bytes(args.repo)
-        part_mib = args.part_mib or part_mib_beside(tree)
+        part_bytes = args.part_mib * MIB if args.part_mib else part_bytes_beside(tree)
         wheels = sorted(args.source.glob("*.whl"))
         if not wheels:
             raise SystemExit(f"no wheels in {args.source}: download them first")
-        parts = split(wheels, args.destination, part_mib)
+        parts = split(wheels, args.destination, part_bytes)
         total = sum(wheel.stat().st_size for wheel in wheels)
         print(f"{len(wheels)} wheels, {total / MIB:.1f} MiB; tree {tree / MIB:.1f} MiB + parts of "
-              f"{part_mib} MiB: {len(parts)} device calls")  # fmt: skip
+              f"{part_bytes / MIB:.2f} MiB: {len(parts)} device calls")  # fmt: skip
         for path in parts:
             print(f"  carry {path.parent}")
     elif args.verb == "receive":
