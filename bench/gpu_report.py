@@ -10,6 +10,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+PARITY_COLUMNS = (  # a table's columns, as its markdown header says them
+    "model | precision | graph | setting | cases passed | max abs diff | max mean diff | "
+    "min labels equal | max tokens moved | router identical | nodes by provider | failures"
+)
+TIMING_COLUMNS = (
+    "model | precision | graph | setting | batch | tasks | tokens | median ms | min ms | "
+    "host arrays ms | GFLOP | TFLOP/s | % of GEMM"
+)
 GRAPH_COLUMNS = (("dense", "fp32"), ("sparse", "fp32"), ("dense", "fp16"), ("sparse", "fp16"))
 RATIOS = (  # the speed table's ratio columns, in order: (numerator, denominator) ms
     ("dense fp32", "sparse fp32"),
@@ -67,9 +75,10 @@ def exports_table(data: dict) -> list[str]:
     return lines
 
 
-def table(columns: list[str], rows: list[list]) -> list[str]:
-    """A markdown table: the header, its separator, one line per row of cells."""
-    lines = ["| " + " | ".join(columns) + " |", "| --- " * len(columns) + "|"]
+def table(columns: str, rows: list[list]) -> list[str]:
+    """A markdown table: the header (``columns``, "a | b | ..."), its separator, one line per
+    row of cells."""
+    lines = [f"| {columns} |", "| --- " * (columns.count(" | ") + 1) + "|"]
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
@@ -92,34 +101,11 @@ def parity_table(data: dict) -> list[str]:
         nodes = placement.get(key, {}).get("nodes", {})
         where = ", ".join(f"{p.replace('ExecutionProvider', '')} {n}" for p, n in nodes.items())
         failures = "; ".join(f"{r['case']}: {f}" for r in cases for f in r["failures"])
-        rows.append(
-            [
-                *key,
-                f"{sum(r['passed'] for r in cases)}/{len(cases)}",
-                f"{worst:.2e}",
-                f"{mean:.1e}",
-                f"{labels:.4%}",
-                f"{moved:.2%}",
-                f"{sum(r['router_identical'] for r in cases)}/{len(cases)}",
-                where or "n/a",
-                failures or "-",
-            ]
-        )
-    columns = [
-        "model",
-        "precision",
-        "graph",
-        "setting",
-        "cases passed",
-        "max abs diff",
-        "max mean diff",
-        "min labels equal",
-        "max tokens moved",
-        "router identical",
-        "nodes by provider",
-        "failures",
-    ]
-    return table(columns, rows)
+        passed = f"{sum(r['passed'] for r in cases)}/{len(cases)}"
+        identical = f"{sum(r['router_identical'] for r in cases)}/{len(cases)}"
+        errors = f"{worst:.2e} | {mean:.1e} | {labels:.4%} | {moved:.2%}"
+        rows.append([*key, passed, errors, identical, where or "n/a", failures or "-"])
+    return table(PARITY_COLUMNS, rows)
 
 
 def timing_rows(data: dict) -> list[str]:
@@ -131,36 +117,11 @@ def timing_rows(data: dict) -> list[str]:
             rows.append([*_key(r), r["batch"], r["tasks"], f"skipped: {r['skipped']}"] + [""] * 6)
             continue
         share = f"{r['tflops'] / rate:.1%}" if rate else "n/a"
-        rows.append(
-            [
-                *_key(r),
-                r["batch"],
-                r["tasks"],
-                r["tokens"],
-                f"{r['ms']:.3f}",
-                f"{r['min_ms']:.3f}",
-                f"{r['host_ms']:.3f}",
-                f"{r['gflop']:.1f}",
-                f"{r['tflops']:.2f}",
-                share,
-            ]
-        )
-    columns = [
-        "model",
-        "precision",
-        "graph",
-        "setting",
-        "batch",
-        "tasks",
-        "tokens",
-        "median ms",
-        "min ms",
-        "host arrays ms",
-        "GFLOP",
-        "TFLOP/s",
-        "% of GEMM",
-    ]
-    return table(columns, rows)
+        numbers = (r["ms"], r["min_ms"], r["host_ms"], r["gflop"], r["tflops"])
+        formats = (".3f", ".3f", ".3f", ".1f", ".2f")
+        measured = [format(value, spec) for value, spec in zip(numbers, formats, strict=True)]
+        rows.append([*_key(r), r["batch"], r["tasks"], r["tokens"], *measured, share])
+    return table(TIMING_COLUMNS, rows)
 
 
 def speed_table(data: dict) -> list[str]:
