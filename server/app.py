@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     app.state.server = None
+    app.state.warming = None
     app.state.settings = settings
     add_error_handlers(app)
     for router in ROUTERS:
@@ -63,6 +64,7 @@ def _lifespan(settings: Settings):
         app.state.server = state
         state.batcher.start()
         warming = asyncio.create_task(_warm_up(state))
+        app.state.warming = warming  # a Ray Serve replica's first health check awaits it
         try:
             yield
         finally:
