@@ -66,12 +66,17 @@ def _prepare_multiprocess_metrics() -> None:
 
 def uvicorn_options(settings: Settings) -> dict:
     """What every uvicorn run gets. The drain timeout stays a float: uvicorn waits on it with
-    ``asyncio.wait_for``, and ``int(0.5)`` would be 0, cancelling requests in flight at once."""
+    ``asyncio.wait_for``, and ``int(0.5)`` would be 0, cancelling requests in flight at once.
+    The event loop and HTTP parser are named, not "auto": the full install has uvloop and
+    httptools (Ray's uvicorn[standard]), the serving install and the image do not, and the
+    tests must run the server the image runs."""
     return dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        loop="asyncio",
+        http="h11",
     )
 
 

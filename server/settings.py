@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="server processes (metrics: multiprocess)")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="longest drain on SIGTERM")
     log_level: str = Field("info", description="critical, error, warning, info or debug")
-    # Ray Serve only (server/ray_app.py): each replica is one server; these say how many run
+    # Ray only: Serve replicas (server/ray_app.py), each one server, and batch actors (batch_ray)
     ray_num_cpus: float = Field(
         1.0, gt=0, description="Ray: CPUs each replica (or batch actor) reserves; also its ORT "
         "and render threads where threads / render_threads are 0",

@@ -157,6 +157,25 @@ def replica_nodes() -> dict[str, str]:
     return {a.name.rsplit("#", 1)[1]: a.node_id for a in actors if "ASEServer#" in (a.name or "")}
 
 
+def test_deployment_options_come_from_the_settings(model_dir):
+    from server.ray_app import deployment_options
+    from server.settings import Settings
+
+    settings = Settings(model_dir=model_dir, ray_num_cpus=2.5, ray_num_gpus=1,
+                        ray_min_replicas=0, ray_max_replicas=6, ray_target_ongoing_requests=3,
+                        ray_max_ongoing_requests=12)  # fmt: skip
+    options = deployment_options(settings)
+    assert options["ray_actor_options"] == {"num_cpus": 2.5, "num_gpus": 1}
+    scaling = options["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["initial_replicas"], scaling["max_replicas"]) == (
+        0, 1, 6,
+    )  # fmt: skip
+    assert scaling["target_ongoing_requests"] == 3 and options["max_ongoing_requests"] == 12
+    assert options["max_queued_requests"] == settings.max_queue
+    per_replica = settings.per_ray_actor()  # threads "one per core" become the reserved CPUs
+    assert (per_replica.threads, per_replica.render_threads) == (3, 3)
+
+
 def test_both_replicas_answer_from_both_nodes(app, prometheus):
     settled(prometheus, app)
     before = by_replica(prometheus, 'sum by (replica) (ase_requests_total{endpoint="/predict"})')
