@@ -37,12 +37,15 @@ $(LOCK_VENV)/.installed:
 	$(LOCK_VENV)/bin/pip install $(PIP_FLAGS) $(PIP_TOOLS)
 	touch $@
 
-# full: every extra plus requirements/full.in; serve: the serve extra at full's versions.
+# full: every extra plus requirements/full.in; serve: the serve extra at full's versions;
+# ray: serve plus the ray extra at full's versions (the Dockerfile's ray variant).
 lock: $(LOCK_VENV)/.installed
 	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --all-extras \
 		-o requirements/full.txt pyproject.toml requirements/full.in
 	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --extra serve -c requirements/full.txt \
 		-o requirements/serve.txt pyproject.toml
+	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --extra serve --extra ray \
+		-c requirements/full.txt -o requirements/ray.txt pyproject.toml
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -115,7 +115,7 @@ async def predict(
     check_options(options, wanted)
     ask = MapRequest(
         wanted, MapSize(model=size == "model", max_side=max_side),
-        dtypes=_dtypes(wanted, options), keep_image=visualize,
+        dtypes=map_dtypes(wanted, options), keep_image=visualize,
     )  # fmt: skip
     try:
         body = await read_image_body(request, state.settings.max_body_bytes)
@@ -168,7 +168,9 @@ def check_options(options: Options, wanted: tuple[TaskInfo, ...]) -> None:
         raise invalid("npz_normals applies to format=npz only")
 
 
-def _dtypes(wanted: tuple[TaskInfo, ...], options: Options) -> dict[str, np.dtype]:
+def map_dtypes(wanted: tuple[TaskInfo, ...], options: Options) -> dict[str, np.dtype]:
+    """The maps' forms: uint8 wire forms, but npz normals as float32 unit vectors by default
+    (predict-dataset's npz files follow it)."""
     if options.format != "npz" or options.npz_normals != "float32":
         return {}
     return {t.name: np.dtype(np.float32) for t in wanted if t.kind == "vector"}
