@@ -2,7 +2,7 @@
 references, ``lora``, ``moe 16/4/0/4``, ``ase 16/3/1/4`` and ``ase 32/6/2/2``, each trained with
 the same budget.
 
-    python bench/ablation.py --out runs/ablation --seeds 0 1 2   # writes ablation.json and .md
+    python -m bench.ablation --out runs/ablation --seeds 0 1 2   # writes ablation.json and .md
 
 Protocol (every number comes from ``model/evaluate.py``'s code on one held-out ``test`` split):
   1. one single-task backbone (stage 1 of ``model/train.py`` on ``semseg``, ``--backbone-seed``)
@@ -20,18 +20,13 @@ row, so a stopped run keeps what it finished; ``--resume`` skips the rows alread
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import json
 import statistics
 import subprocess
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 

@@ -1,6 +1,6 @@
 """Memory under a burst of camera-size requests: idle, peak and settled RSS of a real server.
 
-    .venv/bin/python bench/bench_memory.py [--model-dir demo/model] [--image 7200x5400]
+    .venv/bin/python -m bench.bench_memory [--model-dir demo/model] [--image 7200x5400]
         [--burst 16] [--budget-mb 1500] [--queue 4] [--format npz] [--rounds 1]
 
 Starts ``python -m server`` for each allocator variant in turn (glibc's default; 2 arenas;
@@ -27,6 +27,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from model.data.synthetic import render, sample_scene
+
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "glibc_default": ({"MALLOC_ARENA_MAX": ""}, ["--return-freed-memory", "false"]),
@@ -38,9 +40,6 @@ SETTLE_S = (1, 5, 10, 20, 30)
 
 def photo_jpeg(width: int, height: int) -> bytes:
     """A smooth, photo-like scene (not noise): a rendered synthetic scene, enlarged, with grain."""
-    sys.path.insert(0, str(REPO))
-    from model.data.synthetic import render, sample_scene
-
     scene = render(sample_scene(np.random.default_rng(0)), 270, 480).image
     big = np.asarray(Image.fromarray(scene).resize((width, height), Image.Resampling.BICUBIC))
     grain = np.random.default_rng(1).integers(-3, 4, big.shape, dtype=np.int16)

@@ -3,14 +3,14 @@ the ``--plain`` dense graph, the ``--int8`` graph), 1 / 3 / 5 tasks, ASE vs the 
 without adapters, and achieved GFLOP/s against the model's counted FLOPs and a 2-thread fp32
 GEMM peak measured in the same run (int8: effective GFLOP/s, the same fp32 FLOP count).
 
-    .venv/bin/python bench/bench_model.py [--sizes demo vits] [--repeats 15] [--threads 2]
+    .venv/bin/python -m bench.bench_model [--sizes demo vits] [--repeats 15] [--threads 2]
 
 Weights are random (speed does not depend on them); the models are exported to a temporary
 directory with the real exporter. Medians over ``--repeats`` runs after 3 warm-up runs. On a
 shared machine, other processes' CPU use is measured for every block of runs (the "others'
 CPU" column) and a block is re-measured, up to 5 times, while it exceeds ``--max-others``.
 
-    .venv/bin/python bench/bench_model.py --ab [--sizes demo vits] [--repeats 60] [--json F]
+    .venv/bin/python -m bench.bench_model --ab [--sizes demo vits] [--repeats 60] [--json F]
 
 ``--ab``: only ASE, the bare backbone and the peak GEMM (in onnxruntime), taking turns run by
 run, so that the share of the peak and the adapters' overhead are ratios measured on the same
@@ -31,21 +31,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from bench.timing import alternate, timed_ms  # noqa: E402
-from export.contract import GRAPH_FILES  # noqa: E402
-from export.to_onnx import export_model_dir  # noqa: E402
-from model.config import AdapterConfig, BackboneConfig, ModelConfig  # noqa: E402
-from model.model import ASEModel  # noqa: E402
-from model.tasks import TASK_NAMES  # noqa: E402
+from bench.timing import alternate, timed_ms
+from export.contract import GRAPH_FILES
+from export.to_onnx import export_model_dir
+from model.config import AdapterConfig, BackboneConfig, ModelConfig
+from model.model import ASEModel
+from model.tasks import TASK_NAMES
 
 SIZES = {
     "demo": BackboneConfig(),  # 128 px, patch 16, width 192, depth 6

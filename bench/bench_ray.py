@@ -1,18 +1,18 @@
 """Ray on one machine: Serve requests/s with one and two replicas, and predict-dataset images/s
 plain and on Ray Data with one and two actors, on a local two-node Ray cluster (loopback only).
 
-    .venv/bin/python bench/bench_ray.py [--model-dir demo/model] [--requests 300] \\
+    .venv/bin/python -m bench.bench_ray [--model-dir demo/model] [--requests 300] \\
         [--images 400] [--rounds 3] [--json runs/ray.json]
 
 The cluster is ``ray.cluster_utils.Cluster``: a head and a worker node as processes of their
 own, 1 CPU each, one replica or actor per node (a custom resource pins replicas; actors of one
 CPU each fit one per node). Serve's proxy runs on the head; the load (bench/bench_server.py's
-bare keep-alive client: ``--concurrency`` connections, all five tasks of a synthetic JPEG) goes
-to it and, for reference, to a plain ``python -m server`` with one ORT thread. Batch prediction
-writes every task's PNGs for ``--images`` copies of the demo samples: plain (one model in this
-process, one ORT thread) and on Ray Data with an actor pool of one and of two models (one ORT
-thread each). The variants run in turn, ``--rounds`` times; medians are reported (this
-machine's speed drifts).
+bare keep-alive client: ``--concurrency`` connections, all five tasks of one photo-like JPEG of
+``--image``, bench/images.py) goes to it and, for reference, to a plain ``python -m server``
+with one ORT thread. Batch prediction writes every task's PNGs for ``--images`` copies of the
+demo samples: plain (one model in this process, one ORT thread) and on Ray Data with an actor
+pool of one and of two models (one ORT thread each). The variants run in turn, ``--rounds``
+times; medians are reported (this machine's speed drifts).
 
 Both nodes share this machine's two cores with the proxy, the client and Ray's own processes:
 two replicas here compete for what two machines would each have alone.
@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,12 +36,13 @@ os.environ.update(  # before ray is imported: see tests/server/ray_cluster.py
     RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
     RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING="0",
 )  # fmt: skip
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from bench.bench_server import load_level, start_server, synthetic_jpeg  # noqa: E402
-from server.batch import Job, Outcome, list_images, run_here  # noqa: E402
-from server.settings import Settings  # noqa: E402
+from bench.bench_server import load_level, start_server
+from bench.images import parse_size, photo_jpeg
+from server.batch import Job, Outcome, list_images, run_here
+from server.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
 
 SLOT = "replica_slot"
 
@@ -90,7 +90,7 @@ def requests_per_s(url: str, body: bytes, args) -> float:
 def serve_rounds(settings: Settings, args) -> dict[str, list[float]]:
     from ray import serve
 
-    body = synthetic_jpeg(*map(int, args.image.split("x")))
+    body = photo_jpeg(*parse_size(args.image))
     process, plain_url = start_server(settings.model_dir, 1, "brief")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=REPO / "demo" / "model")
     parser.add_argument("--requests", type=int, default=300, help="timed requests per variant")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--image", default="128x128", help="HxW of the synthetic JPEG")
+    parser.add_argument("--image", default="128x128", help="WxH of the photo-like JPEG")
     parser.add_argument("--images", type=int, default=400, help="images per batch run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -1,6 +1,6 @@
 """Post-processing at camera size, piece by piece, on real demo-model maps.
 
-    .venv/bin/python bench/bench_render.py [--sizes 1152x864,4032x3024,7200x5400] [--repeats 12]
+    .venv/bin/python -m bench.bench_render [--sizes 1152x864,4032x3024,7200x5400] [--repeats 12]
 
 Runs the demo model once on a photo-like JPEG (``bench/images.py``) and times, on its maps:
 
@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import io
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,16 +39,15 @@ import numpy as np
 from PIL import Image
 from zlib_ng import zlib_ng
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.images import parse_size, photo_jpeg
+from bench.timing import alternate_clocks
+from server import codecs, maps, render
+from server.batching import JobResult
+from server.modeldir import load_model_dir
+from server.pipeline import MapRequest, Pipeline, Prediction, preprocess
+from server.runtime import ModelRuntime
 
-from bench.images import parse_size, photo_jpeg  # noqa: E402
-from bench.timing import alternate_clocks  # noqa: E402
-from server import codecs, maps, render  # noqa: E402
-from server.batching import JobResult  # noqa: E402
-from server.modeldir import load_model_dir  # noqa: E402
-from server.pipeline import MapRequest, Pipeline, Prediction, preprocess  # noqa: E402
-from server.runtime import ModelRuntime  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 KIND_TASKS = {"classes": "semseg", "probability": "saliency", "vector": "normals"}
 DEFAULT_SIZES = "1152x864,4032x3024,7200x5400"

@@ -1,6 +1,6 @@
 """Server latency and throughput against the model alone, on loopback only.
 
-    .venv/bin/python bench/bench_server.py --model-dir demo/model [--image 4032x3024]
+    .venv/bin/python -m bench.bench_server --model-dir demo/model [--image 4032x3024]
         [--size upload|model] [--format json|npz] [--concurrency 1,4,16] [--requests 64]
 
 Starts ``python -m server`` on 127.0.0.1 (or uses ``--url``), sends one photo-like JPEG of
@@ -37,14 +37,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.images import parse_size, photo_jpeg
+from server.codecs import decode_image
+from server.modeldir import load_model_dir
+from server.pipeline import preprocess
+from server.runtime import SPIN_CONFIG, ModelRuntime
 
-from bench.images import parse_size, photo_jpeg  # noqa: E402
-from server.codecs import decode_image  # noqa: E402
-from server.modeldir import load_model_dir  # noqa: E402
-from server.pipeline import preprocess  # noqa: E402
-from server.runtime import SPIN_CONFIG, ModelRuntime  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """The CUDA path in one command: export, CUDA against the CPU provider, timing
 (docs/benchmarks.md, "GPU").
 
-    python bench/gpu_check.py OUT_DIR [--device auto|cuda|cpu] [--jobs 6] [--small]
+    python -m bench.gpu_check OUT_DIR [--device auto|cuda|cpu] [--jobs 6] [--small]
 
 On a machine with a CUDA GPU and onnxruntime-gpu (the release of ``bench/gpu_wheel.py``):
 
@@ -40,15 +40,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import onnxruntime as ort
+import torch
 
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-
-from bench.bench_model import random_model  # noqa: E402
-from bench.gpu_report import markdown, tables  # noqa: E402
-from bench.gpu_runs import (  # noqa: E402
+from bench.bench_model import random_model
+from bench.gpu_report import markdown, tables
+from bench.gpu_runs import (
     BATCHES,
     CPU,
     CUDA,
@@ -63,12 +60,12 @@ from bench.gpu_runs import (  # noqa: E402
     parity_cases,
     timings,
 )
-from bench.gpu_wheel import ONNXRUNTIME_GPU_VERSION, WHEELS  # noqa: E402
-from export.contract import read_metadata  # noqa: E402
-from export.to_onnx import export_checkpoint, export_model_dir  # noqa: E402
-from model.checkpoint import load_checkpoint  # noqa: E402
-from model.config import BackboneConfig  # noqa: E402
-from model.model import ASEModel  # noqa: E402
+from bench.gpu_wheel import ONNXRUNTIME_GPU_VERSION, WHEELS
+from export.contract import read_metadata
+from export.to_onnx import export_checkpoint, export_model_dir
+from model.checkpoint import load_checkpoint
+from model.config import BackboneConfig
+from model.model import ASEModel
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "demo" / "ckpt.pt"
 SIZES = {  # ViT-S/16 and ViT-B/16 at 224 px (196 tokens per stream)

@@ -4,10 +4,10 @@ runbook): onnxruntime-gpu, and pydantic with its requirements (the exporter vali
 split them into parts that each fit one device call beside the working tree, and on the device
 receive the parts one call at a time, then join and verify.
 
-    python3 bench/gpu_wheel.py download .gpu/wheel          # here: pip download, sha256 checked
-    python3 bench/gpu_wheel.py split .gpu/wheel .gpu        # here: .gpu/part0 .. .gpu/partN
-    python3 bench/gpu_wheel.py receive .gpu/part0 /tmp/ortgpu   # device: one part per call
-    python3 bench/gpu_wheel.py join /tmp/ortgpu /tmp/ortgpu/wheel  # device: all parts -> wheels
+    python3 -m bench.gpu_wheel download .gpu/wheel          # here: pip download, sha256 checked
+    python3 -m bench.gpu_wheel split .gpu/wheel .gpu        # here: .gpu/part0 .. .gpu/partN
+    python3 -m bench.gpu_wheel receive .gpu/part0 /tmp/ortgpu   # device: one part per call
+    python3 -m bench.gpu_wheel join /tmp/ortgpu /tmp/ortgpu/wheel  # device: all parts -> wheels
 
 The parts are slices of the wheels laid end to end, so small wheels ride in a big one's last
 part. Standard library only: it runs on the device before anything is installed there. Each

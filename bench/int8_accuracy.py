@@ -2,7 +2,7 @@
 (``model/evaluate.py``): the checkpoint is exported with ``--int8`` into a temporary directory
 and every graph is scored on held-out synthetic scenes, beside the eager model.
 
-    .venv/bin/python bench/int8_accuracy.py demo/ckpt.pt [--split val] [--count 100]
+    .venv/bin/python -m bench.int8_accuracy demo/ckpt.pt [--split val] [--count 100]
 
 Prints each task's metrics per engine, the primary metric's change against eager, and how
 often the int8 graph's label maps agree with the fp32 graph's, pixel by pixel.
@@ -15,19 +15,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import Tensor
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from export.contract import read_metadata  # noqa: E402
-from export.to_onnx import export_checkpoint  # noqa: E402
-from model.checkpoint import load_checkpoint  # noqa: E402
-from model.data.sources import eval_source  # noqa: E402
-from model.evaluate import (  # noqa: E402
+from export.contract import read_metadata
+from export.to_onnx import export_checkpoint
+from model.checkpoint import load_checkpoint
+from model.data.sources import eval_source
+from model.evaluate import (
     Predictor,
     eval_loader,
     evaluate,
@@ -35,7 +32,7 @@ from model.evaluate import (  # noqa: E402
     model_predictor,
     primary,
 )
-from model.tasks import TASK_NAMES, TASKS  # noqa: E402
+from model.tasks import TASK_NAMES, TASKS
 
 
 def onnx_predictor(path: Path, tasks: tuple[str, ...], threads: int) -> Predictor:

@@ -1,8 +1,8 @@
 """Where ONNX Runtime spends its time: per-operator kernel time of the exported graphs, from
 onnxruntime's own profiler (``SessionOptions.enable_profiling``), for one image and 5 tasks.
 
-    .venv/bin/python bench/profile_model.py [--size demo|vits] [--tasks 5] [--runs 30]
-    .venv/bin/python bench/profile_model.py --adapters   # ASE vs the bare backbone, per operator
+    .venv/bin/python -m bench.profile_model [--size demo|vits] [--tasks 5] [--runs 30]
+    .venv/bin/python -m bench.profile_model --adapters   # ASE vs the bare backbone, per operator
 
 Exports the same random model as ``bench/bench_model.py`` (ASE 16/3/1/4) as a lean, a
 ``--plain`` and an ``--int8`` graph and prints, per graph, the node count and the operator
@@ -21,16 +21,13 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import onnx
+import onnxruntime as ort
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-
-from bench.bench_model import SIZES, random_model  # noqa: E402
-from export.contract import GRAPH_FILES  # noqa: E402
-from export.to_onnx import export_model_dir  # noqa: E402
+from bench.bench_model import SIZES, random_model
+from export.contract import GRAPH_FILES
+from export.to_onnx import export_model_dir
 
 WARM_UP = 3
 

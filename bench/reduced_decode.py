@@ -1,6 +1,6 @@
 """What decoding camera-size JPEGs in the DCT domain does to the model's answers (issue 12).
 
-    .venv/bin/python bench/reduced_decode.py [--sizes 1920x1080:36,4032x3024:12] [--eval-side 640]
+    .venv/bin/python -m bench.reduced_decode [--sizes 1920x1080:36,4032x3024:12] [--eval-side 640]
 
 For each size, validation scenes of ``model/data/synthetic.py`` are rendered at that size, saved
 as JPEG (quality 90) and decoded by the server's path twice: at the scale ``Pipeline.plan`` picks
@@ -24,23 +24,21 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.images import parse_size
+from model.data.synthetic import SyntheticScenes
+from model.metrics import PRIMARY_METRIC, NormalsMetrics, task_metric
+from server import codecs, maps
+from server.modeldir import load_model_dir
+from server.pipeline import MapRequest, Pipeline, preprocess
+from server.runtime import ModelRuntime
 
-from bench.images import parse_size  # noqa: E402
-from model.data.synthetic import SyntheticScenes  # noqa: E402
-from model.metrics import PRIMARY_METRIC, NormalsMetrics, task_metric  # noqa: E402
-from server import codecs, maps  # noqa: E402
-from server.modeldir import load_model_dir  # noqa: E402
-from server.pipeline import MapRequest, Pipeline, preprocess  # noqa: E402
-from server.runtime import ModelRuntime  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 WAYS = ("reduced", "full")
 MAX_PIXELS = 10**9

@@ -1,7 +1,7 @@
 """Write the demo's sample images and, given a checkpoint, side-by-side prediction sheets.
 
-    python demo/make_samples.py --out demo/samples                    # the committed inputs
-    python demo/make_samples.py --out /tmp/vis --checkpoint demo/ckpt.pt   # look at the maps
+    python -m demo.make_samples --out demo/samples                    # the committed inputs
+    python -m demo.make_samples --out /tmp/vis --checkpoint demo/ckpt.pt   # look at the maps
 
 Samples are held-out synthetic scenes (split ``test``, seed 7: never seen in training, whose
 split is ``train``). A sheet has one row per image: the input, then per task the ground truth
@@ -10,13 +10,8 @@ and the prediction, coloured with the task registry's palettes (normals as RGB =
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch

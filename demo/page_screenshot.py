@@ -1,6 +1,6 @@
 """Screenshot the page on the demo model: ``docs/page.png`` in the README.
 
-    python demo/page_screenshot.py --out docs/page.png
+    python -m demo.page_screenshot --out docs/page.png
 
 Starts ``python -m server`` on the committed demo model (127.0.0.1, a free port), opens the
 page in headless Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright), clicks the

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint with the benchmark's protocols (``model/metrics.py``): a table and JSON.
 
-    python model/evaluate.py runs/demo/ckpt.pt --data synthetic --split test --count 200
-    python model/evaluate.py ckpt.pt --data /data/PASCAL_MT --reference ref.json --json out.json
+    python -m model.evaluate runs/demo/ckpt.pt --data synthetic --split test --count 200
+    python -m model.evaluate ckpt.pt --data /data/PASCAL_MT --reference ref.json --json out.json
 
 ``--data synthetic`` renders held-out procedural scenes (split ``val`` or ``test``; training
 only ever sees ``train``); any other value is the root of a PASCAL_MT tree. ``--baselines``
@@ -16,15 +16,10 @@ server's rules; ``--resolution fixed`` scores labels resized to the model's inpu
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import json
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -1,10 +1,10 @@
 """Train an ASE multi-task model: a single-task backbone stage, then the multi-task ASE stage.
 
-    python model/train.py --preset demo --out runs/demo
-    python model/train.py --preset demo --out runs/demo --resume
-    python model/train.py --preset pascal-vit-s --data /data/PASCAL_MT --out runs/vit-s \
+    python -m model.train --preset demo --out runs/demo
+    python -m model.train --preset demo --out runs/demo --resume
+    python -m model.train --preset pascal-vit-s --data /data/PASCAL_MT --out runs/vit-s \
         --pretrained vit_small_patch16_224.pth        # timm file: skips the single-task stage
-    torchrun --nproc-per-node 2 model/train.py --preset tiny --out runs/ddp   # DDP (gloo on CPU)
+    torchrun --nproc-per-node 2 -m model.train --preset tiny --out runs/ddp   # DDP (gloo on CPU)
 
 Stage 1 (``single_task``) trains the backbone's normally frozen base weights and one task's
 head on that task alone (a stand-in for the paper's pretrained single-task ViT). Stage 2
@@ -18,14 +18,9 @@ each stage trains ``model/stages.py``, the batches ``model/data/sampling.py``.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 

@@ -21,7 +21,7 @@ ROWS = ["single-task refs", "lora", "moe 16/4/0/4", "ase 16/3/1/4", "ase 32/6/2/
 
 
 def ablation(out: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "bench/ablation.py", "--out", str(out), *TINY, *args],
+    done = subprocess.run([sys.executable, "-m", "bench.ablation", "--out", str(out), *TINY, *args],
                           cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout

@@ -12,16 +12,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_script(*args: str) -> dict:
-    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=240)  # fmt: skip
+def run_script(module: str, *args: str) -> dict:
+    """``python -m <module> <args>`` from the repository root: the JSON it prints."""
+    command = [sys.executable, "-m", module, *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
 
 
 def test_bench_server_reports_every_level_against_the_model(tmp_path):
     out = tmp_path / "server.json"
-    printed = run_script("bench/bench_server.py", "--image", "96x160", "--requests", "4",
+    printed = run_script("bench.bench_server", "--image", "96x160", "--requests", "4",
                          "--seconds", "30", "--threads", "1", "--json", str(out))  # fmt: skip
     assert json.loads(out.read_text()) == printed
     assert [level["concurrency"] for level in printed["server"]] == [1, 4, 16]
@@ -39,7 +40,7 @@ def test_bench_server_reports_every_level_against_the_model(tmp_path):
 
 
 def test_bench_server_reads_streamed_npz_at_model_size():
-    printed = run_script("bench/bench_server.py", "--image", "300x200", "--format", "npz",
+    printed = run_script("bench.bench_server", "--image", "300x200", "--format", "npz",
                          "--size", "model", "--requests", "3", "--concurrency", "1",
                          "--threads", "1")  # fmt: skip
     assert printed["query"] == "/predict?format=npz&size=model"
@@ -49,7 +50,7 @@ def test_bench_server_reads_streamed_npz_at_model_size():
 
 
 def test_bench_render_compares_every_path_on_the_same_maps():
-    printed = run_script("bench/bench_render.py", "--sizes", "96x64,200x150", "--repeats", "1")
+    printed = run_script("bench.bench_render", "--sizes", "96x64,200x150", "--repeats", "1")
     sizes, kinds = ["96x64", "200x150"], {"classes", "probability", "vector"}
     restore = printed["restore"]
     assert {(row["size"], row["kind"]) for row in restore} == {(s, k) for s in sizes for k in kinds}
@@ -71,7 +72,7 @@ def test_bench_render_compares_every_path_on_the_same_maps():
 
 def test_bench_model_ab_rounds_report_shares_of_the_peak(tmp_path):
     out = tmp_path / "ab.json"
-    done = subprocess.run([sys.executable, "bench/bench_model.py", "--ab", "--sizes", "demo",
+    done = subprocess.run([sys.executable, "-m", "bench.bench_model", "--ab", "--sizes", "demo",
                            "--repeats", "2", "--threads", "1", "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=240)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -91,7 +92,7 @@ def test_bench_model_ab_rounds_report_shares_of_the_peak(tmp_path):
 
 
 def test_reduced_decode_compares_both_decodes_on_the_same_scenes():
-    printed = run_script("bench/reduced_decode.py", "--sizes", "200x150:1,800x600:2",
+    printed = run_script("bench.reduced_decode", "--sizes", "200x150:1,800x600:2",
                          "--eval-side", "96", "--threads", "1")  # fmt: skip
     small, large = printed["rows"]
     assert small["dct_scales"] == [1] and large["dct_scales"] == [2]  # 256 px at least

@@ -48,7 +48,7 @@ def split_carried_wheels(root: Path) -> list[Path]:
     wheels.mkdir()
     for project in CARRIED:
         wheel_of_installed(project, wheels)
-    command = [sys.executable, "bench/gpu_wheel.py", "split", str(wheels), str(root / "parts"),
+    command = [sys.executable, "-m", "bench.gpu_wheel", "split", str(wheels), str(root / "parts"),
                "--part-mib", "1"]  # fmt: skip
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=60)
     return sorted((root / "parts").glob("part*"), key=lambda part: int(part.name[4:]))
@@ -67,7 +67,7 @@ def rehearsal(tmp_path_factory):
     *first, last = split_carried_wheels(root)
     stash, site, out = root / "stash", root / "site", root / "out"
     for part in first:  # the runbook's earlier calls, one part each
-        subprocess.run([sys.executable, "bench/gpu_wheel.py", "receive", str(part), str(stash)],
+        subprocess.run([sys.executable, "-m", "bench.gpu_wheel", "receive", str(part), str(stash)],
                        cwd=REPO, check=True, capture_output=True, timeout=60)  # fmt: skip
     env = {**without_pydantic(), "GPU_PYTHON": sys.executable, "GPU_STASH": str(stash),
            "GPU_SITE": str(site)}  # fmt: skip

@@ -145,9 +145,9 @@ def test_missing_dataset_root_and_layout_file_are_named(tmp_path):
         train(layout, tmp_path / "run")
 
 
-def test_cli_runs_as_a_script_from_the_repository_root(tmp_path):
+def test_cli_runs_as_a_module(tmp_path):
     result = subprocess.run(
-        [sys.executable, "model/train.py", "--preset", "tiny", "--out", str(tmp_path),
+        [sys.executable, "-m", "model.train", "--preset", "tiny", "--out", str(tmp_path),
          "--single-steps", "2", "--multi-steps", "2"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -160,7 +160,7 @@ def test_two_gloo_processes_train(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "model/train.py",
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "model.train",
          "--preset", "tiny", "--out", str(tmp_path), "--device", "cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=110, env=env,
     )  # fmt: skip
