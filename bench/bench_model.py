@@ -5,10 +5,11 @@ GEMM peak measured in the same run (int8: effective GFLOP/s, the same fp32 FLOP 
 
     .venv/bin/python -m bench.bench_model [--sizes demo vits] [--repeats 15] [--threads 2]
 
-Weights are random (speed does not depend on them); the models are exported to a temporary
-directory with the real exporter. Medians over ``--repeats`` runs after 3 warm-up runs. On a
-shared machine, other processes' CPU use is measured for every block of runs (the "others'
-CPU" column) and a block is re-measured, up to 5 times, while it exceeds ``--max-others``.
+Weights are random (the models and their calls: bench/models.py); the models are exported to
+a temporary directory with the real exporter. Medians over ``--repeats`` runs after 3 warm-up
+runs. On a shared machine, other processes' CPU use is measured for every block of runs (the
+"others' CPU" column, bench/timing.py) and a block is re-measured, up to 5 times, while it
+exceeds ``--max-others``.
 
     .venv/bin/python -m bench.bench_model --ab [--sizes demo vits] [--repeats 60] [--json F]
 
@@ -22,11 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,19 +33,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from bench.timing import alternate, timed_ms
+from bench.models import (
+    SIZES,
+    CallsByTasks,
+    counted_gflop,
+    eager_calls,
+    ort_calls,
+    random_model,
+    session,
+)
+from bench.timing import alternate, median_ms, quiet_median_ms
 from export.contract import GRAPH_FILES
 from export.to_onnx import export_model_dir
-from model.config import AdapterConfig, BackboneConfig, ModelConfig
 from model.model import ASEModel
 from model.tasks import TASK_NAMES
 
-SIZES = {
-    "demo": BackboneConfig(),  # 128 px, patch 16, width 192, depth 6
-    "vits": BackboneConfig(image_size=224, width=384, depth=12, heads=6),  # ViT-S/16 224
-}
 TASK_COUNTS = (1, 3, 5)
 PEAK_SHAPE = (4096, 384, 1536)
 """M, K, N of the peak GEMM: a ViT-S FFN's first matmul over 4096 tokens."""
@@ -68,57 +69,6 @@ class Row:
         return self.gflop / (self.ms / 1e3)
 
 
-def median_ms(call: Callable[[], object], repeats: int) -> float:
-    return statistics.median(timed_ms(call, repeats))
-
-
-def busy_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (Linux ``/proc/stat``)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-class OthersLoad:
-    """Share of the machine's CPU used by *other* processes while a block of timings ran:
-    a shared machine's neighbours show up here instead of silently in the medians."""
-
-    def __enter__(self) -> OthersLoad:
-        self.share: float | None = None
-        self._start = (busy_seconds(), _own_cpu_seconds(), time.perf_counter())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        busy, own, wall = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
-        if busy is not None and self._start[0] is not None:
-            others = (busy - self._start[0]) - (own - self._start[1])
-            self.share = max(0.0, others / ((wall - self._start[2]) * (os.cpu_count() or 1)))
-
-
-def quiet_median_ms(
-    call: Callable[[], object], repeats: int, max_others: float, attempts: int = 5
-) -> tuple[float, float | None]:
-    """``median_ms``, re-measured (up to ``attempts`` times) while other processes used more
-    than ``max_others`` of the CPU; returns the quietest attempt and its others' share."""
-    best: tuple[float, float | None] = (float("inf"), None)
-    for _ in range(attempts):
-        with OthersLoad() as load:
-            ms = median_ms(call, repeats)
-        if load.share is None or load.share <= max_others:
-            return ms, load.share
-        if best[1] is None or load.share < best[1]:
-            best = (ms, load.share)
-    return best
-
-
-def _own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 def gemm_peak_gflops(threads: int, repeats: int) -> float:
     """fp32 GEMM ``PEAK_SHAPE`` (a ViT-S FFN shape) in torch with ``threads``."""
     torch.set_num_threads(threads)
@@ -126,42 +76,6 @@ def gemm_peak_gflops(threads: int, repeats: int) -> float:
     a, b = torch.randn(m, k), torch.randn(k, n)
     ms = median_ms(lambda: a @ b, repeats * 4)
     return 2 * m * k * n / (ms / 1e3) / 1e9
-
-
-def random_model(backbone: BackboneConfig, routing: str) -> ASEModel:
-    torch.manual_seed(0)
-    config = ModelConfig(backbone=backbone, adapters=AdapterConfig("16/3/1/4", routing))
-    model = ASEModel(config).eval()
-    with torch.no_grad():  # adapters' B start at zero: give them values, as after training
-        for name, parameter in model.named_parameters():
-            if name.endswith(".B"):
-                parameter.normal_(0, 0.02)
-    return model
-
-
-def streams(tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image, the first ``tasks`` tasks."""
-    return torch.zeros(tasks, dtype=torch.int64), torch.arange(tasks)
-
-
-def counted_gflop(model: ASEModel, images: torch.Tensor, tasks: int) -> float:
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(images, *streams(tasks))
-    return counter.get_total_flops() / 1e9
-
-
-def session(path: Path, threads: int, brief_spin: bool = False) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if brief_spin:  # the server's "brief" wait: idle threads sleep soon, sessions can take turns
-        from server.runtime import SPIN_CONFIG  # here: bench/gpu_check.py runs without server deps
-
-        for key, value in SPIN_CONFIG["brief"].items():
-            options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def ort_gemm(
@@ -200,7 +114,7 @@ def ab_run(name: str, threads: int, repeats: int, workdir: Path) -> dict:
         model = random_model(backbone, routing)
         gflop[routing] = counted_gflop(model.merge(), images, len(TASK_NAMES))
         path = export_model_dir(model, workdir / f"ab-{name}-{routing}", dispatch="dense")
-        make = _ort_call(session(path / GRAPH_FILES["dense"], threads, brief_spin=True), images)
+        make = ort_calls(session(path / GRAPH_FILES["dense"], threads, brief_spin=True), images)
         calls[routing] = make(len(TASK_NAMES))
     calls["gemm"], gflop["gemm"] = ort_gemm(threads, workdir)
     # The model's own largest GEMM: its FFN's first matmul over 5 streams of tokens. Small
@@ -256,7 +170,7 @@ def ab_markdown(results: list[dict], repeats: int) -> str:
     return "\n".join(lines)
 
 
-Engine = Callable[[], Callable[[int], Callable[[], object]]]
+Engine = Callable[[], CallsByTasks]
 """Opens an engine (a session, a model) -> per task count -> one timed call."""
 
 
@@ -284,9 +198,9 @@ def bench_size(
         model = random_model(backbone, routing)
         merged = model.merge()
         gflop = {tasks: counted_gflop(merged, images, tasks) for tasks in TASK_COUNTS}
-        engines: dict[str, Engine] = {"torch eager": lambda m=merged: _eager_call(m, images)}
+        engines: dict[str, Engine] = {"torch eager": lambda m=merged: eager_calls(m, images)}
         for engine, path in export_graphs(model, workdir / f"{name}-{routing}").items():
-            engines[engine] = lambda p=path: _ort_call(session(p, threads), images)
+            engines[engine] = lambda p=path: ort_calls(session(p, threads), images)
         for engine, open_engine in engines.items():
             make = open_engine()
             for tasks in TASK_COUNTS:
@@ -296,29 +210,6 @@ def bench_size(
                       f"others' CPU {_percent(others)}", flush=True)  # fmt: skip
             del make  # the session and its threads go before the next engine starts
     return rows
-
-
-def _eager_call(model: ASEModel, images: torch.Tensor):
-    def make(tasks: int) -> Callable[[], object]:
-        def call() -> None:
-            with torch.no_grad():
-                model(images, *streams(tasks))
-
-        return call
-
-    return make
-
-
-def _ort_call(sess: ort.InferenceSession, images: torch.Tensor):
-    def make(tasks: int) -> Callable[[], object]:
-        feeds = {
-            "images": images.numpy(),
-            "stream_image": np.zeros(tasks, np.int64),
-            "stream_task": np.arange(tasks, dtype=np.int64),
-        }
-        return lambda: sess.run(None, feeds)
-
-    return make
 
 
 def markdown(rows: list[Row], peak: float) -> str:

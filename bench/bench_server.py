@@ -241,9 +241,9 @@ def main() -> None:
 
 
 def export_random_model(size: str, workdir: Path) -> Path:
-    """A model directory as big as a real one (``bench_model.SIZES``), weights random: the
-    server's time per request does not depend on the weights' values."""
-    from bench.bench_model import SIZES, random_model
+    """A model directory as big as a real one (``SIZES`` of bench/models.py), weights random:
+    the server's time per request does not depend on the weights' values."""
+    from bench.models import SIZES, random_model
     from export.to_onnx import export_model_dir
 
     return export_model_dir(random_model(SIZES[size], "ase"), workdir / size, dispatch="auto")

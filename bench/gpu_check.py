@@ -43,7 +43,6 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from bench.bench_model import random_model
 from bench.gpu_report import markdown, tables
 from bench.gpu_runs import (
     BATCHES,
@@ -61,6 +60,7 @@ from bench.gpu_runs import (
     timings,
 )
 from bench.gpu_wheel import ONNXRUNTIME_GPU_VERSION, WHEELS
+from bench.models import random_model
 from export.contract import read_metadata
 from export.to_onnx import export_checkpoint, export_model_dir
 from model.checkpoint import load_checkpoint

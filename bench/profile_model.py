@@ -4,12 +4,12 @@ onnxruntime's own profiler (``SessionOptions.enable_profiling``), for one image 
     .venv/bin/python -m bench.profile_model [--size demo|vits] [--tasks 5] [--runs 30]
     .venv/bin/python -m bench.profile_model --adapters   # ASE vs the bare backbone, per operator
 
-Exports the same random model as ``bench/bench_model.py`` (ASE 16/3/1/4) as a lean, a
-``--plain`` and an ``--int8`` graph and prints, per graph, the node count and the operator
-types by total kernel time per run. With ``--adapters``: the lean dense graphs of the same
-backbone with ASE and with no adapters, operator by operator (time and node count), ordered by
-what the adapters add. Profiling adds overhead: use it for shares, and ``bench/bench_model.py``
-for timings.
+Exports the same random model as ``bench/bench_model.py`` (``bench/models.py``, ASE 16/3/1/4)
+as a lean, a ``--plain`` and an ``--int8`` graph and prints, per graph, the node count and the
+operator types by total kernel time per run. With ``--adapters``: the lean dense graphs of the
+same backbone with ASE and with no adapters, operator by operator (time and node count),
+ordered by what the adapters add. Profiling adds overhead: use it for shares, and
+``bench/bench_model.py`` for timings.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from bench.bench_model import SIZES, random_model
+from bench.models import SIZES, random_model
 from export.contract import GRAPH_FILES
 from export.to_onnx import export_model_dir
 

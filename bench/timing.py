@@ -4,12 +4,19 @@ minutes (these 2-core ones do) moves both alike.
 
 Wall time also counts what the other processes on the machine take from the cores; the CPU
 time of this process (all its threads, ``time.process_time``) counts only the work itself, so it
-is the steadier measure of work done, and wall time the measure of what a client waits."""
+is the steadier measure of work done, and wall time the measure of what a client waits.
+
+Blocks of runs timed one after another (not in turn) are checked instead: ``OthersLoad``
+measures the share of the CPU other processes took during a block, and ``quiet_median_ms``
+re-measures a block while it was too large."""
 
 from __future__ import annotations
 
+import os
+import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -52,3 +59,55 @@ def alternate_clocks(
     return {
         name: {clock: np.asarray(v) for clock, v in both.items()} for name, both in times.items()
     }
+
+
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+    """Median wall ms of ``repeats`` calls after 3 warm-up ones."""
+    return statistics.median(timed_ms(call, repeats))
+
+
+def busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux ``/proc/stat``)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class OthersLoad:
+    """Share of the machine's CPU used by *other* processes while a block of timings ran:
+    a shared machine's neighbours show up here instead of silently in the medians."""
+
+    def __enter__(self) -> OthersLoad:
+        self.share: float | None = None
+        self._start = (busy_seconds(), _own_cpu_seconds(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, own, wall = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+        if busy is not None and self._start[0] is not None:
+            others = (busy - self._start[0]) - (own - self._start[1])
+            self.share = max(0.0, others / ((wall - self._start[2]) * (os.cpu_count() or 1)))
+
+
+def quiet_median_ms(
+    call: Callable[[], object], repeats: int, max_others: float, attempts: int = 5
+) -> tuple[float, float | None]:
+    """``median_ms``, re-measured (up to ``attempts`` times) while other processes used more
+    than ``max_others`` of the CPU; returns the quietest attempt and its others' share."""
+    best: tuple[float, float | None] = (float("inf"), None)
+    for _ in range(attempts):
+        with OthersLoad() as load:
+            ms = median_ms(call, repeats)
+        if load.share is None or load.share <= max_others:
+            return ms, load.share
+        if best[1] is None or load.share < best[1]:
+            best = (ms, load.share)
+    return best

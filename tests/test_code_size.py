@@ -12,8 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
-# server/ and bench/ follow the same rules; they join this list once they meet them.
-CHECKED = ("model", "export")
+CHECKED = ("model", "export", "server", "bench")
 
 
 def oversized(path: Path, root: Path = REPO) -> list[str]:
