@@ -87,22 +87,28 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="critical, error, warning, info or debug")
     # Ray only: Serve replicas (server/ray_app.py), each one server, and batch actors (batch_ray)
     ray_num_cpus: float = Field(
-        1.0, gt=0, description="Ray: CPUs each replica (or batch actor) reserves; also its ORT "
+        1.0,
+        gt=0,
+        description="Ray: CPUs each replica (or batch actor) reserves; also its ORT "
         "and render threads where threads / render_threads are 0",
-    )  # fmt: skip
+    )
     ray_num_gpus: float = Field(
         0.0, ge=0, description="Ray: GPUs each replica (or batch actor) reserves"
     )
     ray_min_replicas: int = Field(1, ge=0, description="Ray Serve: fewest replicas")
     ray_max_replicas: int = Field(4, ge=1, description="Ray Serve: most replicas")
     ray_target_ongoing_requests: float = Field(
-        8.0, gt=0, description="Ray Serve: requests in flight per replica the autoscaler aims at "
+        8.0,
+        gt=0,
+        description="Ray Serve: requests in flight per replica the autoscaler aims at "
         "(a full batch at the default max_batch)",
-    )  # fmt: skip
+    )
     ray_max_ongoing_requests: int = Field(
-        32, ge=1, description="Ray Serve: most requests a replica holds at once; the rest wait "
+        32,
+        ge=1,
+        description="Ray Serve: most requests a replica holds at once; the rest wait "
         "in Serve's queue (up to max_queue of them, then 503)",
-    )  # fmt: skip
+    )
 
     @field_validator("providers")
     @classmethod

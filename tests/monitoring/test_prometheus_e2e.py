@@ -29,7 +29,9 @@ import yaml
 from PIL import Image
 
 from tests.monitoring.test_rules_and_dashboards import DASHBOARDS, RULE_FILES, dashboard_targets
-from tests.monitoring.tooling import MONITORING, REPO, free_port, require_binary
+from tests.monitoring.tooling import MONITORING, REPO, start_prometheus
+from tests.processes import free_port
+from tests.server.conftest import start_server
 from tests.server.fake_model import write_fake_model_dir
 
 pytestmark = pytest.mark.timeout(120)
@@ -63,32 +65,14 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.25):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
     model_dir = write_fake_model_dir(
         tmp_path_factory.mktemp("model"), experts=EXPERTS, shared=SHARED, layers=LAYERS
     )
-    port = free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    command = [sys.executable, "-m", "server", "--model-dir", str(model_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--providers", "cpu"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 60, "server")
-        yield url
-    finally:
-        stop(process)
-        log.close()
+    running = start_server(model_dir, tmp_path_factory.mktemp("server"))
+    yield running.url
+    running.stop()
 
 
 def scrape_config_for(server_port: int, rules_glob: str) -> dict:
@@ -106,23 +90,10 @@ def scrape_config_for(server_port: int, rules_glob: str) -> dict:
 
 @pytest.fixture(scope="module")
 def prometheus(server, tmp_path_factory) -> Iterator[str]:
-    binary = require_binary("prometheus")
-    workdir = tmp_path_factory.mktemp("prometheus")
     config = scrape_config_for(int(server.rsplit(":", 1)[1]), str(MONITORING / "rules" / "*.yml"))
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    command = [binary, f"--config.file={workdir / 'prometheus.yml'}",
-               f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-               "--log.level=warn"]  # fmt: skip
-    log = (workdir / "prometheus.log").open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, 30, "ready")
-        yield url
-    finally:
-        stop(process)
-        log.close()
+    running = start_prometheus(config, tmp_path_factory.mktemp("prometheus"))
+    yield running.url
+    running.stop()
 
 
 def query(prometheus: str, expr: str, at: float | None = None) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Finding the external tools the monitoring tests drive (promtool, prometheus, Compose).
+"""Finding the external tools the monitoring tests drive (promtool, prometheus, Compose), and
+starting Prometheus.
 
 Docker, Prometheus and Grafana cannot run as containers here, so the tests call the real
 binaries instead. In CI (``CI=true``) a missing binary is a failure: .ci/run installs them.
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import yaml
+
+from tests.processes import RunningProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
@@ -62,7 +65,17 @@ def compose_v2() -> str:
     return str(binary)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def start_prometheus(config: dict, workdir: Path) -> RunningProcess:
+    """The real Prometheus on 127.0.0.1 with ``config`` (a prometheus.yml as a dict), its files
+    in ``workdir``; returned once ready."""
+    binary = require_binary("prometheus")
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    flags = [
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    return RunningProcess.start([binary, *flags], port, workdir / "prometheus.log", "/-/ready", 30)

@@ -1,16 +1,12 @@
-"""Real servers for the tests: ``python -m server`` processes on 127.0.0.1, on a tiny model
-exported by the real exporter (and, where a deliberately slow model is needed, on the
-contract-conforming fake of ``fake_model.py``)."""
+"""Real servers for the tests: ``python -m server`` processes on 127.0.0.1
+(``tests/processes.py``), on a tiny model exported by the real exporter (and, where a
+deliberately slow model is needed, on the contract-conforming fake of ``fake_model.py``)."""
 
 from __future__ import annotations
 
 import io
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +17,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.export.tiny_export import export_tiny_model_dir
+from tests.processes import RunningProcess, free_port
 from tests.server.fake_model import write_fake_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,17 +27,9 @@ SLOW_MATMULS = 100  # ~0.15 s per model call on one thread
 PREDICT = {"protocol": "native", "endpoint": "/predict"}  # the request metrics' labels
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
-class ServerProcess:
-    process: subprocess.Popen
-    url: str
-    log: Path
+class ServerProcess(RunningProcess):
+    """A ``python -m server`` process."""
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
@@ -49,58 +38,22 @@ class ServerProcess:
         text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10).text
         return parse_metrics(text)
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait()
-
 
 def start_server(model_dir: Path, log_dir: Path, *flags: str, env: dict | None = None):
     port = free_port()
-    log = log_dir / f"server-{port}.log"
     command = [PYTHON, "-m", "server", "--model-dir", str(model_dir), "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, *BASE_FLAGS, *flags],
-        cwd=REPO,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+    log = log_dir / f"server-{port}.log"
+    environment = {**os.environ, **(env or {})}
+    return ServerProcess.start(
+        [*command, *BASE_FLAGS, *flags], port, log, "/readyz", 40, cwd=REPO, env=environment
     )
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
-    wait_ready(server)
-    return server
 
 
 def start_demo_server(log_dir: Path) -> ServerProcess:
     """The server as ``make serve`` runs it: no --model-dir, so the committed demo model."""
     port = free_port()
-    log = log_dir / f"demo-{port}.log"
-    process = subprocess.Popen(
-        [PYTHON, "-m", "server", "--port", str(port), "--providers", "cpu"],
-        cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
-    wait_ready(server, timeout_s=90)
-    return server
-
-
-def wait_ready(server: ServerProcess, timeout_s: float = 40.0) -> None:
-    give_up = time.monotonic() + timeout_s
-    while time.monotonic() < give_up:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited:\n{server.log.read_text()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"server not ready in {timeout_s} s:\n{server.log.read_text()}")
+    command = [PYTHON, "-m", "server", "--port", str(port), "--providers", "cpu"]
+    return ServerProcess.start(command, port, log_dir / f"demo-{port}.log", "/readyz", 90, cwd=REPO)
 
 
 def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:

@@ -2,21 +2,22 @@
 their own (``ray.cluster_utils.Cluster``), 1 CPU each, each with one ``replica_slot`` so that
 replicas asking for a slot land one per node. Everything binds to and talks over 127.0.0.1.
 
-The variables below must be in the environment before ``ray`` is first imported (this module
-is imported by tests/server/conftest.py, ahead of any test module) and are inherited by every
-process of the cluster.
+The variables below must be in the environment before ``ray`` is first imported (nothing
+imports ray at module level before test_ray_cluster.py imports this module; ``require_ray``
+checks it) and are inherited by every process of the cluster.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.processes import free_port
 
 RAY_ENVIRONMENT = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -50,12 +51,6 @@ def require_ray():
 
     assert not ray_constants.ENABLE_RAY_CLUSTER, "ray was imported before tests/server/ray_cluster"
     return ray
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

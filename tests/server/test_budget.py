@@ -37,6 +37,13 @@ async def holding(capacity: int, held: int, max_waiting: int = 4):
     return budget, await budget.reserve(held, later())
 
 
+def assert_nothing_leaked(budget: MemoryBudget, held) -> None:
+    """Nobody is left waiting, and once ``held`` goes back no byte is still reserved."""
+    assert budget.waiting == 0
+    held.release()
+    assert budget.in_use == 0
+
+
 @scenario
 async def test_reservations_add_up_and_release_once():
     budget = MemoryBudget(100, max_waiting=4)
@@ -97,9 +104,7 @@ async def test_a_wait_past_the_deadline_is_504_and_leaves_the_queue():
     budget, held = await holding(10, 10)
     with pytest.raises(DeadlineExceeded):
         await budget.reserve(5, later(0.0))
-    assert budget.waiting == 0
-    held.release()
-    assert budget.in_use == 0
+    assert_nothing_leaked(budget, held)
 
 
 @scenario
@@ -111,9 +116,7 @@ async def test_a_cancelled_waiter_frees_its_place_and_lets_smaller_ones_in():
     assert budget.waiting == 2
     blocked.cancel()  # its client left
     (await behind).release()
-    assert budget.waiting == 0
-    held.release()
-    assert budget.in_use == 0
+    assert_nothing_leaked(budget, held)
 
 
 @scenario

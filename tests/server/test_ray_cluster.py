@@ -21,11 +21,12 @@ import httpx
 import pytest
 import yaml
 
-from tests.monitoring.test_prometheus_e2e import Routed, query, stop, substitute, wait_until
+from tests.monitoring.test_prometheus_e2e import Routed, query, substitute, wait_until
 from tests.monitoring.test_rules_and_dashboards import DASHBOARDS, RULE_FILES, dashboard_targets
-from tests.monitoring.tooling import MONITORING, require_binary
+from tests.monitoring.tooling import MONITORING, start_prometheus
+from tests.processes import free_port
 from tests.server.conftest import REPO, image_bytes, random_image
-from tests.server.ray_cluster import SLOT, LocalCluster, free_port, start_cluster
+from tests.server.ray_cluster import SLOT, LocalCluster, start_cluster
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -111,21 +112,9 @@ def ray_config(cluster: LocalCluster) -> dict:
 
 @pytest.fixture(scope="module")
 def prometheus(cluster, tmp_path_factory) -> str:
-    binary = require_binary("prometheus")
-    workdir = tmp_path_factory.mktemp("prometheus-ray")
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(ray_config(cluster)))
-    port = free_port()
-    command = [binary, f"--config.file={workdir / 'prometheus.yml'}",
-               f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-               "--log.level=warn"]  # fmt: skip
-    with (workdir / "prometheus.log").open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, 30, "up")
-            yield url
-        finally:
-            stop(process)
+    running = start_prometheus(ray_config(cluster), tmp_path_factory.mktemp("prometheus-ray"))
+    yield running.url
+    running.stop()
 
 
 def by_replica(prometheus: str, expr: str) -> dict[str, float]:
