@@ -27,7 +27,7 @@ from PIL import Image
 from server import codecs, maps
 from server.batching import Batcher, JobResult
 from server.budget import MemoryBudget, Reservation
-from server.errors import InvalidParameter, deadline_exceeded
+from server.errors import InvalidParameter, TooLarge, deadline_exceeded
 from server.modeldir import ModelDir, TaskInfo
 
 DECODE_BYTES_PER_PIXEL = 8
@@ -138,6 +138,9 @@ class Pipeline:
         """Raw pixels, ``frames`` uint8 (N, H, W, 3): one plan that each frame follows, its
         cost for all of them (the frames themselves are counted: the caller holds them)."""
         count, height, width = frames.shape[:3]
+        if width * height > self.max_pixels:  # as an upload's: each frame is an image
+            raise TooLarge("image_too_large", f"frames are {width}x{height} = {width * height} "
+                           f"pixels each; the limit is {self.max_pixels}")  # fmt: skip
         map_width, map_height = request.size.resolve(width, height, self.model)
         cost = count * (frames[0].nbytes + map_bytes(request, map_width, map_height))
         return Plan(width, height, request, map_width, map_height, 1, cost)

@@ -41,6 +41,7 @@ class ServerProcess:
     process: subprocess.Popen
     url: str
     log: Path
+    grpc: str | None = None  # host:port of the V2 gRPC service, when started with one
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
@@ -72,6 +73,14 @@ def start_server(model_dir: Path, log_dir: Path, *flags: str, env: dict | None =
     )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
     wait_ready(server)
+    return server
+
+
+def start_v2_server(model_dir: Path, log_dir: Path, *flags: str) -> ServerProcess:
+    """``start_server`` with the Open Inference Protocol's gRPC service on a free port too."""
+    grpc_port = free_port()
+    server = start_server(model_dir, log_dir, "--grpc-port", str(grpc_port), *flags)
+    server.grpc = f"127.0.0.1:{grpc_port}"  # bound before the lifespan warms up, so now
     return server
 
 
