@@ -72,7 +72,8 @@ REQUEST_BODY = {
 }
 BINARY_RESPONSES = {
     200: {
-        "description": "json (schema below), npz or png depending on format",
+        "description": "json (schema below), npz, png or multipart/mixed (png, several tasks) "
+        "depending on format",
         "content": {
             "application/x-npz": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},

@@ -288,6 +288,9 @@ def _stacked(
 ) -> np.ndarray:
     if name in ROUTER_OUTPUTS:
         rows = [getattr(frame, name) for frame in frames]  # (T, L, E) or (T, L) each
-        return np.ascontiguousarray(np.stack(rows), np.float32)
-    dtype = KIND_DTYPES[model.task(name).kind]
-    return np.ascontiguousarray(np.stack([frame.maps[name] for frame in frames]), dtype)
+    else:
+        rows = [frame.maps[name] for frame in frames]
+    dtype = np.float32 if name in ROUTER_OUTPUTS else KIND_DTYPES[model.task(name).kind]
+    # One frame: a view with the frame axis added, no copy (a camera-size map is megabytes).
+    stacked = rows[0][None] if len(rows) == 1 else np.stack(rows)
+    return np.ascontiguousarray(stacked, dtype)

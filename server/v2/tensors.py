@@ -116,9 +116,15 @@ def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np
 
 def to_raw(tensor: WireTensor) -> bytes:
     """The tensor's raw bytes (``BYTES``: length-prefixed elements)."""
+    return bytes(raw_view(tensor))
+
+
+def raw_view(tensor: WireTensor) -> bytes | memoryview:
+    """The tensor's raw bytes without a copy where it can be: a numeric tensor's memory itself
+    (row-major, little-endian), for a body that is joined once (``rest.encode_response``)."""
     if tensor.datatype == "BYTES":
         return serialize_bytes(tensor.data)
-    return np.ascontiguousarray(tensor.data, DTYPES[tensor.datatype]).tobytes()
+    return memoryview(np.ascontiguousarray(tensor.data, DTYPES[tensor.datatype])).cast("B")
 
 
 def serialize_bytes(elements: np.ndarray) -> bytes:

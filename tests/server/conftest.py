@@ -84,15 +84,18 @@ def start_v2_server(model_dir: Path, log_dir: Path, *flags: str) -> ServerProces
     return server
 
 
-def start_demo_server(log_dir: Path) -> ServerProcess:
-    """The server as ``make serve`` runs it: no --model-dir, so the committed demo model."""
-    port = free_port()
+def start_demo_server(log_dir: Path, grpc: bool = False) -> ServerProcess:
+    """The server as ``make serve`` runs it: no --model-dir, so the committed demo model (with
+    ``grpc``: as ``make serve GRPC_PORT=...``, a free port)."""
+    port, grpc_port = free_port(), free_port() if grpc else None
     log = log_dir / f"demo-{port}.log"
+    extra = ["--grpc-port", str(grpc_port)] if grpc else []
     process = subprocess.Popen(
-        [PYTHON, "-m", "server", "--port", str(port), "--providers", "cpu"],
+        [PYTHON, "-m", "server", "--port", str(port), "--providers", "cpu", *extra],
         cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    grpc_address = f"127.0.0.1:{grpc_port}" if grpc else None
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log, grpc_address)
     wait_ready(server, timeout_s=90)
     return server
 
