@@ -15,7 +15,9 @@ then ours, ...): a round is ``--requests`` calls from c client threads, each wit
 tritonclient (the sync clients: geventhttpclient for REST, grpcio), sending back to back once
 all are connected. Per round: latency p50 and p99 (client side, send to the last byte parsed)
 and throughput (calls / the round's wall time). Printed: per image and c, each server's median
-over its rounds, and the median of the per-round ratios ours / Triton.
+over its rounds, and the median of the per-round ratios ours / Triton. ``--encoding``: only
+the time to build a response from its computed maps, in this process (REST body, gRPC bytes,
+protobuf's serialisation).
 
 (The asyncio REST client, tritonclient.http.aio over aiohttp, is not used: against Triton's
 HTTP server it took 268 ms p50 per 480x640 call where the sync client took 48 ms, a cost of that
@@ -25,6 +27,7 @@ client with that server, not of either server; docs/benchmarks.md.)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -210,6 +213,52 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def time_encoding(args: argparse.Namespace, width: int, height: int) -> dict[str, float]:
+    """In this process, no client: one photo's response built from its computed maps, every
+    task output, p50 ms over ``--requests`` builds: the REST body (JSON header and the tensors
+    joined), the gRPC bytes ModelInfer sends, and protobuf's own serialisation of that message
+    (what gRPC would otherwise do: three copies of every tensor)."""
+    from server.settings import Settings
+    from server.state import load_state, warm_up
+    from server.v2 import grpc_wire, interface, rest, serving
+    from server.v2.tensors import RequestedOutput, WireRequest, WireTensor
+
+    state = load_state(Settings(model_dir=args.model_dir, providers="cpu", threads=1))
+    warm_up(state)
+    image = photo_jpeg(width, height)
+    inputs = (WireTensor("image", "BYTES", (1,), np.array([image], dtype=object)),)
+    outputs = tuple(RequestedOutput(n, {"binary_data": True}) for n in state.model.task_names)
+    checked = interface.infer_request(WireRequest(state.model.name, "", None, inputs, outputs),
+                                      state.model)  # fmt: skip
+
+    async def frame():
+        state.batcher.start()
+        ask = serving.map_request(checked, serving.REST_MAP_COPIES)
+        prediction = await state.pipeline.predict(image, ask, time.monotonic() + 60, _never)
+        computed = await serving._frame(state, prediction)
+        await state.batcher.stop(10)
+        return computed
+
+    computed = asyncio.run(frame())
+    forms = {
+        "rest_body": lambda r: rest.encode_response(r),
+        "grpc_bytes": lambda r: grpc_wire.infer_response_bytes(r),
+        "grpc_protobuf": lambda r: grpc_wire.to_infer_response(r).SerializeToString(),
+    }
+    times = {name: [] for name in forms}
+    for _ in range(args.requests):
+        for name, form in forms.items():
+            started = time.perf_counter()
+            form(interface.infer_response(checked, state.model, [computed]))
+            times[name].append((time.perf_counter() - started) * 1000)
+    state.render_pool.shutdown()
+    return {name: round(float(np.median(ms)), 2) for name, ms in times.items()}
+
+
+async def _never() -> None:
+    await asyncio.Event().wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=REPO / "demo" / "model")
@@ -224,9 +273,15 @@ def main() -> None:
     parser.add_argument("--triton-instances", type=int, default=1)
     parser.add_argument("--triton-threads", type=int, default=0, help="ORT threads (0: all)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--encoding", action="store_true", help="only time building the "
+                        "responses in this process (time_encoding), each --image")  # fmt: skip
     args = parser.parse_args()
     model = load_model_dir(args.model_dir)
     images = [parse_size(text) for text in (args.image or ["128x128", "480x640"])]
+    if args.encoding:
+        for width, height in images:
+            print(f"{width}x{height}", json.dumps(time_encoding(args, width, height)), flush=True)
+        return
     levels = [int(c) for c in args.concurrency.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as logs:
