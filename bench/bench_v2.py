@@ -50,6 +50,13 @@ from server.modeldir import load_model_dir  # noqa: E402
 
 TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
 MESSAGE = 512 * 2**20
+# gRPC channels of one process with the same target and options share one connection (the
+# global subchannel pool): a local pool gives each client thread its own, as REST's have.
+OWN_CHANNEL = [
+    ("grpc.max_receive_message_length", MESSAGE),
+    ("grpc.max_send_message_length", MESSAGE),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 READY_TIMEOUT_S = 180
 
 
@@ -119,9 +126,7 @@ class Caller:
         module = grpcclient if protocol == "grpc" else httpclient
         self.model = model
         if protocol == "grpc":
-            options = [("grpc.max_receive_message_length", MESSAGE),
-                       ("grpc.max_send_message_length", MESSAGE)]  # fmt: skip
-            self.client = grpcclient.InferenceServerClient(server.grpc, channel_args=options)
+            self.client = grpcclient.InferenceServerClient(server.grpc, channel_args=OWN_CHANNEL)
         else:
             self.client = httpclient.InferenceServerClient(server.http, network_timeout=300)
         binary = {} if module is grpcclient else {"binary_data": True}

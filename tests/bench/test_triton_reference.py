@@ -11,6 +11,7 @@ The venv comes from ``make triton-venv``; when it cannot be built the tests fail
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -237,3 +238,25 @@ def failure_status(url: str) -> str:
     finally:
         client.close()
     return failed.value.status()
+
+
+def test_bench_v2_runs_both_servers_in_alternating_rounds(triton, tmp_path):
+    """bench/bench_v2.py end to end with tiny counts (this checks the script, not the speed):
+    it starts both servers itself, and its summary is what its rounds say."""
+    out = tmp_path / "v2.json"
+    done = subprocess.run(
+        [sys.executable, "bench/bench_v2.py", "--image", "64x48", "--concurrency", "1,2",
+         "--rounds", "2", "--requests", "3", "--warmup", "1", "--triton-threads", "1",
+         "--server-flags", "--threads 1", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["image"], r["concurrency"]) for r in results] == [("64x48", 1), ("64x48", 2)]
+    for result in results:
+        ours, theirs = result["rounds"]["ours"], result["rounds"]["triton"]
+        assert len(ours) == len(theirs) == 2
+        ratios = [a["throughput"] / b["throughput"] for a, b in zip(ours, theirs, strict=True)]
+        assert result["ratio"]["throughput"] == round(float(np.median(ratios)), 3)
+        assert all(r["p99"] >= r["p50"] > 0 for r in ours + theirs)
+    assert "| 64x48 | 2 |" in done.stdout  # the table docs/benchmarks.md shows
