@@ -3,10 +3,13 @@
 #
 #   docker build -t ase-serve:cpu .                          # CPU (the default)
 #   docker build -t ase-serve:cuda --build-arg VARIANT=cuda .  # CUDA 13 + cuDNN 9 (onnxruntime-gpu)
+#   docker build -t ase-serve:ray --build-arg VARIANT=ray .    # + Ray Serve and Ray Data (deploy/ray)
 #
-# Both variants install the same serving lock (requirements/serve.txt, `make lock`: the versions
+# Every variant installs the same serving lock (requirements/serve.txt, `make lock`: the versions
 # the tests ran) and then the project without dependencies; onnxruntime-gpu runs on the CPU
 # provider where no GPU is present, so only the base image and the default providers differ.
+# The ray variant adds requirements/ray.txt on top (ray[serve,data] at the same versions): the
+# image of the Ray nodes, which run the server as Serve replicas (server/ray_app.py).
 # tests/monitoring/test_dockerfile.py replays the builder stage's RUN steps in a fresh venv.
 
 ARG VARIANT=cpu
@@ -15,6 +18,10 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 # ---- base images: a python3 with venv support, nothing else --------------------------------
 FROM ${PYTHON_IMAGE} AS base-cpu
+ENV ASE_PROVIDERS=cpu
+
+# The Ray nodes' image: the CPU base (with bash, which KubeRay starts `ray start` through).
+FROM ${PYTHON_IMAGE} AS base-ray
 ENV ASE_PROVIDERS=cpu
 
 FROM ${CUDA_IMAGE} AS base-cuda
@@ -30,12 +37,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 ARG VENV=/opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY requirements/serve.txt ./requirements/
+ARG VARIANT
+COPY requirements/serve.txt requirements/ray.txt ./requirements/
 COPY model ./model
 COPY export ./export
 COPY server ./server
 RUN python3 -m venv ${VENV}
 RUN ${VENV}/bin/pip install -r requirements/serve.txt
+RUN if [ "${VARIANT}" = ray ]; then ${VENV}/bin/pip install -r requirements/ray.txt; fi
 RUN ${VENV}/bin/pip install --no-deps .
 RUN ${VENV}/bin/pip check
 # The serving image must stay torch-free: fail the build if a dependency pulled it in.

@@ -19,33 +19,35 @@ GRPC_PORT ?=
 
 .PHONY: test lint serve lock clean triton-venv
 
-# The full lock pins torch 2.13.0+cpu, the CPU wheel on local disk (requirements/full.in): a
-# bare `torch` would pull a multi-GB CUDA build. `pip check`: the lock covers pyproject.toml.
-$(VENV)/.installed: pyproject.toml requirements/full.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) -r requirements/full.txt
-	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps -e .
-	$(VENV)/bin/pip check
-	touch $@
-
-$(SERVE_VENV)/.installed: pyproject.toml requirements/serve.txt
-	$(PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/pip install $(PIP_FLAGS) -r requirements/serve.txt
-	$(SERVE_VENV)/bin/pip install $(PIP_FLAGS) --no-deps -e .
-	$(SERVE_VENV)/bin/pip check
-	touch $@
+# A venv from a lock: the lock's versions, then the project itself without dependencies;
+# `pip check` fails the install if the lock does not cover pyproject.toml. The full lock pins
+# torch 2.13.0+cpu, the CPU wheel on local disk (requirements/full.in): a bare `torch` would
+# pull a multi-GB CUDA build.
+define venv_from_lock
+$(1)/.installed: pyproject.toml $(2)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install $(PIP_FLAGS) -r $(2)
+	$(1)/bin/pip install $(PIP_FLAGS) --no-deps -e .
+	$(1)/bin/pip check
+	touch $$@
+endef
+$(eval $(call venv_from_lock,$(VENV),requirements/full.txt))
+$(eval $(call venv_from_lock,$(SERVE_VENV),requirements/serve.txt))
 
 $(LOCK_VENV)/.installed:
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install $(PIP_FLAGS) $(PIP_TOOLS)
 	touch $@
 
-# full: every extra plus requirements/full.in; serve: the serve extra at full's versions.
+# full: every extra plus requirements/full.in; serve: the serve extra at full's versions;
+# ray: serve plus the ray extra at full's versions (the Dockerfile's ray variant).
 lock: $(LOCK_VENV)/.installed
 	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --all-extras \
 		-o requirements/full.txt pyproject.toml requirements/full.in
 	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --extra serve -c requirements/full.txt \
 		-o requirements/serve.txt pyproject.toml
+	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --extra serve --extra ray \
+		-c requirements/full.txt -o requirements/ray.txt pyproject.toml
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -37,12 +37,14 @@ import torch
 
 from model.config import AdapterConfig, BackboneConfig, ModelConfig
 from model.data import SyntheticScenes
+from model.distributed import Processes
 from model.evaluate import eval_loader, evaluate, model_predictor, primary
 from model.metrics import delta_m
 from model.model import ASEModel
 from model.presets import DataConfig, StageConfig, TrainConfig
+from model.stages import base_parameter_names
 from model.tasks import TASK_NAMES
-from model.train import Processes, Trainer, base_parameter_names
+from model.trainer import Trainer
 
 VARIANTS = {  # row name -> (routing, N/k/S/r)
     "lora": ("lora", "16/3/1/4"),

@@ -40,7 +40,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from bench.timing import alternate  # noqa: E402
+from bench.timing import alternate, timed_ms  # noqa: E402
 from export.contract import GRAPH_FILES  # noqa: E402
 from export.to_onnx import export_model_dir  # noqa: E402
 from model.config import AdapterConfig, BackboneConfig, ModelConfig  # noqa: E402
@@ -72,14 +72,7 @@ class Row:
 
 
 def median_ms(call: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+    return statistics.median(timed_ms(call, repeats))
 
 
 def busy_seconds() -> float | None:

@@ -63,8 +63,8 @@ from bench.gpu_runs import (  # noqa: E402
     parity_cases,
     timings,
 )
-from bench.gpu_wheel import ONNXRUNTIME_GPU_VERSION  # noqa: E402
-from export.metadata import GRAPH_FILES, read_metadata  # noqa: E402
+from bench.gpu_wheel import ONNXRUNTIME_GPU_VERSION, WHEELS  # noqa: E402
+from export.contract import read_metadata  # noqa: E402
 from export.to_onnx import export_checkpoint, export_model_dir  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.config import BackboneConfig  # noqa: E402
@@ -133,8 +133,8 @@ def export_job(spec: ModelSpec, precision: str, out: Path, threads: int, reuse: 
     return {
         "model": spec.name, "precision": precision, "dir": str(out),
         "seconds": round(time.perf_counter() - started, 1), "reused": reused,
-        "graphs": {mode: entry["sha256"] for mode, entry in metadata["graphs"].items()},
-        "provider_graph": metadata["provider_graph"], "exporter": metadata["exporter"],
+        "graphs": {mode: entry.sha256 for mode, entry in metadata.graphs.items()},
+        "provider_graph": dict(metadata.provider_graph), "exporter": dict(metadata.exporter),
     }  # fmt: skip
 
 
@@ -175,21 +175,23 @@ def check_graph(path: Path, label: dict, model_facts: dict, plan: Plan, report: 
 def check_model(spec: ModelSpec, exports: list[dict], plan: Plan, report: Report) -> None:
     """Every graph of the model's exports, on images and FLOP counts drawn once per model."""
     model, metadata = spec.build(), read_metadata(Path(exports[0]["dir"]))
-    size, seed = metadata["input"]["height"], int.from_bytes(os.urandom(4), "little")
+    size, seed = metadata.input.height, int.from_bytes(os.urandom(4), "little")
     cases, merged = parity_cases(model.config.tasks, plan.parity_batch), model.merge()
     layouts = [(batch, tasks) for batch in BATCHES for tasks in TASK_COUNTS]
     facts = {
         "cases": cases, "images": draw_images(model, cases, size, seed),
-        "tokens": metadata["adapters"]["tokens_per_stream"], "size": size,
+        "tokens": metadata.adapters.tokens_per_stream, "size": size,
         "gflop": {layout: counted_gflop(merged, size, *layout) for layout in layouts},
     }  # fmt: skip
     report.add("images", {"model": spec.name, "seed": seed, "cases": [c.name for c in cases]})
     for export in sorted(exports, key=lambda e: PRECISIONS.index(e["precision"])):
+        files = read_metadata(Path(export["dir"])).graphs  # the graphs as its metadata names them
         for graph in GRAPHS:
             label = {"model": spec.name, "precision": export["precision"], "graph": graph,
                      "variant": "strict"}  # fmt: skip
             try:
-                check_graph(Path(export["dir"]) / GRAPH_FILES[graph], label, facts, plan, report)
+                path = Path(export["dir"]) / files[graph].file
+                check_graph(path, label, facts, plan, report)
             except Exception as error:  # a graph that cannot run is a finding: go on with the rest
                 report.add("errors", {**label, "error": f"{type(error).__name__}: {error}"})
             print(f"{spec.name} {export['precision']} {graph}: done", flush=True)
@@ -206,8 +208,12 @@ def choose_device(requested: str) -> str:
 
 
 def environment(device: str, small: bool) -> dict:
-    """What ran: versions, the GPU and its clocks (nvidia-smi), the packages onnxruntime uses."""
+    """What ran: versions, the GPU and its clocks (nvidia-smi), the packages onnxruntime uses,
+    the carried wheels' packages and where pydantic came from (on the GPU machine: the
+    carried wheels' install, bench/gpu_device.sh)."""
     from importlib import metadata
+
+    import pydantic
 
     def version(name: str) -> str | None:
         try:
@@ -220,7 +226,9 @@ def environment(device: str, small: bool) -> dict:
             "onnxruntime": ort.__version__, "onnxruntime_file": ort.__file__,
             "onnxruntime_expected": ONNXRUNTIME_GPU_VERSION if device == "cuda" else None,
             "providers": ort.get_available_providers(),
-            "packages": {name: version(name) for name in DEVICE_PACKAGES}}  # fmt: skip
+            "packages": {name: version(name) for name in DEVICE_PACKAGES},
+            "carried": {wheel.project: version(wheel.project) for wheel in WHEELS},
+            "pydantic_file": pydantic.__file__}  # fmt: skip
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
         query = "name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.draw"

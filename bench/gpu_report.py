@@ -10,6 +10,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+PARITY_COLUMNS = (  # a table's columns, as its markdown header says them
+    "model | precision | graph | setting | cases passed | max abs diff | max mean diff | "
+    "min labels equal | max tokens moved | router identical | nodes by provider | failures"
+)
+TIMING_COLUMNS = (
+    "model | precision | graph | setting | batch | tasks | tokens | median ms | min ms | "
+    "host arrays ms | GFLOP | TFLOP/s | % of GEMM"
+)
 GRAPH_COLUMNS = (("dense", "fp32"), ("sparse", "fp32"), ("dense", "fp16"), ("sparse", "fp16"))
 RATIOS = (  # the speed table's ratio columns, in order: (numerator, denominator) ms
     ("dense fp32", "sparse fp32"),
@@ -36,6 +44,7 @@ def header(data: dict) -> list[str]:
         f"torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), onnxruntime "
         f"{env.get('onnxruntime')} ({env.get('onnxruntime_file')}), Python {env.get('python')}, "
         f"{env.get('cpus')} CPUs",
+        f"pydantic {env.get('carried', {}).get('pydantic')} ({env.get('pydantic_file')})",
         f"reference GEMM: torch {dtype} {gemm.get('n')}^3 on {gemm.get('device')}: "
         f"{rate:.3g} TFLOP/s (the faster of start and end; all: {_rates(gemm)})",
     ]
@@ -46,19 +55,31 @@ def header(data: dict) -> list[str]:
 
 def _rates(gemm: dict) -> str:
     moments = {"tflops": "start", "tflops_end": "end"}
-    return "; ".join(f"{moment} {dtype} {rate:.3g}" for key, moment in moments.items()
-                     for dtype, rate in gemm.get(key, {}).items())  # fmt: skip
+    return "; ".join(
+        f"{moment} {dtype} {rate:.3g}"
+        for key, moment in moments.items()
+        for dtype, rate in gemm.get(key, {}).items()
+    )
 
 
 def exports_table(data: dict) -> list[str]:
     lines = ["| model | precision | export s | provider_graph | exporter |", "| --- " * 5 + "|"]
     for e in data.get("exports", []):
-        mapping = ", ".join(f"{p.replace('ExecutionProvider', '')}: {g}"
-                            for p, g in e["provider_graph"].items())  # fmt: skip
+        mapping = ", ".join(
+            f"{p.replace('ExecutionProvider', '')}: {g}" for p, g in e["provider_graph"].items()
+        )
         exporter = ", ".join(f"{k} {v}" for k, v in e["exporter"].items())
-        lines.append(f"| {e['model']} | {e['precision']} | {e['seconds']} | {mapping} | "
-                     f"{exporter} |")  # fmt: skip
+        lines.append(
+            f"| {e['model']} | {e['precision']} | {e['seconds']} | {mapping} | {exporter} |"
+        )
     return lines
+
+
+def table(columns: str, rows: list[list]) -> list[str]:
+    """A markdown table: the header (``columns``, "a | b | ..."), its separator, one line per
+    row of cells."""
+    lines = [f"| {columns} |", "| --- " * (columns.count(" | ") + 1) + "|"]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
 def _key(row: dict) -> tuple:
@@ -71,48 +92,36 @@ def parity_table(data: dict) -> list[str]:
     for row in data.get("parity", []):
         groups[_key(row)].append(row)
     placement = {_key(row): row for row in data.get("placement", [])}
-    lines = [
-        "| model | precision | graph | setting | cases passed | max abs diff | max mean diff | "
-        "min labels equal | max tokens moved | router identical | nodes by provider | failures |",
-        "| --- " * 12 + "|",
-    ]
-    for key, rows in groups.items():
-        worst = max((v for r in rows for v in r["map_error"].values()), default=0.0)
-        mean = max((v for r in rows for v in r["map_mean_error"].values()), default=0.0)
-        labels = min((v for r in rows for v in r["label_agreement"].values()), default=1.0)
-        moved = max(r["tokens_moved"] for r in rows)
+    rows = []
+    for key, cases in groups.items():
+        worst = max((v for r in cases for v in r["map_error"].values()), default=0.0)
+        mean = max((v for r in cases for v in r["map_mean_error"].values()), default=0.0)
+        labels = min((v for r in cases for v in r["label_agreement"].values()), default=1.0)
+        moved = max(r["tokens_moved"] for r in cases)
         nodes = placement.get(key, {}).get("nodes", {})
         where = ", ".join(f"{p.replace('ExecutionProvider', '')} {n}" for p, n in nodes.items())
-        failures = "; ".join(f"{r['case']}: {f}" for r in rows for f in r["failures"])
-        lines.append(
-            f"| {' | '.join(key)} | {sum(r['passed'] for r in rows)}/{len(rows)} | {worst:.2e} | "
-            f"{mean:.1e} | {labels:.4%} | {moved:.2%} | "
-            f"{sum(r['router_identical'] for r in rows)}/{len(rows)} | {where or 'n/a'} | "
-            f"{failures or '-'} |"
-        )
-    return lines
+        failures = "; ".join(f"{r['case']}: {f}" for r in cases for f in r["failures"])
+        passed = f"{sum(r['passed'] for r in cases)}/{len(cases)}"
+        identical = f"{sum(r['router_identical'] for r in cases)}/{len(cases)}"
+        errors = f"{worst:.2e} | {mean:.1e} | {labels:.4%} | {moved:.2%}"
+        rows.append([*key, passed, errors, identical, where or "n/a", failures or "-"])
+    return table(PARITY_COLUMNS, rows)
 
 
 def timing_rows(data: dict) -> list[str]:
     """Every timed row: bound to the device and with host arrays."""
     _, rate = reference_rate(data)
-    lines = [
-        "| model | precision | graph | setting | batch | tasks | tokens | median ms | min ms | "
-        "host arrays ms | GFLOP | TFLOP/s | % of GEMM |",
-        "| --- " * 13 + "|",
-    ]
+    rows = []
     for r in data.get("timing", []):
         if "skipped" in r:
-            lines.append(f"| {' | '.join(_key(r))} | {r['batch']} | {r['tasks']} | skipped: "
-                         f"{r['skipped']} |" + " |" * 6)  # fmt: skip
+            rows.append([*_key(r), r["batch"], r["tasks"], f"skipped: {r['skipped']}"] + [""] * 6)
             continue
         share = f"{r['tflops'] / rate:.1%}" if rate else "n/a"
-        lines.append(
-            f"| {' | '.join(_key(r))} | {r['batch']} | {r['tasks']} | {r['tokens']} | "
-            f"{r['ms']:.3f} | {r['min_ms']:.3f} | {r['host_ms']:.3f} | {r['gflop']:.1f} | "
-            f"{r['tflops']:.2f} | {share} |"
-        )
-    return lines
+        numbers = (r["ms"], r["min_ms"], r["host_ms"], r["gflop"], r["tflops"])
+        formats = (".3f", ".3f", ".3f", ".1f", ".2f")
+        measured = [format(value, spec) for value, spec in zip(numbers, formats, strict=True)]
+        rows.append([*_key(r), r["batch"], r["tasks"], r["tokens"], *measured, share])
+    return table(TIMING_COLUMNS, rows)
 
 
 def speed_table(data: dict) -> list[str]:

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.timing import timed_ms
 from export.check import (
     MAX_DRAWS,
     TIE_MARGIN,
@@ -139,13 +140,7 @@ def counted_gflop(merged: ASEModel, size: int, batch: int, tasks: int) -> float:
 
 def median_ms(call, warmup: int, repeats: int) -> tuple[float, float]:
     """(median, minimum) in ms of ``repeats`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1e3)
+    times = timed_ms(call, repeats, warmup)
     return float(np.median(times)), float(np.min(times))
 
 

@@ -26,10 +26,10 @@ from torch import Tensor  # noqa: E402
 from export.contract import read_metadata  # noqa: E402
 from export.to_onnx import export_checkpoint  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
+from model.data.sources import eval_source  # noqa: E402
 from model.evaluate import (  # noqa: E402
     Predictor,
     eval_loader,
-    eval_source,
     evaluate,
     format_table,
     model_predictor,

@@ -14,6 +14,18 @@ from collections.abc import Callable
 import numpy as np
 
 
+def timed_ms(call: Callable[[], object], repeats: int, warmup: int = 3) -> list[float]:
+    """Wall ms of ``repeats`` calls of ``call`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1e3)
+    return times
+
+
 def alternate(
     calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 3
 ) -> dict[str, np.ndarray]:

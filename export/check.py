@@ -44,6 +44,9 @@ from model.model import ASEModel
 from model.routing import RouterOutput, TaskRouter
 from model.tasks import TASK_NAMES, TASKS
 
+Outputs = dict[str, np.ndarray]
+"""A graph's outputs by name: each task's maps, ``expert_tokens``, ``shared_gate_mass``."""
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -145,7 +148,7 @@ def open_session(path: Path, threads: int = 2) -> ort.InferenceSession:
 
 def eager_reference(
     model: ASEModel, images: np.ndarray, stream_image: np.ndarray, stream_task: np.ndarray
-) -> tuple[dict[str, np.ndarray], float]:
+) -> tuple[Outputs, float]:
     """The reference in contract-3 form (tasks without streams give (0, C, H, W)) and the
     smallest top-k boundary gap of any router's logits (inf: no router)."""
     margins: list[float] = []
@@ -182,12 +185,7 @@ def _top_k_gap(k: int, routing: RouterOutput) -> float:
 
 
 def compare(
-    graph: str,
-    case: StreamCase,
-    got: dict[str, np.ndarray],
-    want: dict[str, np.ndarray],
-    tolerance: Tolerance,
-    tokens: int,
+    graph: str, case: StreamCase, got: Outputs, want: Outputs, tolerance: Tolerance, tokens: int
 ) -> CaseResult:
     result = CaseResult(graph, case.name, {}, {}, {}, 0.0, 0.0)
     for task in (name for name in got if name in TASKS):
@@ -218,11 +216,7 @@ def compare(
 
 
 def _compare_router(
-    result: CaseResult,
-    got: dict[str, np.ndarray],
-    want: dict[str, np.ndarray],
-    tolerance: Tolerance,
-    tokens: int,
+    result: CaseResult, got: Outputs, want: Outputs, tolerance: Tolerance, tokens: int
 ) -> None:
     for name in ("expert_tokens", "shared_gate_mass"):
         if got[name].shape != want[name].shape:
@@ -283,7 +277,7 @@ def check_model_dir(
 
 def _draw(
     generator: np.random.Generator, model: ASEModel, case: StreamCase, size: tuple[int, int]
-) -> tuple[np.ndarray, dict[str, np.ndarray], float]:
+) -> tuple[np.ndarray, Outputs, float]:
     """Random images for ``case`` whose reference routing has no near-tie (up to ``MAX_DRAWS``
     tries), the reference, and its smallest top-k gap (below ``TIE_MARGIN``: every try tied)."""
     stream_image, stream_task = case.tensors()

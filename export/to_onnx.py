@@ -30,31 +30,26 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import onnx  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import onnx
+import torch
+from torch import Tensor, nn
 
-from export.contract import (  # noqa: E402
-    GRAPH_FILES,
-    GRAPH_INPUTS,
-    PROVIDERS,
-    SourceInfo,
-    file_sha256,
-    write_metadata,
-)
-from export.dispatch import DISPATCH_MODES, export_module, keep_routers_fp32  # noqa: E402
-from export.lean import make_lean  # noqa: E402
-from export.metadata import build_metadata, output_names  # noqa: E402
-from export.quantize import quantize_graph  # noqa: E402
-from model.checkpoint import load_checkpoint  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from model.heads import postprocess  # noqa: E402
-from model.model import ASEModel  # noqa: E402
-from model.tasks import TASKS  # noqa: E402
+from export import contract
+from export.contract import GRAPH_FILES, GRAPH_INPUTS, PROVIDERS, SourceInfo
+from export.dispatch import DISPATCH_MODES, export_module, keep_routers_fp32
+from export.lean import make_lean
+from export.metadata import build_metadata, output_names
+from export.quantize import quantize_graph
+from model.checkpoint import load_checkpoint
+from model.config import ModelConfig
+from model.heads import postprocess
+from model.model import ASEModel
+from model.tasks import TASKS
 
 OPSET = 18
 IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions for some graphs
@@ -227,33 +222,32 @@ def export_model_dir(
         exporter={"torch": str(torch.__version__), "onnx": onnx.__version__},
         quantized_from=quantized_from,
     )
-    write_metadata(out_dir, metadata)
+    contract.write_metadata(out_dir, metadata)
     return out_dir
 
 
-def export_checkpoint(
-    checkpoint: Path,
-    out_dir: Path,
-    *,
-    dispatch: str = "auto",
-    fp16: bool = False,
-    int8: bool = False,
-    lean: bool = True,
-    name: str = "ase-model",
-) -> Path:
+class ExportOptions(TypedDict, total=False):
+    """The options ``export_checkpoint`` passes on to ``export_model_dir`` (its defaults)."""
+
+    dispatch: str
+    fp16: bool
+    int8: bool
+    lean: bool
+    name: str
+
+
+def export_checkpoint(checkpoint: Path, out_dir: Path, **options: Unpack[ExportOptions]) -> Path:
     """Load a checkpoint (errors name the problem) and export it."""
     checkpoint = Path(checkpoint)
-    check_options(fp16, int8)  # reject bad options before the slow part
+    # Bad options are rejected before the slow part (loading, then tracing).
+    check_options(options.get("fp16", False), options.get("int8", False))
     model, payload = load_checkpoint(checkpoint)
-    graph_modes(model.config, dispatch)
     source = SourceInfo(
         checkpoint=checkpoint.name,
-        checkpoint_sha256=file_sha256(checkpoint),
+        checkpoint_sha256=contract.file_sha256(checkpoint),
         step=int(payload.get("step") or 0),
     )
-    return export_model_dir(
-        model, out_dir, dispatch=dispatch, fp16=fp16, int8=int8, lean=lean, name=name, source=source
-    )
+    return export_model_dir(model, out_dir, source=source, **options)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

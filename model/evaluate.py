@@ -32,7 +32,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from model.data import NORMALS_VALID, PascalContext, SyntheticScenes
+from model.cli import add_split_arguments, run, split_from_args
+from model.data import NORMALS_VALID
+from model.data.sources import data_config, train_source
 from model.data.transforms import (
     EvalTransform,
     MultiTaskDataset,
@@ -48,18 +50,6 @@ from model.tasks import TASKS, require_dataset
 
 Predictor = Callable[[Tensor], dict[str, Tensor]]
 """images (B, 3, H, W) -> post-processed predictions per task, each (B, C, H, W)."""
-
-
-def eval_source(data: str, split: str, count: int, size: int, seed: int = 0):
-    """``synthetic`` scenes of a held-out split, or a PASCAL_MT split at ``data``."""
-    if data == "synthetic":
-        if split == "train":
-            raise ValueError("evaluate on a held-out synthetic split ('val' or 'test')")
-        return SyntheticScenes(size, count, seed=seed, split=split)
-    source = PascalContext(data, split)  # names a missing root or file
-    if count:
-        source.ids = source.ids[:count]
-    return source
 
 
 RESOLUTIONS = ("original", "fixed")
@@ -117,8 +107,10 @@ def _at_label_size(
     for index in range(some.shape[0]):
         image_targets = {key: value[index].numpy()[None] for key, value in targets.items()}
         size = image_targets[next(iter(targets))].shape[-2:]
-        restored = {task: restore_size(TASKS[task].kind, p[index], size)[None]
-                    for task, p in predictions.items()}  # fmt: skip
+        restored = {
+            task: restore_size(TASKS[task].kind, p[index], size)[None]
+            for task, p in predictions.items()
+        }
         yield restored, image_targets
 
 
@@ -274,14 +266,15 @@ def format_table(rows: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--data", required=True, help="'synthetic' or a PASCAL_MT root")
-    parser.add_argument("--split", default="val", help="synthetic: val/test; PASCAL: train/val")
-    parser.add_argument("--count", type=int, default=200, help="images (0: a whole PASCAL split)")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic scenes' seed")
+    add_split_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--resolution", default="original", choices=RESOLUTIONS,
-                        help="original: each image at its own size (the benchmark's); "
-                        "fixed: labels resized to the model's input")  # fmt: skip
+    parser.add_argument(
+        "--resolution",
+        default="original",
+        choices=RESOLUTIONS,
+        help="original: each image at its own size (the benchmark's); "
+        "fixed: labels resized to the model's input",
+    )
     parser.add_argument("--baselines", action="store_true", help="also score trivial predictors")
     parser.add_argument("--reference", type=Path, help="JSON of reference metrics for Δm")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -297,17 +290,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model.to(args.device)
     config = model.config
     size = config.backbone.image_size
-    source = eval_source(args.data, args.split, args.count, size, args.seed)
+    source = split_from_args(args, size)
     loader = eval_loader(source, size, config.tasks, args.batch_size, args.resolution)
     rows = {
         "model": evaluate(model_predictor(model, args.device), loader, config.tasks, config.dataset)
     }
     if args.baselines:
-        fit = (
-            eval_source(args.data, "train", 0, size, args.seed)
-            if args.data != "synthetic"
-            else (SyntheticScenes(size, 64, seed=args.seed, split="train"))
-        )
+        fit = train_source(data_config(args.data, args.seed), size)  # constants: its first images
         rows |= baseline_results(source, loader, config.tasks, config.dataset, fit)
     report: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),
@@ -331,8 +320,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def cli() -> None:
+    run(main)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    cli()

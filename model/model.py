@@ -62,9 +62,11 @@ class ASEModel(nn.Module):
         self.backbone = ViTBackbone(backbone, adapters, len(config.tasks))
         levels = len(self.backbone.feature_layers)
         self.heads = nn.ModuleDict(
-            {t: DenseHead(backbone.width, levels, backbone.grid, dataset.channels(t))
-             for t in config.tasks}
-        )  # fmt: skip
+            {
+                t: DenseHead(backbone.width, levels, backbone.grid, dataset.channels(t))
+                for t in config.tasks
+            }
+        )
         # Global task id (index in TASK_NAMES) -> this model's task slot; -1: not in the model.
         slots = [config.tasks.index(t) if t in config.tasks else -1 for t in TASK_NAMES]
         self.register_buffer("task_slot", torch.tensor(slots), persistent=False)

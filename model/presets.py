@@ -127,6 +127,7 @@ def demo() -> TrainConfig:
 
 def tiny() -> TrainConfig:
     """Seconds on a CPU: for tests and smoke runs."""
+    stage = StageConfig(steps=4, lr=3e-3, warmup=1)  # both stages
     return TrainConfig(
         model=ModelConfig(
             backbone=BackboneConfig(image_size=32, patch_size=8, width=32, depth=2, heads=2),
@@ -134,8 +135,8 @@ def tiny() -> TrainConfig:
         ),
         # No augmentation: a resumed tiny run must reproduce an uninterrupted one exactly.
         data=DataConfig(dataset="synthetic", val_size=4, augment="none", workers=0),
-        single_task=StageConfig(steps=4, lr=3e-3, warmup=1),
-        multi_task=StageConfig(steps=4, lr=3e-3, warmup=1),
+        single_task=stage,
+        multi_task=stage,
         batch_size=4,
         eval_every=0,
         checkpoint_every=0,

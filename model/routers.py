@@ -21,27 +21,20 @@ Expert indices: routed ``0 .. N-S-1``, shared ``N-S .. N-1`` (docs/architecture.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # not pyplot: files only, no display or global figures
+from torch.utils.data import DataLoader
 
-matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from model.evaluate import eval_loader, eval_source  # noqa: E402
-from model.model import ASEModel  # noqa: E402
+from model.cli import add_split_arguments, run, split_from_args
+from model.evaluate import eval_loader
+from model.model import ASEModel
 
 
 @dataclass
@@ -108,16 +101,14 @@ def draw_task(usage: RouterUsage, index: int, title: str, path: Path) -> None:
     """One task: layer x expert token share, and the shared gate share per layer."""
     share, gate = usage.token_share[index], usage.shared_gate_share[index]  # (L, N), (L,)
     layers, experts = share.shape
-    figure, (heat, bars) = plt.subplots(1, 2, figsize=(4.5 + 0.32 * experts, 1.4 + 0.4 * layers),
-                                        gridspec_kw={"width_ratios": [experts, 6]},
-                                        layout="constrained")  # fmt: skip
+    figure = Figure(figsize=(4.5 + 0.32 * experts, 1.4 + 0.4 * layers), layout="constrained")
+    heat, bars = figure.subplots(1, 2, gridspec_kw={"width_ratios": [experts, 6]})
     image = heat.imshow(share, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     heat.set_ylabel("layer")
     heat.set_yticks(range(layers))
     _experts_axis(heat, usage, experts)
-    heat.set_title(f"{usage.tasks[index]}: share of tokens per expert"
-                   + (" (right of the line: shared)" if experts > usage.routed else ""),
-                   fontsize=9)  # fmt: skip
+    shared = " (right of the line: shared)" if experts > usage.routed else ""
+    heat.set_title(f"{usage.tasks[index]}: share of tokens per expert{shared}", fontsize=9)
     figure.colorbar(image, ax=heat, fraction=0.05)
     bars.barh(range(layers), gate, color="tab:orange")
     for layer, value in enumerate(gate):
@@ -130,7 +121,6 @@ def draw_task(usage: RouterUsage, index: int, title: str, path: Path) -> None:
     bars.set_title("shared experts' gate", fontsize=9)
     figure.suptitle(title, fontsize=9)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def draw_tasks(usage: RouterUsage, title: str, path: Path) -> None:
@@ -139,7 +129,7 @@ def draw_tasks(usage: RouterUsage, title: str, path: Path) -> None:
     layers, names = shares.shape[1], usage.tasks
     columns = min(layers, 6)
     rows = -(-layers // columns)
-    figure = plt.figure(figsize=(2.4 * columns, 2.1 * rows + 3.0), layout="constrained")
+    figure = Figure(figsize=(2.4 * columns, 2.1 * rows + 3.0), layout="constrained")
     grid = figure.add_gridspec(rows + 1, columns, height_ratios=[1] * rows + [1.6])
     peak = float(shares.max())
     for layer in range(layers):
@@ -155,8 +145,8 @@ def draw_tasks(usage: RouterUsage, title: str, path: Path) -> None:
     mean.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
     mean.set_yticks(range(len(names)), names, fontsize=7)
     for (row, column), value in np.ndenumerate(overlap.mean(axis=0)):
-        mean.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                  color="white" if value > 0.6 else "black")  # fmt: skip
+        colour = "white" if value > 0.6 else "black"
+        mean.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color=colour)
     mean.set_title("dispatch overlap of two tasks, mean over layers", fontsize=8)
     per_layer = figure.add_subplot(grid[rows, columns // 2 :])
     pairs = np.triu_indices(len(names), k=1)
@@ -167,7 +157,6 @@ def draw_tasks(usage: RouterUsage, title: str, path: Path) -> None:
     per_layer.set_title("mean overlap of task pairs per layer", fontsize=8)
     figure.suptitle(title, fontsize=9)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def report(usage: RouterUsage, meta: dict[str, Any]) -> dict[str, Any]:
@@ -194,10 +183,7 @@ def report(usage: RouterUsage, meta: dict[str, Any]) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--data", required=True, help="'synthetic' or a PASCAL_MT root")
-    parser.add_argument("--split", default="val", help="synthetic: val/test; PASCAL: train/val")
-    parser.add_argument("--count", type=int, default=200, help="images (0: a whole PASCAL split)")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic scenes' seed")
+    add_split_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs and JSON")
     return parser
@@ -209,27 +195,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     model, payload = load_checkpoint(args.checkpoint)
     size = model.config.backbone.image_size
-    source = eval_source(args.data, args.split, args.count, size, args.seed)
+    source = split_from_args(args, size)
     # The model sees model-size images either way; "fixed" skips reading labels at full size.
     loader = eval_loader(source, size, model.config.tasks, args.batch_size, resolution="fixed")
     usage = measure(model, loader)
     adapters = model.config.adapters
-    title = (f"{args.checkpoint} ({adapters.routing} {adapters.spec}, step {payload.get('step')})"
-             f", {args.data} {args.split}, {usage.images} images")  # fmt: skip
+    variant = f"{adapters.routing} {adapters.spec}, step {payload.get('step')}"
+    title = f"{args.checkpoint} ({variant}), {args.data} {args.split}, {usage.images} images"
     args.out.mkdir(parents=True, exist_ok=True)
     for index, task in enumerate(usage.tasks):
         draw_task(usage, index, title, args.out / f"{task}.png")
     draw_tasks(usage, title, args.out / "tasks.png")
-    meta = {"checkpoint": str(args.checkpoint), "step": payload.get("step"), "data": args.data,
-            "split": args.split, "routing": adapters.routing, "spec": adapters.spec}  # fmt: skip
+    meta = {
+        "checkpoint": str(args.checkpoint),
+        "step": payload.get("step"),
+        "data": args.data,
+        "split": args.split,
+        "routing": adapters.routing,
+        "spec": adapters.spec,
+    }
     result = report(usage, meta)
     (args.out / "routers.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {len(usage.tasks) + 1} figures and routers.json to {args.out}")
     return result
 
 
+def cli() -> None:
+    run(main)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    cli()

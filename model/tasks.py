@@ -43,15 +43,14 @@ TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 """Canonical order; a task's id in a graph or a batch is its index here."""
 
 PARTS_CLASSES = ("background", "head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg")
-PARTS_PALETTE = (
-    (0, 0, 0),
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-)
+
+
+def hex_palette(colours: str) -> tuple[tuple[int, int, int], ...]:
+    """``"000000 e6194b ..."`` -> ((0, 0, 0), (230, 25, 75), ...): one class's colour each."""
+    return tuple(tuple(bytes.fromhex(colour)) for colour in colours.split())
+
+
+PARTS_PALETTE = hex_palette("000000 e6194b 3cb44b ffe119 0082c8 f58230 911eb4")
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -60,14 +59,7 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 SYNTHETIC_CLASSES = ("background", "person", "sphere", "box", "cylinder", "cone")
-SYNTHETIC_PALETTE = (
-    (0, 0, 0),
-    (220, 20, 60),
-    (0, 128, 255),
-    (255, 170, 0),
-    (40, 200, 120),
-    (170, 80, 255),
-)
+SYNTHETIC_PALETTE = hex_palette("000000 dc143c 0080ff ffaa00 28c878 aa50ff")
 
 
 def voc_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:

@@ -1,7 +1,10 @@
 """``python -m server [--flag value ...]``: every setting is a flag; flags override ``ASE_*``.
 
-Settings and the model directory are checked here, before uvicorn starts, so a bad value or a
-missing/corrupt model exits at once with a message (status 2), not on the first request.
+``--ray ADDRESS`` serves the same app as Ray Serve replicas on the Ray cluster at ADDRESS
+(server/ray_app.py) instead of here; ``python -m server predict-dataset ...`` predicts a
+folder of images (server/batch.py). Settings and the model directory are checked here,
+before anything starts, so a bad value or a missing/corrupt model exits at once with a message
+(status 2), not on the first request.
 """
 
 from __future__ import annotations
@@ -13,39 +16,37 @@ import shutil
 import sys
 import tempfile
 
-from pydantic import ValidationError
-
-from server.modeldir import ModelDirError, load_model_dir
+from server.cli import add_setting_flags, checked_settings
 from server.settings import Settings
 
 log = logging.getLogger("server")
+PREDICT_DATASET = "predict-dataset"
 
 
-def parse_flags(argv: list[str]) -> dict[str, str]:
+def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
-    for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(
-            flag, dest=name, default=None, help=f"{field.description} (ASE_{name.upper()})"
-        )
-    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    add_setting_flags(parser)
+    parser.add_argument(
+        "--ray", metavar="ADDRESS", default=None,
+        help="serve as Ray Serve replicas on this Ray cluster (e.g. auto, 10.0.0.5:6379)",
+    )  # fmt: skip
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = Settings(**parse_flags(sys.argv[1:] if argv is None else argv))
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        print(f"error: bad setting: {problems}", file=sys.stderr)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [PREDICT_DATASET]:
+        from server.batch_cli import main as predict_dataset
+
+        return predict_dataset(argv[1:])
+    args = parse_flags(argv)
+    settings = checked_settings(args)
+    if settings is None:
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        load_model_dir(settings.model_dir)
-    except ModelDirError as error:
-        print(f"error: cannot serve: {error}", file=sys.stderr)
-        return 2
+    if args.ray is not None:
+        from server.ray_app import serve_on_ray
+
+        return serve_on_ray(settings, args.ray)
     if settings.workers > 1:
         _prepare_multiprocess_metrics()
     return _serve(settings)
@@ -65,12 +66,17 @@ def _prepare_multiprocess_metrics() -> None:
 
 def uvicorn_options(settings: Settings) -> dict:
     """What every uvicorn run gets. The drain timeout stays a float: uvicorn waits on it with
-    ``asyncio.wait_for``, and ``int(0.5)`` would be 0, cancelling requests in flight at once."""
+    ``asyncio.wait_for``, and ``int(0.5)`` would be 0, cancelling requests in flight at once.
+    The event loop and HTTP parser are named, not "auto": the full install has uvloop and
+    httptools (Ray's uvicorn[standard]), the serving install and the image do not, and the
+    tests must run the server the image runs."""
     return dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        loop="asyncio",
+        http="h11",
     )
 
 

@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     app.state.server = None
+    app.state.warming = None
     app.state.settings = settings
     add_error_handlers(app)
     for router in ROUTERS:
@@ -88,6 +89,7 @@ def _lifespan(settings: Settings):
         state.batcher.start()
         grpc_server = None if settings.grpc_port is None else await serving.start_grpc(state)
         warming = asyncio.create_task(_warm_up(state))
+        app.state.warming = warming  # a Ray Serve replica's first health check awaits it
         try:
             yield
         finally:

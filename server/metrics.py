@@ -44,6 +44,18 @@ class ServerMetrics:
         self._pending_tokens = np.zeros((task_slots, layers, experts))
         self._pending_mass = np.zeros((task_slots, layers))
         self.registry = CollectorRegistry()
+        self._declare_requests()
+        self._declare_batches()
+        self._declare_routers()
+        info = Gauge(
+            "ase_model_info", "the model being served (value 1)",
+            ["name", "version", "adapters", "routing", "provider"],
+            multiprocess_mode="livemax", registry=self.registry,
+        )  # fmt: skip
+        spec, routing = model.adapters.spec, model.adapters.routing.value
+        info.labels(model.name, model.version, spec, routing, provider).set(1)
+
+    def _declare_requests(self) -> None:
         r = self.registry
         self.requests = Counter(
             "ase_requests",
@@ -56,6 +68,13 @@ class ServerMetrics:
             "ase_request_duration_seconds", "whole request, first byte in to response out",
             ["protocol", "endpoint"], buckets=REQUEST_BUCKETS, registry=r,
         )  # fmt: skip
+        self.dropped = Counter(
+            "ase_requests_dropped", "queued requests dropped before the model ran them",
+            ["reason"], registry=r,
+        )  # fmt: skip
+
+    def _declare_batches(self) -> None:
+        r = self.registry
         self.queue_wait = Histogram(
             "ase_queue_wait_seconds", "time a request waited for its batch to start",
             buckets=QUEUE_BUCKETS, registry=r,
@@ -71,15 +90,12 @@ class ServerMetrics:
             "ase_batch_streams", "streams per model call", buckets=STREAM_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(
-            "ase_queue_depth",
-            "requests waiting for a batch",
-            multiprocess_mode="livesum",
+            "ase_queue_depth", "requests waiting for a batch", multiprocess_mode="livesum",
             registry=r,
-        )
-        self.dropped = Counter(
-            "ase_requests_dropped", "queued requests dropped before the model ran them",
-            ["reason"], registry=r,
         )  # fmt: skip
+
+    def _declare_routers(self) -> None:
+        r = self.registry
         self.expert_tokens = Counter(
             "ase_expert_tokens", "tokens each expert processed",
             ["layer", "task", "expert", "kind"], registry=r,
@@ -94,13 +110,6 @@ class ServerMetrics:
         self.task_requests = Counter(
             "ase_task_requests", "streams served per task", ["task"], registry=r
         )
-        info = Gauge(
-            "ase_model_info", "the model being served (value 1)",
-            ["name", "version", "adapters", "routing", "provider"],
-            multiprocess_mode="livemax", registry=r,
-        )  # fmt: skip
-        spec, routing = model.adapters.spec, model.adapters.routing.value
-        info.labels(model.name, model.version, spec, routing, provider).set(1)
 
     def observe_request(self, protocol: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(protocol, endpoint, str(status)).inc()

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +85,24 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="server processes (metrics: multiprocess)")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="longest drain on SIGTERM")
     log_level: str = Field("info", description="critical, error, warning, info or debug")
+    # Ray only: Serve replicas (server/ray_app.py), each one server, and batch actors (batch_ray)
+    ray_num_cpus: float = Field(
+        1.0, gt=0, description="Ray: CPUs each replica (or batch actor) reserves; also its ORT "
+        "and render threads where threads / render_threads are 0",
+    )  # fmt: skip
+    ray_num_gpus: float = Field(
+        0.0, ge=0, description="Ray: GPUs each replica (or batch actor) reserves"
+    )
+    ray_min_replicas: int = Field(1, ge=0, description="Ray Serve: fewest replicas")
+    ray_max_replicas: int = Field(4, ge=1, description="Ray Serve: most replicas")
+    ray_target_ongoing_requests: float = Field(
+        8.0, gt=0, description="Ray Serve: requests in flight per replica the autoscaler aims at "
+        "(a full batch at the default max_batch)",
+    )  # fmt: skip
+    ray_max_ongoing_requests: int = Field(
+        32, ge=1, description="Ray Serve: most requests a replica holds at once; the rest wait "
+        "in Serve's queue (up to max_queue of them, then 503)",
+    )  # fmt: skip
 
     @field_validator("providers")
     @classmethod
@@ -109,10 +128,26 @@ class Settings(BaseSettings):
     def _no_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is None or value.get_secret_value() else None
 
+    @model_validator(mode="after")
+    def _replica_range(self) -> Settings:
+        if self.ray_min_replicas > self.ray_max_replicas:
+            raise ValueError(
+                f"ray_min_replicas ({self.ray_min_replicas}) exceeds ray_max_replicas "
+                f"({self.ray_max_replicas})"
+            )
+        return self
+
     @property
     def provider_list(self) -> list[str]:
         """Full ORT provider names, in order of preference."""
         return [PROVIDER_ALIASES.get(p.lower(), p) for p in self.providers.split(",")]
+
+    def per_ray_actor(self) -> Settings:
+        """The settings one Ray replica or batch actor runs with: threads left at 0 ("one per
+        core") would let each use every core of its node, so each gets the CPUs it reserves."""
+        cores = max(1, math.ceil(self.ray_num_cpus))
+        update = {name: cores for name in ("threads", "render_threads") if not getattr(self, name)}
+        return self.model_copy(update=update)
 
     def to_env(self) -> dict[str, str]:
         """The settings as ``ASE_*`` variables: how worker processes receive them."""

@@ -44,6 +44,7 @@ def required(extras: list[str], *inputs: str) -> list[Requirement]:
 INSTALLS = {
     "full.txt": required(list(EXTRAS), "full.in"),  # make test, .ci/run
     "serve.txt": required(["serve"]),  # make serve, the Dockerfile
+    "ray.txt": required(["serve", "ray"]),  # the Dockerfile's ray variant, on top of serve.txt
 }
 
 
@@ -65,6 +66,13 @@ def test_the_serving_lock_is_the_full_locks_versions_without_torch():
     full, serve = pins("full.txt"), pins("serve.txt")
     assert {name: full.get(name) for name in serve} == serve
     assert "torch" not in serve and not any(name.startswith("nvidia-") for name in serve)
+
+
+def test_the_ray_lock_is_the_full_locks_versions_over_the_serving_lock():
+    full, serve, ray = pins("full.txt"), pins("serve.txt"), pins("ray.txt")
+    assert {name: full.get(name) for name in ray} == ray
+    assert {name: ray.get(name) for name in serve} == serve  # installing it on top moves nothing
+    assert "ray" in ray and "ray" not in serve and "torch" not in ray
 
 
 def test_torch_is_the_cpu_build():

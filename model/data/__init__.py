@@ -29,7 +29,9 @@ normalised with ImageNet mean/std, and ``targets``, a dict with one key per requ
 - ``normals_valid`` (key ``NORMALS_VALID``): (B, H, W) bool, the pixels a normals loss uses.
 
 ``targets`` therefore has one key that is not a task: iterate over the model's tasks, not
-over ``targets``. This module itself imports no torch; ``transforms`` does.
+over ``targets``. This module itself imports no torch (nor does ``sources``, which opens a
+split of a dataset for training, evaluation and the router figures); ``transforms`` and
+``sampling`` (each training step's batches) do.
 """
 
 from model.data.pascal import PascalContext

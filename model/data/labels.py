@@ -31,8 +31,6 @@ def laplacian_support(labels: np.ndarray) -> np.ndarray:
     border has no boundary there.
     """
     padded = np.pad(labels.astype(np.int64), 1, mode="reflect")
-    laplacian = (
-        padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
-        - 4 * padded[1:-1, 1:-1]
-    )  # fmt: skip
+    neighbours = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+    laplacian = neighbours - 4 * padded[1:-1, 1:-1]
     return laplacian != 0

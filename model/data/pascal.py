@@ -89,8 +89,13 @@ class PascalContext:
         self.split = split
         id_file = self.root / "ImageSets" / "Context" / f"{split}.txt"
         _require(id_file)
-        for folder in ("JPEGImages", "human_parts", "pascal-context/trainval",
-                       "normals_distill", "sal_distill"):  # fmt: skip
+        for folder in (
+            "JPEGImages",
+            "human_parts",
+            "pascal-context/trainval",
+            "normals_distill",
+            "sal_distill",
+        ):
             _require(self.root / folder)
         if not (self.root / "semseg" / "VOC12").is_dir():
             _require(self.root / "semseg" / "pascal-context")

@@ -215,10 +215,9 @@ def _person(rng, centre: np.ndarray, scale: float, instance: int) -> list[Primit
         part("ellipsoid", np.array([0, 0.13, 0]), np.eye(3), (0.13, 0.18, 0.08), "torso", shirt),
     ]
     for side in (-1.0, 1.0):
-        body += _limb(rng, part, np.array([side * 0.14, 0.26, 0]), side, arm=True,
-                      colours=(shirt, skin))  # fmt: skip
-        body += _limb(rng, part, np.array([side * 0.065, -0.01, 0]), side, arm=False,
-                      colours=(trousers, trousers))  # fmt: skip
+        shoulder, hip = np.array([side * 0.14, 0.26, 0]), np.array([side * 0.065, -0.01, 0])
+        body += _limb(rng, part, shoulder, side, arm=True, colours=(shirt, skin))
+        body += _limb(rng, part, hip, side, arm=False, colours=(trousers, trousers))
     return body
 
 
@@ -250,7 +249,7 @@ def _limb(rng, part, joint: np.ndarray, side: float, arm: bool, colours) -> list
                 (radius, length / 2),
                 name,
                 colour,
-            )  # fmt: skip
+            )
         )
         start = end
     return segments

@@ -114,8 +114,11 @@ def resize_sample(sample: Sample, size: tuple[int, int], smooth_normals: bool) -
 
 
 def _pad_value(name: str):
-    return {"image": np.round(np.array(IMAGENET_MEAN) * 255).astype(np.uint8),
-            "normals": 0.0, "normals_valid": False}.get(name, IGNORE_INDEX)  # fmt: skip
+    return {
+        "image": np.round(np.array(IMAGENET_MEAN) * 255).astype(np.uint8),
+        "normals": 0.0,
+        "normals_valid": False,
+    }.get(name, IGNORE_INDEX)
 
 
 def crop_or_pad(sample: Sample, size: tuple[int, int], rng: np.random.Generator) -> Sample:

@@ -123,7 +123,7 @@ async def predict(
     wanted = parse_tasks(tasks, state.model)
     ask = MapRequest(
         wanted, MapSize(model=size == "model", max_side=max_side),
-        dtypes=_dtypes(wanted, options), keep_image=visualize,
+        dtypes=map_dtypes(wanted, options), keep_image=visualize,
     )  # fmt: skip
     try:
         body = await read_image_body(request, state.settings.max_body_bytes)
@@ -173,8 +173,9 @@ def parse_tasks(tasks: str | None, model: ModelDir) -> tuple[TaskInfo, ...]:
     return tuple(t for t in model.tasks if t.name in names)
 
 
-def _dtypes(wanted: tuple[TaskInfo, ...], options: Options) -> dict[str, np.dtype]:
-    """float32 normals for npz only when asked (and not drawn over the image); else uint8."""
+def map_dtypes(wanted: tuple[TaskInfo, ...], options: Options) -> dict[str, np.dtype]:
+    """The maps' forms: uint8 wire forms, but npz normals as float32 unit vectors by default
+    (predict-dataset's npz files follow it), unless drawn over the image (visualize)."""
     if options.format != "npz" or options.npz_normals != "float32" or options.visualize:
         return {}
     return {t.name: np.dtype(np.float32) for t in wanted if t.kind == "vector"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 
 from server.errors import NotFound, Unavailable
@@ -18,7 +18,12 @@ SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 def ready_state(request: Request, need_warm: bool = True) -> ServerState:
     """The running server's state; 503 while it loads (or, ``need_warm``, warms up)."""
-    state: ServerState | None = request.app.state.server
+    return app_state(request.app, need_warm)
+
+
+def app_state(app: FastAPI, need_warm: bool = True) -> ServerState:
+    """``ready_state`` of an app, for callers outside a request (Ray Serve's health check)."""
+    state: ServerState | None = app.state.server
     if state is None or (need_warm and not state.ready):
         raise Unavailable("not_ready", "the model is loading or the server is shutting down", 1)
     return state

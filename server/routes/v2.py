@@ -45,56 +45,31 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": is_ready}, 200 if is_ready else 503)
 
 
-READY_RESPONSES = {**openapi.error_responses(401, 404), 503: {"model": openapi.ModelReadyResponse}}
-METADATA_RESPONSES = openapi.error_responses(401, 404, 503)
-
-
-@router.get(MODEL, response_model=openapi.ModelMetadataResponse,
-            responses=METADATA_RESPONSES, summary="model metadata")  # fmt: skip
-async def model_metadata(request: Request, model_name: str) -> dict:
-    return _metadata(request, model_name, "")
-
-
-@router.get(VERSION, response_model=openapi.ModelMetadataResponse,
-            responses=METADATA_RESPONSES, summary="model metadata, one version")  # fmt: skip
-async def version_metadata(request: Request, model_name: str, model_version: str) -> dict:
-    return _metadata(request, model_name, model_version)
-
-
-def _metadata(request: Request, model_name: str, model_version: str) -> dict:
+async def _metadata(request: Request, model_name: str, model_version: str) -> dict:
     state = ready_state(request, need_warm=False)
     interface.check_model(state.model, model_name, model_version)
     return interface.model_metadata(state.model)
 
 
-@router.get(MODEL + "/ready", response_model=openapi.ModelReadyResponse,
-            responses=READY_RESPONSES, summary="model readiness")  # fmt: skip
-async def model_ready(request: Request, model_name: str) -> JSONResponse:
-    return _ready(request, model_name, "")
-
-
-@router.get(VERSION + "/ready", response_model=openapi.ModelReadyResponse,
-            responses=READY_RESPONSES, summary="model readiness, one version")  # fmt: skip
-async def version_ready(request: Request, model_name: str, model_version: str) -> JSONResponse:
-    return _ready(request, model_name, model_version)
-
-
-def _ready(request: Request, model_name: str, model_version: str) -> JSONResponse:
+async def _ready(request: Request, model_name: str, model_version: str) -> JSONResponse:
     state = ready_state(request, need_warm=False)
     interface.check_model(state.model, model_name, model_version)
     return JSONResponse({"name": model_name, "ready": state.ready}, 200 if state.ready else 503)
 
 
-@router.post(MODEL + "/infer", responses=openapi.infer_responses(),
-             openapi_extra=openapi.INFER_OPENAPI, summary="inference")  # fmt: skip
-async def model_infer(request: Request, model_name: str) -> Response:
-    return await _infer(request, model_name, "")
+def _model_routes(method: str, suffix: str, handler, summary: str, **documented) -> None:
+    """``handler(request, name, version)`` on both of the protocol's paths for it: the model's,
+    and one version's (the version may only be the served one)."""
 
+    async def any_version(request: Request, model_name: str):
+        return await handler(request, model_name, "")
 
-@router.post(VERSION + "/infer", responses=openapi.infer_responses(),
-             openapi_extra=openapi.INFER_OPENAPI, summary="inference, one version")  # fmt: skip
-async def version_infer(request: Request, model_name: str, model_version: str) -> Response:
-    return await _infer(request, model_name, model_version)
+    async def one_version(request: Request, model_name: str, model_version: str):
+        return await handler(request, model_name, model_version)
+
+    for path, endpoint, what in ((MODEL, any_version, ""), (VERSION, one_version, ", one version")):
+        name = summary + what
+        router.add_api_route(path + suffix, endpoint, methods=[method], summary=name, **documented)
 
 
 async def _infer(request: Request, model_name: str, model_version: str) -> Response:
@@ -120,3 +95,29 @@ async def _infer(request: Request, model_name: str, model_version: str) -> Respo
         reservation.release()
         raise
     return BudgetedResponse(content, headers=headers, reservation=reservation)
+
+
+_model_routes(
+    "GET",
+    "",
+    _metadata,
+    "model metadata",
+    response_model=openapi.ModelMetadataResponse,
+    responses=openapi.error_responses(401, 404, 503),
+)
+_model_routes(
+    "GET",
+    "/ready",
+    _ready,
+    "model readiness",
+    response_model=openapi.ModelReadyResponse,
+    responses={**openapi.error_responses(401, 404), 503: {"model": openapi.ModelReadyResponse}},
+)
+_model_routes(
+    "POST",
+    "/infer",
+    _infer,
+    "inference",
+    responses=openapi.infer_responses(),
+    openapi_extra=openapi.INFER_OPENAPI,
+)

@@ -214,7 +214,6 @@ def test_ray_image_is_the_project_image():
         assert image_variant(container["image"]) == "ray"
 
 
-@pytest.mark.xfail(strict=True, reason="the Dockerfile has no Ray variant (server + ray[serve])")
 def test_dockerfile_builds_the_ray_image():
     assert "ray" in dockerfile_variants()
 

@@ -18,7 +18,8 @@ NYU_SOME, OTHER_SOME = (3, 4, 6, 9, 457), (1, 2, 5, 7, 458)  # in / not in the v
 PART_NAMES = ("head", "torso", "luarm", "llarm", "ruleg", "rlleg")  # classes 1..6 in order
 
 
-def _struct(dtype, rows: list[dict]) -> np.ndarray:
+def matlab_struct(dtype, rows: list[dict]) -> np.ndarray:
+    """A 1xN MATLAB struct array (0x0 when empty), as PASCAL-Part stores it."""
     array = np.zeros((1, len(rows)) if rows else (0, 0), dtype=dtype)
     for i, row in enumerate(rows):
         for key, value in row.items():
@@ -40,10 +41,10 @@ def _write_parts(path: Path, shape, rng: np.random.Generator, person: bool) -> N
                 for i, name in enumerate(PART_NAMES)]  # fmt: skip
         mask = (parts > 0).astype(np.uint8)
         objects.append({"class": "person", "class_ind": 15, "mask": mask,
-                        "parts": _struct(PART_DTYPE, rows)})  # fmt: skip
+                        "parts": matlab_struct(PART_DTYPE, rows)})  # fmt: skip
     anno = np.zeros((1, 1), dtype=[("imname", "O"), ("objects", "O")])
     anno[0, 0]["imname"] = path.stem
-    anno[0, 0]["objects"] = _struct(OBJECT_DTYPE, objects)
+    anno[0, 0]["objects"] = matlab_struct(OBJECT_DTYPE, objects)
     if not person:  # no object at all: the loader sizes its ignore map from the image
         anno[0, 0]["objects"] = np.zeros((0, 0), dtype=OBJECT_DTYPE)
     scipy.io.savemat(path, {"anno": anno})

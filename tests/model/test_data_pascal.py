@@ -13,6 +13,7 @@ from model.data import PascalContext
 from model.data.pascal import NORMALS_VALID_CLASSES, PART_NAME_TO_CLASS, label_map_edges
 from model.data.transforms import horizontal_flip
 from model.tasks import IGNORE_INDEX, PARTS_CLASSES
+from tests.model.pascal_tree import matlab_struct
 
 H, W = 12, 16
 NYU_CLASS, OTHER_CLASS = 4, 300  # in / not in the references' normals_valid_classes
@@ -31,15 +32,6 @@ def reference_edges(label_map: np.ndarray) -> np.ndarray:
     return skimage.morphology.thin(np.abs(laplacian) > 0).astype(np.uint8)
 
 
-def _struct(dtype, rows: list[dict]) -> np.ndarray:
-    """A 1xN MATLAB struct array (0x0 when empty), as PASCAL-Part stores it."""
-    array = np.zeros((1, len(rows)) if rows else (0, 0), dtype=dtype)
-    for i, row in enumerate(rows):
-        for key, value in row.items():
-            array[0, i][key] = value
-    return array
-
-
 def _box(top, bottom, left, right) -> np.ndarray:
     mask = np.zeros((H, W), dtype=np.uint8)
     mask[top:bottom, left:right] = 1
@@ -49,7 +41,7 @@ def _box(top, bottom, left, right) -> np.ndarray:
 def _write_parts(path, objects):
     anno = np.zeros((1, 1), dtype=[("imname", "O"), ("objects", "O")])
     anno[0, 0]["imname"] = path.stem
-    anno[0, 0]["objects"] = _struct(OBJECT_DTYPE, objects)
+    anno[0, 0]["objects"] = matlab_struct(OBJECT_DTYPE, objects)
     scipy.io.savemat(path, {"anno": anno})
 
 
@@ -73,11 +65,11 @@ def _write_image(root, image_id, semseg_folder, person: bool):
         "class": "dog",
         "class_ind": 12,
         "mask": _box(0, H, 8, 16),
-        "parts": _struct(PART_DTYPE, []),
+        "parts": matlab_struct(PART_DTYPE, []),
     }
     person_obj = {
         "class": "person", "class_ind": 15, "mask": _box(0, H, 0, 8),
-        "parts": _struct(PART_DTYPE, [{"part_name": n, "mask": m} for n, m in PERSON_PARTS]),
+        "parts": matlab_struct(PART_DTYPE, [{"part_name": n, "mask": m} for n, m in PERSON_PARTS]),
     }  # fmt: skip
     _write_parts(root / "human_parts" / f"{image_id}.mat", [person_obj, dog] if person else [dog])
     label_map = np.full((H, W), NYU_CLASS, dtype=np.uint16)
@@ -177,7 +169,7 @@ def test_missing_folder_and_missing_file_are_named(tree):
 
 
 def test_unknown_part_name_is_an_error(tree):
-    tail = _struct(PART_DTYPE, [{"part_name": "tail", "mask": _box(0, 2, 0, 2)}])
+    tail = matlab_struct(PART_DTYPE, [{"part_name": "tail", "mask": _box(0, 2, 0, 2)}])
     person = {"class": "person", "class_ind": 15, "mask": _box(0, H, 0, 8), "parts": tail}
     _write_parts(tree / "human_parts" / "2008_000001.mat", [person])
     with pytest.raises(ValueError, match="tail"):

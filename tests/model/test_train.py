@@ -15,19 +15,13 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from model.data import SyntheticScenes
+from model.data.sampling import StepBatches
 from model.data.transforms import MultiTaskDataset, collate
+from model.distributed import Processes
 from model.model import ASEModel
 from model.presets import DataConfig, StageConfig, TrainConfig, preset, with_adapters
-from model.train import (
-    Processes,
-    StepBatches,
-    base_parameter_names,
-    learning_rate,
-    make_optimizer,
-    set_stage,
-    train,
-    training_step,
-)
+from model.stages import base_parameter_names, learning_rate, make_optimizer, set_stage
+from model.trainer import train, training_step
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -160,8 +160,9 @@ def replay_builder(tmp_path: Path) -> tuple[Path, Path]:
     }
     runs = stage_lines("builder", "RUN")
     installs = [run for run in runs if "pip install" in run]
-    assert installs == [  # the serving lock, then the project without dependencies
+    assert installs == [  # the serving lock, the ray variant's lock, the project without deps
         "${VENV}/bin/pip install -r requirements/serve.txt",
+        'if [ "${VARIANT}" = ray ]; then ${VENV}/bin/pip install -r requirements/ray.txt; fi',
         "${VENV}/bin/pip install --no-deps .",
     ]
     for run in runs:

@@ -61,12 +61,27 @@ def known_metric(name: str, recorded: set[str]) -> bool:
     )
 
 
-def test_promtool_check_config():
-    result = promtool("check", "config", "prometheus.yml")
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-ray.yml"])
+def test_promtool_check_config(config):
+    result = promtool("check", "config", config)
     assert result.returncode == 0, result.stdout + result.stderr
     # The config loads every rule file through its relative glob.
     for path in RULE_FILES:
         assert path.name in result.stdout
+
+
+def test_ray_config_differs_only_in_the_server_job():
+    """monitoring/prometheus-ray.yml (Ray Serve replicas, tests/server/test_ray_cluster.py) keeps
+    prometheus.yml's intervals, labels, rules and jobs; its server job has the same name, so
+    the rules' and dashboards' job selectors hold."""
+    plain, ray = (yaml.safe_load((MONITORING / name).read_text())
+                  for name in ("prometheus.yml", "prometheus-ray.yml"))  # fmt: skip
+    assert {k: v for k, v in ray.items() if k != "scrape_configs"} == {
+        k: v for k, v in plain.items() if k != "scrape_configs"
+    }
+    jobs = [[job["job_name"] for job in config["scrape_configs"]] for config in (plain, ray)]
+    assert jobs[0] == jobs[1]
+    assert ray["scrape_configs"][1:] == plain["scrape_configs"][1:]
 
 
 def test_promtool_check_rules():

@@ -4,6 +4,7 @@ request gives up."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 
@@ -20,118 +21,111 @@ def later(seconds: float = FAR) -> float:
     return time.monotonic() + seconds
 
 
-def run(coroutine):
-    return asyncio.run(coroutine)
+def scenario(test):
+    """The test is a coroutine: run it in an event loop of its own."""
+
+    @functools.wraps(test)
+    def in_a_loop():
+        return asyncio.run(test())
+
+    return in_a_loop
 
 
-def test_reservations_add_up_and_release_once():
-    async def scenario():
-        budget = MemoryBudget(100, max_waiting=4)
-        first = await budget.reserve(60, later())
-        second = await budget.reserve(40, later())
-        assert budget.in_use == 100
-        first.release()
-        first.release()  # idempotent: every path may call it
-        assert budget.in_use == 40
-        second.release()
-        assert budget.in_use == 0
-
-    run(scenario())
+async def holding(capacity: int, held: int, max_waiting: int = 4):
+    """A budget of ``capacity`` bytes, ``held`` of them reserved: (budget, that reservation)."""
+    budget = MemoryBudget(capacity, max_waiting=max_waiting)
+    return budget, await budget.reserve(held, later())
 
 
-def test_a_request_larger_than_the_budget_is_413_at_once():
-    async def scenario():
-        with pytest.raises(TooLarge, match="max_side"):
-            await MemoryBudget(100, max_waiting=4).reserve(101, later())
-
-    run(scenario())
-
-
-def test_waiters_are_served_in_arrival_order_and_never_over_admitted():
-    async def scenario():
-        budget = MemoryBudget(100, max_waiting=4)
-        held = await budget.reserve(90, later())
-        granted: list[str] = []
-
-        async def wait(name: str, nbytes: int):
-            reservation = await budget.reserve(nbytes, later())
-            granted.append(name)
-            assert budget.in_use <= budget.capacity
-            return reservation
-
-        large = asyncio.create_task(wait("large", 80))
-        small = asyncio.create_task(wait("small", 5))  # would fit now, but waits its turn
-        await asyncio.sleep(0)
-        assert granted == [] and budget.waiting == 2
-        held.release()
-        reservations = await asyncio.gather(large, small)
-        assert granted == ["large", "small"] and budget.in_use == 85
-        for reservation in reservations:
-            reservation.release()
-        assert budget.in_use == 0
-
-    run(scenario())
+@scenario
+async def test_reservations_add_up_and_release_once():
+    budget = MemoryBudget(100, max_waiting=4)
+    first = await budget.reserve(60, later())
+    second = await budget.reserve(40, later())
+    assert budget.in_use == 100
+    first.release()
+    first.release()  # idempotent: every path may call it
+    assert budget.in_use == 40
+    second.release()
+    assert budget.in_use == 0
 
 
-def test_too_many_waiting_is_503_with_retry_after():
-    async def scenario():
-        budget = MemoryBudget(10, max_waiting=1)
-        held = await budget.reserve(10, later())
-        waiting = asyncio.create_task(budget.reserve(5, later()))
-        await asyncio.sleep(0)
-        with pytest.raises(Unavailable) as refused:
-            await budget.reserve(5, later())
-        assert refused.value.code == "overloaded" and refused.value.retry_after_s == 1
-        held.release()
-        (await waiting).release()
-        assert budget.in_use == 0
-
-    run(scenario())
+@scenario
+async def test_a_request_larger_than_the_budget_is_413_at_once():
+    with pytest.raises(TooLarge, match="max_side"):
+        await MemoryBudget(100, max_waiting=4).reserve(101, later())
 
 
-def test_a_wait_past_the_deadline_is_504_and_leaves_the_queue():
-    async def scenario():
-        budget = MemoryBudget(10, max_waiting=4)
-        held = await budget.reserve(10, later())
-        with pytest.raises(DeadlineExceeded):
-            await budget.reserve(5, later(0.0))
-        assert budget.waiting == 0
-        held.release()
-        assert budget.in_use == 0
+@scenario
+async def test_waiters_are_served_in_arrival_order_and_never_over_admitted():
+    budget, held = await holding(100, 90)
+    granted: list[str] = []
 
-    run(scenario())
+    async def wait(name: str, nbytes: int):
+        reservation = await budget.reserve(nbytes, later())
+        granted.append(name)
+        assert budget.in_use <= budget.capacity
+        return reservation
 
-
-def test_a_cancelled_waiter_frees_its_place_and_lets_smaller_ones_in():
-    async def scenario():
-        budget = MemoryBudget(10, max_waiting=4)
-        held = await budget.reserve(6, later())
-        blocked = asyncio.create_task(budget.reserve(8, later()))  # first in line, too big now
-        behind = asyncio.create_task(budget.reserve(4, later()))
-        await asyncio.sleep(0)
-        assert budget.waiting == 2
-        blocked.cancel()  # its client left
-        (await behind).release()
-        assert budget.waiting == 0
-        held.release()
-        assert budget.in_use == 0
-
-    run(scenario())
+    large = asyncio.create_task(wait("large", 80))
+    small = asyncio.create_task(wait("small", 5))  # would fit now, but waits its turn
+    await asyncio.sleep(0)
+    assert granted == [] and budget.waiting == 2
+    held.release()
+    reservations = await asyncio.gather(large, small)
+    assert granted == ["large", "small"] and budget.in_use == 85
+    for reservation in reservations:
+        reservation.release()
+    assert budget.in_use == 0
 
 
-def test_granted_as_it_gave_up_hands_the_bytes_on():
-    async def scenario():
-        budget = MemoryBudget(10, max_waiting=4)
-        held = await budget.reserve(10, later())
-        waiter = asyncio.create_task(budget.reserve(10, later()))
-        await asyncio.sleep(0)
-        held.release()  # grants the waiter ...
-        waiter.cancel()  # ... which is cancelled before it resumes
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
-        assert budget.in_use == 0 and budget.waiting == 0
+@scenario
+async def test_too_many_waiting_is_503_with_retry_after():
+    budget, held = await holding(10, 10, max_waiting=1)
+    waiting = asyncio.create_task(budget.reserve(5, later()))
+    await asyncio.sleep(0)
+    with pytest.raises(Unavailable) as refused:
+        await budget.reserve(5, later())
+    assert refused.value.code == "overloaded" and refused.value.retry_after_s == 1
+    held.release()
+    (await waiting).release()
+    assert budget.in_use == 0
 
-    run(scenario())
+
+@scenario
+async def test_a_wait_past_the_deadline_is_504_and_leaves_the_queue():
+    budget, held = await holding(10, 10)
+    with pytest.raises(DeadlineExceeded):
+        await budget.reserve(5, later(0.0))
+    assert budget.waiting == 0
+    held.release()
+    assert budget.in_use == 0
+
+
+@scenario
+async def test_a_cancelled_waiter_frees_its_place_and_lets_smaller_ones_in():
+    budget, held = await holding(10, 6)
+    blocked = asyncio.create_task(budget.reserve(8, later()))  # first in line, too big now
+    behind = asyncio.create_task(budget.reserve(4, later()))
+    await asyncio.sleep(0)
+    assert budget.waiting == 2
+    blocked.cancel()  # its client left
+    (await behind).release()
+    assert budget.waiting == 0
+    held.release()
+    assert budget.in_use == 0
+
+
+@scenario
+async def test_granted_as_it_gave_up_hands_the_bytes_on():
+    budget, held = await holding(10, 10)
+    waiter = asyncio.create_task(budget.reserve(10, later()))
+    await asyncio.sleep(0)
+    held.release()  # grants the waiter ...
+    waiter.cancel()  # ... which is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert budget.in_use == 0 and budget.waiting == 0
 
 
 @pytest.mark.parametrize(

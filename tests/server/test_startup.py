@@ -139,3 +139,9 @@ def test_a_fractional_shutdown_timeout_reaches_uvicorn_as_it_is():
     options = uvicorn_options(Settings(shutdown_timeout_s=0.5))
     assert options["timeout_graceful_shutdown"] == 0.5
     assert uvicorn.Config(app=None, **options).timeout_graceful_shutdown == 0.5
+
+
+def test_the_full_install_runs_the_images_loop_and_parser():
+    """The full venv has uvloop and httptools (through Ray); the image has neither."""
+    options = uvicorn_options(Settings())
+    assert (options["loop"], options["http"]) == ("asyncio", "h11")

@@ -1,0 +1,90 @@
+"""Training batches: which samples each step of each process reads, and how they are augmented.
+
+The batches are a pure function of (seed, step, rank), so a resumed run reads exactly the
+batches an uninterrupted one would have read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import DataLoader, Sampler
+
+from model.data.sources import SYNTHETIC, train_source
+from model.data.transforms import EvalTransform, MultiTaskDataset, TrainTransform, collate
+from model.distributed import Processes
+from model.presets import TrainConfig
+
+
+class StepBatches(Sampler[list[int]]):
+    """The index list of each step ``start .. stop-1`` for one process: a pure function of
+    (seed, step, rank), so a resumed run sees exactly the batches it would have seen.
+    Sample position p = (step * world + rank) * batch + j; with ``shuffle`` it goes through a
+    fresh permutation of the dataset every epoch, else it is the index itself."""
+
+    def __init__(
+        self,
+        length: int,
+        batch: int,
+        start: int,
+        stop: int,
+        seed: int,
+        processes: Processes,
+        shuffle: bool,
+    ) -> None:
+        self.length, self.batch, self.start, self.stop = length, batch, start, stop
+        self.seed, self.processes, self.shuffle = seed, processes, shuffle
+        self._permutation: tuple[int, np.ndarray] | None = None  # (epoch, order), reused
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            first = (step * self.processes.world + self.processes.rank) * self.batch
+            yield [self._index(position) for position in range(first, first + self.batch)]
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.length)
+        if not self.shuffle:
+            return offset
+        if self._permutation is None or self._permutation[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.length)
+            self._permutation = (epoch, order)
+        return int(self._permutation[1][offset])
+
+
+def train_transform(augment: str, size: int) -> TrainTransform | EvalTransform:
+    """``augment`` (``model.presets.AUGMENTATIONS``) as a transform to ``size`` pixels."""
+    if augment == "benchmark":
+        return TrainTransform(size)
+    if augment == "flip":
+        return TrainTransform(size, scale=(1.0, 1.0), flip=True, photometric=False)
+    return EvalTransform(size)
+
+
+def train_loader(
+    config: TrainConfig, tasks: tuple[str, ...], start: int, stop: int, processes: Processes
+) -> DataLoader:
+    """The batches of steps ``start .. stop-1`` for this process, labelled for ``tasks``."""
+    size = config.model.backbone.image_size
+    source = train_source(config.data, size)
+    dataset = MultiTaskDataset(source, train_transform(config.data.augment, size), tasks)
+    batches = StepBatches(
+        len(source),
+        config.batch_size,
+        start,
+        stop,
+        config.seed,
+        processes,
+        shuffle=config.data.dataset != SYNTHETIC,
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        collate_fn=collate,
+        num_workers=config.data.workers,
+        persistent_workers=False,
+        pin_memory=processes.device.type == "cuda",
+    )
