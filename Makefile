@@ -14,6 +14,8 @@ LOCK_FLAGS = --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit
 	--annotation-style line $(LOCK_ARGS)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# GRPC_PORT=8001: the Open Inference Protocol's gRPC service too (REST is always on PORT, /v2)
+GRPC_PORT ?=
 
 .PHONY: test lint serve lock clean triton-venv
 
@@ -75,7 +77,7 @@ $(TRITON_VENV)/.installed-ort-%:
 	touch $@
 
 serve: $(SERVE_VENV)/.installed
-	$(SERVE_VENV)/bin/python -m server --host $(HOST) --port $(PORT)
+	$(SERVE_VENV)/bin/python -m server --host $(HOST) --port $(PORT) $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT))
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) $(LOCK_VENV) $(TRITON_VENV)

@@ -2,7 +2,7 @@
 protocol cross-check and the benchmark (docs/api_v2.md). Runs in its own venv:
 
     make triton-venv
-    .venv-triton/bin/python bench/triton_reference.py --model-dir demo/model \\
+    .venv-triton/bin/python -m bench.triton_reference --model-dir demo/model \\
         --http-port 8100 --grpc-port 8101
 
 nvidia-pytriton 0.7.0 bundles tritonserver 2.51 with its Python backend; the bound function
@@ -30,22 +30,19 @@ import base64
 import binascii
 import os
 import signal
-import sys
 import sysconfig
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from server.errors import InvalidInput  # noqa: E402
-from server.maps import restore_size  # noqa: E402
-from server.modeldir import ModelDir, TaskInfo, load_model_dir  # noqa: E402
-from server.pipeline import MapRequest, MapSize, Pipeline, preprocess  # noqa: E402
-from server.runtime import ModelRuntime  # noqa: E402
-from server.v2.interface import (  # noqa: E402
+from server.errors import InvalidInput
+from server.maps import restore_size
+from server.modeldir import ModelDir, TaskInfo, load_model_dir
+from server.pipeline import MapRequest, MapSize, Pipeline, preprocess
+from server.runtime import ModelRuntime
+from server.v2.interface import (
     IMAGE,
     KIND_DTYPES,
     PIXELS,
@@ -53,6 +50,7 @@ from server.v2.interface import (  # noqa: E402
     output_specs,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 MAX_PIXELS = 40_000_000  # the server's default pixel limit (server/settings.py)
 DTYPES = {"BYTES": np.bytes_, "UINT8": np.uint8, "FP32": np.float32}
 
@@ -165,14 +163,49 @@ def serve(args: argparse.Namespace) -> None:
         stop.wait()
 
 
+class _Request:
+    """What pytriton hands the bound function, for ``--time-alone``: every task output."""
+
+    def __init__(self, image: bytes, model: ModelDir) -> None:
+        self.data = {IMAGE: np.array([image], dtype=np.bytes_)}
+        self.parameters = {}
+        self.requested_output_names = [t.name for t in model.tasks]
+
+
+def time_alone(args: argparse.Namespace) -> None:
+    """The bound function's own time per request, in this process, no Triton around it: what
+    the backend costs; Triton's round trip less this is its transport (docs/benchmarks.md)."""
+    model = load_model_dir(args.model_dir)
+    reference = Reference(model, args.threads)
+    request = _Request(args.time_alone.read_bytes(), model)
+    for _ in range(3):
+        reference.infer(request)
+    times = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        reference.infer(request)
+        times.append((time.perf_counter() - started) * 1000)
+    p50, p99 = np.percentile(times, [50, 99])
+    print(f"{args.time_alone.name}: bound function alone p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+          f"({args.repeats} calls, threads={args.threads})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=REPO / "demo" / "model")
-    parser.add_argument("--http-port", type=int, required=True)
-    parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--http-port", type=int)
+    parser.add_argument("--grpc-port", type=int)
     parser.add_argument("--instances", type=int, default=1, help="model instances (in parallel)")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
-    serve(parser.parse_args())
+    parser.add_argument("--time-alone", type=Path, help="an image: time the bound function "
+                        "alone on it (no Triton) and exit")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=30, help="with --time-alone")
+    args = parser.parse_args()
+    if args.time_alone is not None:
+        return time_alone(args)
+    if args.http_port is None or args.grpc_port is None:
+        parser.error("--http-port and --grpc-port are needed to serve")
+    serve(args)
 
 
 if __name__ == "__main__":

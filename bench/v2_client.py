@@ -1,7 +1,7 @@
 """One fixed sequence of Open Inference Protocol calls with tritonclient 2.73, against any server
 that speaks it, so that two servers' answers can be compared (docs/api_v2.md):
 
-    .venv/bin/python bench/v2_client.py --server ours=127.0.0.1:8000,127.0.0.1:8001 \\
+    .venv/bin/python -m bench.v2_client --server ours=127.0.0.1:8000,127.0.0.1:8001 \\
         --server triton=127.0.0.1:8100,127.0.0.1:8101 [--image demo/samples/scene_0.png]
 
 Each server is ``name=HTTP_HOST:PORT,GRPC_HOST:PORT``. The sequence: server and model metadata
@@ -91,21 +91,22 @@ def run_sequence(http_url: str, grpc_url: str, model: str, image: bytes, frames:
 
 def infer(client, model: str, call: Call, image: bytes, frames: np.ndarray) -> Step:
     module = grpcclient if call.transport == "grpc" else httpclient
-    inputs, outputs = _request(module, call, image, frames)
+    inputs, outputs = build_request(module, call, image, frames)
     return _step(client.infer(model, inputs, outputs=outputs, parameters=call.parameters))
 
 
 async def _aio_infer(url: str, model: str, call: Call, image: bytes, frames) -> Step:
     client = aioclient.InferenceServerClient(url)
     try:
-        inputs, outputs = _request(aioclient, call, image, frames)
+        inputs, outputs = build_request(aioclient, call, image, frames)
         result = await client.infer(model, inputs, outputs=outputs, parameters=call.parameters)
         return _step(result)
     finally:
         await client.close()
 
 
-def _request(module, call: Call, image: bytes, frames: np.ndarray):
+def build_request(module, call: Call, image: bytes, frames: np.ndarray):
+    """The inputs and requested outputs of ``call``, as tritonclient builds them."""
     binary = {} if module is grpcclient else {"binary_data": call.binary}
     if call.input == "image":
         tensor = module.InferInput("image", [1], "BYTES")

@@ -9,11 +9,12 @@ then drains the batcher. Routes live beside their handlers in server/routes/.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -25,6 +26,7 @@ from server.routes import native, ops, v2
 from server.routes.errors import add_error_handlers, error_response
 from server.settings import Settings
 from server.state import ServerState, load_state, warm_up
+from server.v2 import openapi as v2_openapi
 from server.v2 import serving
 
 log = logging.getLogger("server.app")
@@ -50,7 +52,28 @@ def create_app(settings: Settings) -> FastAPI:
         app.mount("/static", StaticFiles(directory=ops.STATIC_DIR), name="static")
     app.add_middleware(_AccessMiddleware, settings=settings)
     app.add_middleware(_MetricsMiddleware)  # outermost: counts 401s too
+    app.openapi = _openapi_for_model(app)
     return app
+
+
+def _openapi_for_model(app: FastAPI) -> Callable[[], dict]:
+    """``app.openapi`` with the served model's names (task names, model name and version, V2
+    outputs) patched in, once the lifespan has loaded the model; before that, the generic
+    document. Built once per app."""
+    generic = app.openapi
+
+    def openapi() -> dict:
+        state: ServerState | None = app.state.server
+        if state is None:
+            return generic()
+        if getattr(app.state, "model_openapi", None) is None:
+            document = copy.deepcopy(generic())
+            native.describe_model(document, state.model)
+            v2_openapi.describe_model(document, state.model)
+            app.state.model_openapi = document
+        return app.state.model_openapi
+
+    return openapi
 
 
 def create_app_from_env() -> FastAPI:

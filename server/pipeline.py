@@ -27,7 +27,7 @@ from PIL import Image
 from server import codecs, maps
 from server.batching import Batcher, JobResult
 from server.budget import MemoryBudget, Reservation
-from server.errors import InvalidParameter, deadline_exceeded
+from server.errors import InvalidParameter, TooLarge, deadline_exceeded
 from server.modeldir import ModelDir, TaskInfo
 
 DECODE_BYTES_PER_PIXEL = 8
@@ -40,21 +40,20 @@ ClientGone = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True)
 class MapSize:
-    """The size the maps come back at: the upload's (default; the maps align with the image),
-    the model's (``model``), or the upload's scaled so its longest side is ``max_side``."""
+    """The size the maps come back at: the upload's (default; the maps align with the image)
+    or the model's input size (``model``), then, with ``max_side``, scaled down so that the
+    longest side is at most ``max_side``, aspect kept (both together: the model's size bounded)."""
 
     model: bool = False
     max_side: int | None = None
 
     def __post_init__(self) -> None:
-        if self.model and self.max_side is not None:
-            raise InvalidParameter("invalid_parameter", "size=model excludes max_side")
         if self.max_side is not None and self.max_side < 1:
             raise InvalidParameter("invalid_parameter", f"max_side must be >= 1: {self.max_side}")
 
     def resolve(self, width: int, height: int, model: ModelDir) -> tuple[int, int]:
         if self.model:
-            return model.width, model.height
+            width, height = model.width, model.height
         longest = max(width, height)
         if self.max_side is None or longest <= self.max_side:
             return width, height
@@ -139,6 +138,9 @@ class Pipeline:
         """Raw pixels, ``frames`` uint8 (N, H, W, 3): one plan that each frame follows, its
         cost for all of them (the frames themselves are counted: the caller holds them)."""
         count, height, width = frames.shape[:3]
+        if width * height > self.max_pixels:  # as an upload's: each frame is an image
+            raise TooLarge("image_too_large", f"frames are {width}x{height} = {width * height} "
+                           f"pixels each; the limit is {self.max_pixels}")  # fmt: skip
         map_width, map_height = request.size.resolve(width, height, self.model)
         cost = count * (frames[0].nbytes + map_bytes(request, map_width, map_height))
         return Plan(width, height, request, map_width, map_height, 1, cost)

@@ -110,7 +110,7 @@ ERROR_DESCRIPTIONS = {
     401: "unauthorized: missing or wrong X-API-Key",
     413: "payload_too_large (body over the size limit), image_too_large (pixel limit)",
     415: "unsupported_media_type: send image/*, application/octet-stream or multipart 'file'",
-    422: "unknown_task, duplicate_task, invalid_parameter (bad format, png with several tasks)",
+    422: "unknown_task, duplicate_task, invalid_parameter (a bad value, an empty tasks list)",
     500: "internal_error",
     503: "overloaded (queue full; see Retry-After) or not_ready (model still loading)",
     504: "deadline_exceeded: the request waited longer than the server's timeout",

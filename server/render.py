@@ -1,5 +1,6 @@
 """Stages 7-8 for the native forms: a ``Prediction``'s maps restored and encoded as base64 PNGs
-(json), one PNG (png) or a streamed npz, with the maps of one response side by side.
+(json), PNGs (png: one, or a multipart/mixed body of one per task) or a streamed npz, with the
+maps of one response side by side.
 
 Large maps are restored and encoded in the render pool, one job per task (numba kernels, NumPy
 and the deflate encoders release the GIL, so one response's maps use every core); the costliest
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -101,14 +103,21 @@ def router_json(model: ModelDir, prediction: Prediction, task: str) -> dict:
 
 
 def npz_chunks(
-    model: ModelDir, prediction: Prediction, tasks: Iterable[TaskInfo], router_stats: bool
-) -> Iterator[bytes]:
+    model: ModelDir, prediction: Prediction, tasks: Iterable[TaskInfo], router_stats: bool,
+    look: Look | None = None,
+) -> Iterator[bytes]:  # fmt: skip
     """The npz body, generated map band by map band (``codecs.stream_npz``); nothing runs
-    until the first chunk is asked for, so all of it runs where the chunks are drawn."""
+    until the first chunk is asked for, so all of it runs where the chunks are drawn. With
+    ``look.visualize`` each task's entry is its uint8 RGB overlay (h, w, 3), not the map."""
     entries = []
     for task in tasks:
         raster = prediction.raster(task)
-        entries.append(codecs.NpzEntry(task.name, raster.shape, raster.dtype, raster.bands()))
+        if look is not None and look.visualize:
+            overlay = _overlaid(task, raster, prediction.image, look.alpha)
+            shape = (raster.height, raster.width, 3)
+            entries.append(codecs.NpzEntry(task.name, shape, np.dtype(np.uint8), overlay))
+        else:
+            entries.append(codecs.NpzEntry(task.name, raster.shape, raster.dtype, raster.bands()))
     if router_stats:
         for task in tasks:
             router = router_json(model, prediction, task.name)
@@ -118,6 +127,25 @@ def npz_chunks(
                 array = np.asarray(values, np.float32)
                 entries.append(codecs.NpzEntry(key, array.shape, array.dtype, [array]))
     yield from codecs.stream_npz(entries)
+
+
+def multipart_mixed(parts: Iterable[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    """``(name, content type, bytes)`` parts -> a ``multipart/mixed`` body and its media type.
+    Each part's ``Content-Disposition`` names it (``name="semseg"; filename="semseg.png"``);
+    the boundary is random and checked to occur in no part."""
+    parts = list(parts)
+    boundary = secrets.token_hex(16)
+    while any(boundary.encode() in payload for _, _, payload in parts):
+        boundary = secrets.token_hex(16)
+    chunks = []
+    for name, content_type, payload in parts:
+        extension = content_type.rsplit("/", 1)[-1]
+        head = (f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Disposition: inline; "
+                f'name="{name}"; filename="{name}.{extension}"\r\n'
+                f"Content-Length: {len(payload)}\r\n\r\n")  # fmt: skip
+        chunks += (head.encode("ascii"), payload, b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode("ascii"))
+    return b"".join(chunks), f"multipart/mixed; boundary={boundary}"
 
 
 async def in_pool(pool: Executor, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:

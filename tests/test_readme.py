@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_make_targets_and_presets_exist():
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
-    server = start_demo_server(tmp_path_factory.mktemp("readme"))
+    server = start_demo_server(tmp_path_factory.mktemp("readme"), grpc=True)
     yield server
     server.stop()
 
@@ -81,3 +82,25 @@ def test_error_example_is_the_servers_words(demo_server):
     message = response.json()["error"]["message"]
     assert response.status_code == 422
     assert " ".join(message.split()) in " ".join(README.split())
+
+
+def test_make_serve_turns_grpc_on_with_grpc_port():
+    dry = subprocess.run(["make", "-n", "serve", "GRPC_PORT=8001"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.splitlines()[-1]  # fmt: skip
+    assert "-m server" in dry and dry.endswith("--grpc-port 8001")
+    plain = subprocess.run(["make", "-n", "serve"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.splitlines()[-1]  # fmt: skip
+    assert "-m server" in plain and "grpc" not in plain
+
+
+def test_tritonclient_example_prints_what_the_readme_shows(demo_server):
+    """The V2 example, pasted as it is (ports moved to the test's demo server), prints exactly
+    the text block after it."""
+    example = next(block for block in code_blocks("python") if "tritonclient" in block)
+    shown = README.split(example, 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    code = example.replace("127.0.0.1:8000", demo_server.url[7:]).replace(
+        "127.0.0.1:8001", demo_server.grpc)  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == shown

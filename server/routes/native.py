@@ -7,6 +7,7 @@ its response has been sent, or the client has gone (``server/routes/responses.py
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -37,15 +38,21 @@ TASKS_HELP = (
 FORMAT_HELP = (
     "json (default): base64 PNG per task; npz: one numpy archive, streamed, keys = task names "
     "(uint8 class ids, uint8 0-255 probabilities, (h, w, 3) unit normals as npz_normals says; "
-    "router_<task> (L, N) and router_<task>_shared_gate_share (L,) with router_stats); png: "
-    "the PNG itself, one task only"
+    "with visualize, each task's uint8 RGB overlay (h, w, 3) instead; router_<task> (L, N) and "
+    "router_<task>_shared_gate_share (L,) with router_stats); png: the PNG itself for one task, "
+    "else (several tasks, or router_stats) multipart/mixed: one image/png part per task, its "
+    'Content-Disposition naming the task (name="semseg"), then with router_stats an '
+    "application/json part named router"
 )
 SIZE_HELP = (
     "upload (default): maps at the uploaded image's size, aligned with it; model: at the "
     "model's input size (the scale to the upload is in the response: maps.scale, X-Map-Scale)"
 )
 MAX_SIDE_HELP = "maps scaled so that their longest side is at most this (aspect kept)"
-NPZ_NORMALS_HELP = "npz only: normals as float32 unit vectors, or uint8 like the PNG's"
+NPZ_NORMALS_HELP = (
+    "format=npz only: normals as float32 unit vectors, or uint8 like the PNG's; ignored with "
+    "other formats and with visualize (which send uint8 pictures)"
+)
 REQUEST_BODY = {
     "requestBody": {
         "required": True,
@@ -65,10 +72,12 @@ REQUEST_BODY = {
 }
 BINARY_RESPONSES = {
     200: {
-        "description": "json (schema below), npz or png depending on format",
+        "description": "json (schema below), npz, png or multipart/mixed (png, several tasks) "
+        "depending on format",
         "content": {
             "application/x-npz": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/mixed": {"schema": {"type": "string", "format": "binary"}},
         },
     }
 }
@@ -112,7 +121,6 @@ async def predict(
     state = ready_state(request)
     options = Options(format, visualize, alpha, router_stats, npz_normals)
     wanted = parse_tasks(tasks, state.model)
-    check_options(options, wanted)
     ask = MapRequest(
         wanted, MapSize(model=size == "model", max_side=max_side),
         dtypes=map_dtypes(wanted, options), keep_image=visualize,
@@ -131,6 +139,18 @@ async def predict(
     except BaseException:
         prediction.reservation.release()
         raise
+
+
+def describe_model(document: dict, model: ModelDir) -> None:
+    """Patch the generated OpenAPI ``document`` for the served model: ``tasks`` is a non-empty,
+    comma-separated list of its task names (spaces around them allowed, as parse_tasks strips
+    them), so that unknown names and an empty list are schema-invalid; repeated names are not
+    (JSON Schema cannot say it) and stay a 422."""
+    name = "(" + "|".join(re.escape(n) for n in model.task_names) + ")"
+    pattern = rf"^\s*{name}\s*(,\s*{name}\s*)*$"
+    for parameter in document["paths"]["/predict"]["post"]["parameters"]:
+        if parameter["name"] == "tasks":
+            parameter["schema"] = {"type": "string", "pattern": pattern, "title": "Tasks"}
 
 
 def parse_tasks(tasks: str | None, model: ModelDir) -> tuple[TaskInfo, ...]:
@@ -153,25 +173,10 @@ def parse_tasks(tasks: str | None, model: ModelDir) -> tuple[TaskInfo, ...]:
     return tuple(t for t in model.tasks if t.name in names)
 
 
-def check_options(options: Options, wanted: tuple[TaskInfo, ...]) -> None:
-    def invalid(message: str) -> InvalidParameter:
-        return InvalidParameter("invalid_parameter", message)
-
-    if options.format == "png" and len(wanted) != 1:
-        raise invalid(f"format=png returns one image, so it needs exactly one task (got "
-                      f"{len(wanted)}); use json or npz")  # fmt: skip
-    if options.format == "npz" and options.visualize:
-        raise invalid("visualize=true works with json and png; npz carries the raw arrays")
-    if options.format == "png" and options.router_stats:
-        raise invalid("router_stats=true needs format json or npz")
-    if options.format != "npz" and options.npz_normals != "float32":
-        raise invalid("npz_normals applies to format=npz only")
-
-
 def map_dtypes(wanted: tuple[TaskInfo, ...], options: Options) -> dict[str, np.dtype]:
     """The maps' forms: uint8 wire forms, but npz normals as float32 unit vectors by default
-    (predict-dataset's npz files follow it)."""
-    if options.format != "npz" or options.npz_normals != "float32":
+    (predict-dataset's npz files follow it), unless drawn over the image (visualize)."""
+    if options.format != "npz" or options.npz_normals != "float32" or options.visualize:
         return {}
     return {t.name: np.dtype(np.float32) for t in wanted if t.kind == "vector"}
 
@@ -181,11 +186,11 @@ async def _respond(
 ) -> Response:
     inferred = time.monotonic()
     wanted = prediction.plan.request.tasks
+    look = render.Look(options.visualize, options.alpha, state.settings.png_compression)
     if options.format == "npz":
-        chunks = render.npz_chunks(state.model, prediction, wanted, options.router_stats)
+        chunks = render.npz_chunks(state.model, prediction, wanted, options.router_stats, look)
         content, media_type = render.in_pool(state.render_pool, chunks), "application/x-npz"
     else:
-        look = render.Look(options.visualize, options.alpha, state.settings.png_compression)
         encode = render.task_json if options.format == "json" else render.task_png
         encoded = await render.each_task(
             state.render_pool, prediction, wanted, lambda t: encode(prediction, t, look)
@@ -198,7 +203,7 @@ async def _respond(
         body = {**_json_body(state, prediction, encoded, options), "timings_ms": milliseconds}
         content, media_type = orjson.dumps(body), "application/json"
     elif options.format == "png":
-        content, media_type = encoded[wanted[0].name], "image/png"
+        content, media_type = _png_body(state, prediction, encoded, options)
     kind = BudgetedStream if options.format == "npz" else BudgetedResponse
     # The router counters are updated once the response has gone out (Starlette runs the
     # background after the last byte), not between the model's answer and the responses.
@@ -206,6 +211,20 @@ async def _respond(
         content, media_type=media_type, headers=_headers(state, prediction, milliseconds),
         background=BackgroundTask(_flush_router, state), reservation=prediction.reservation,
     )  # fmt: skip
+
+
+def _png_body(
+    state: ServerState, prediction: Prediction, encoded: dict[str, bytes], options: Options
+) -> tuple[bytes, str]:
+    """One task: the PNG itself; several (or router_stats): multipart/mixed, a part per task."""
+    wanted = prediction.plan.request.tasks
+    if len(wanted) == 1 and not options.router_stats:
+        return encoded[wanted[0].name], "image/png"
+    parts = [(t.name, "image/png", encoded[t.name]) for t in wanted]
+    if options.router_stats:
+        router = {t.name: render.router_json(state.model, prediction, t.name) for t in wanted}
+        parts.append(("router", "application/json", orjson.dumps(router)))
+    return render.multipart_mixed(parts)
 
 
 def _json_body(state: ServerState, prediction: Prediction, encoded: dict, options: Options) -> dict:

@@ -79,7 +79,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             checked = interface.infer_request(grpc_wire.from_infer_request(request), self.model)
             frames = await self.infer(checked, context)
             response = interface.infer_response(checked, self.model, frames)
-            return grpc_wire.to_infer_response(response)
+            return grpc_wire.infer_response_bytes(response)  # serialised (create_server)
 
     def _answering(
         self, context: grpc.aio.ServicerContext, method: str, open_call: bool = False
@@ -153,5 +153,28 @@ def create_server(
     options = grpc_wire.channel_options(max_message_bytes or grpc_wire.MAX_MESSAGE_BYTES)
     # The thread pool runs the base class's plain (non-async) UNIMPLEMENTED methods.
     server = grpc.aio.server(migration_thread_pool=ThreadPoolExecutor(1), options=options)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    registrar = _Registrar()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, registrar)
+    handlers = dict(registrar.handlers)  # ModelInfer answers bytes serialised already
+    handlers["ModelInfer"] = handlers["ModelInfer"]._replace(
+        response_serializer=grpc_wire.serialize_infer_response
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
     return server, server.add_insecure_port(f"{host}:{port}")
+
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+class _Registrar:
+    """Stands in for the server in the generated registration, to take its method handlers."""
+
+    handlers: dict
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        assert service == SERVICE, service
+        self.handlers = handlers

@@ -45,8 +45,11 @@ KIND_DTYPES = {"classes": np.uint8, "probability": np.float32, "vector": np.floa
 SIZES = ("upload", "model")
 # Request parameters: this server's own, then those tritonclient may send on its own
 # (binary_data_output is read by the REST layer; priority is accepted and has no effect).
+# tritonclient sends the sequence parameters only with a non-zero sequence_id: a 400 here.
 REQUEST_PARAMETERS = ("size", "max_side", "binary_data_output", "timeout", "priority")
-SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")  # never sent here
+MAX_SIDE = 65535  # as /predict's max_side
+UINT64_MAX = 2**64 - 1  # timeout and priority are uint64 in Triton
 
 
 @dataclass(frozen=True)
@@ -210,26 +213,29 @@ def _file_bytes(element: bytes | str) -> bytes:
 
 
 def _request_options(parameters: dict) -> tuple[str, int | None, float | None]:
-    unknown = sorted(set(parameters) - {*REQUEST_PARAMETERS, *SEQUENCE_PARAMETERS})
+    if any(key in parameters for key in SEQUENCE_PARAMETERS):
+        raise bad_request("this model is not a sequence model: sequence_id, sequence_start and "
+                          "sequence_end are not supported")  # fmt: skip
+    unknown = sorted(set(parameters) - set(REQUEST_PARAMETERS))
     if unknown:
         raise bad_request(f"unknown request parameter(s) {unknown}; this model takes "
                           f"{', '.join(REQUEST_PARAMETERS[:2])}")  # fmt: skip
-    if parameters.get("sequence_id") not in (None, 0, ""):
-        raise bad_request("this model is not a sequence model: sequence_id is not supported")
     size = parameters.get("size", "upload")
     if size not in SIZES:
         raise bad_request(f"parameter 'size' must be one of {', '.join(SIZES)}, got {size!r}")
-    max_side = int_parameter(parameters, "max_side", "request")
-    if max_side is not None and max_side < 1:
-        raise bad_request(f"parameter 'max_side' must be an integer >= 1, got {max_side}")
-    if max_side is not None and size == "model":
-        raise bad_request("size=model excludes max_side (the maps are at the model's size)")
-    timeout_us = int_parameter(parameters, "timeout", "request")
-    if timeout_us is not None and timeout_us < 0:
-        raise bad_request(f"parameter 'timeout' (microseconds) must be >= 0, got {timeout_us}")
-    int_parameter(parameters, "priority", "request")  # checked; it changes nothing here
+    max_side = _bounded(parameters, "max_side", 1, MAX_SIDE)
+    timeout_us = _bounded(parameters, "timeout", 0, UINT64_MAX)  # microseconds
+    _bounded(parameters, "priority", 0, UINT64_MAX)  # checked; it changes nothing here
     timeout_s = timeout_us / 1e6 if timeout_us else None  # 0: the server's own deadline
     return size, max_side, timeout_s
+
+
+def _bounded(parameters: dict, key: str, low: int, high: int) -> int | None:
+    """An integer parameter within [low, high] (the ranges the OpenAPI document declares)."""
+    value = int_parameter(parameters, key, "request")
+    if value is not None and not low <= value <= high:
+        raise bad_request(f"parameter {key!r} must be an integer in {low}..{high}, got {value}")
+    return value
 
 
 def _outputs(wire: WireRequest, model: ModelDir, binary_default: bool) -> tuple[OutputChoice, ...]:
@@ -282,6 +288,9 @@ def _stacked(
 ) -> np.ndarray:
     if name in ROUTER_OUTPUTS:
         rows = [getattr(frame, name) for frame in frames]  # (T, L, E) or (T, L) each
-        return np.ascontiguousarray(np.stack(rows), np.float32)
-    dtype = KIND_DTYPES[model.task(name).kind]
-    return np.ascontiguousarray(np.stack([frame.maps[name] for frame in frames]), dtype)
+    else:
+        rows = [frame.maps[name] for frame in frames]
+    dtype = np.float32 if name in ROUTER_OUTPUTS else KIND_DTYPES[model.task(name).kind]
+    # One frame: a view with the frame axis added, no copy (a camera-size map is megabytes).
+    stacked = rows[0][None] if len(rows) == 1 else np.stack(rows)
+    return np.ascontiguousarray(stacked, dtype)

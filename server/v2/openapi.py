@@ -1,13 +1,18 @@
 """OpenAPI declarations for the V2 REST routes (``response_model=``, ``responses=``,
 ``openapi_extra=``), so that /docs and schemathesis see the protocol's shapes. Pydantic models
-document; responses are built as plain dicts by ``interface.py`` and checked against these
-models in the tests."""
+document the responses (built as plain dicts by ``interface.py`` and checked against these
+models in the tests); the request body is a JSON schema written out, with what
+``interface.py`` checks that JSON Schema can say (one input, its name, datatype and shape form,
+parameter ranges), and ``describe_model`` adds the served model's names once it is loaded."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from server.modeldir import ModelDir
+from server.v2.interface import IMAGE, MAX_SIDE, PIXELS, SIZES, UINT64_MAX, output_specs
 
 Parameters = dict[str, bool | int | float | str]
 
@@ -58,30 +63,6 @@ class ModelReadyResponse(BaseModel):
     ready: bool
 
 
-class RequestInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="image (BYTES [1]) or pixels (UINT8 [N, H, W, 3])")
-    shape: list[int]
-    datatype: str
-    parameters: Parameters | None = Field(None, description="binary_data_size: its raw bytes")
-    data: list[Any] | None = Field(None, description="row-major; image: the file in base64")
-
-
-class RequestOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    parameters: Parameters | None = Field(None, description="binary_data: raw after the JSON")
-
-
-class InferRequestBody(BaseModel):
-    id: str | None = None
-    parameters: Parameters | None = Field(
-        None, description="size (upload | model), max_side, binary_data_output, timeout (us)"
-    )
-    inputs: list[RequestInput]
-    outputs: list[RequestOutput] | None = Field(None, description="omitted: every output")
-
-
 class ResponseOutput(BaseModel):
     name: str
     shape: list[int]
@@ -98,22 +79,6 @@ class InferResponseBody(BaseModel):
     outputs: list[ResponseOutput]
 
 
-def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema with its ``$defs`` inlined: ``openapi_extra`` is pasted into the
-    document as it is, where ``#/$defs/...`` would point at the document's root."""
-    schema = model.model_json_schema()
-    definitions = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
-            return {key: resolve(value) for key, value in node.items()}
-        return [resolve(item) for item in node] if isinstance(node, list) else node
-
-    return resolve(schema)
-
-
 ERROR_DESCRIPTIONS = {
     400: "a request this model cannot serve: malformed, wrong inputs, outputs or parameters",
     401: "missing or wrong API key",
@@ -124,17 +89,120 @@ ERROR_DESCRIPTIONS = {
     504: "the request waited longer than the server's deadline",
 }
 BINARY = {"schema": {"type": "string", "format": "binary"}}
-INFER_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "description": "the JSON request; with the binary tensor data extension, raw tensors "
-        "after it and the JSON's length in the Inference-Header-Content-Length header",
-        "content": {
-            "application/json": {"schema": inline_schema(InferRequestBody)},
-            "application/octet-stream": BINARY,
+SCALAR = {"type": ["boolean", "integer", "number", "string"]}
+UINT64 = {"type": "integer", "minimum": 0, "maximum": UINT64_MAX}
+# The request parameters as server/v2/interface.py checks them (no others: unknown ones are 400).
+REQUEST_PARAMETERS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "size": {"enum": list(SIZES), "description": "upload: maps at the image's size; model: at "
+                 "the model's input size (with max_side: bounded by it)"},
+        "max_side": {"type": "integer", "minimum": 1, "maximum": MAX_SIDE,
+                     "description": "the maps' longest side at most this, aspect kept"},
+        "binary_data_output": {"type": "boolean", "description": "outputs raw after the JSON"},
+        "timeout": {**UINT64, "description": "microseconds; 0: the server's own deadline"},
+        "priority": {**UINT64, "description": "accepted, no effect"},
+    },
+}  # fmt: skip
+TENSOR_PARAMETERS = {"type": "object", "additionalProperties": SCALAR}
+IMAGE_INPUT = {
+    "type": "object",
+    "required": ["name", "datatype", "shape", "data"],
+    "properties": {
+        "name": {"const": IMAGE},
+        "datatype": {"const": "BYTES"},
+        "shape": {"const": [1]},
+        "data": {"type": "array", "items": {"type": "string", "minLength": 1},
+                 "minItems": 1, "maxItems": 1,
+                 "description": "one encoded image file (JPEG, PNG, ...) in base64"},
+        "parameters": TENSOR_PARAMETERS,
+    },
+}  # fmt: skip
+DIMENSION = {"type": "integer", "minimum": 1, "maximum": UINT64_MAX}
+PIXELS_INPUT = {
+    "type": "object",
+    "required": ["name", "datatype", "shape", "data"],
+    "properties": {
+        "name": {"const": PIXELS},
+        "datatype": {"const": "UINT8"},
+        "shape": {"type": "array", "prefixItems": [DIMENSION, DIMENSION, DIMENSION, {"const": 3}],
+                  "items": False, "minItems": 4, "description": "[N, H, W, 3]"},
+        "data": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255},
+                 "description": "N * H * W * 3 values, row-major"},
+        "parameters": TENSOR_PARAMETERS,
+    },
+}  # fmt: skip
+EXAMPLE = {  # two RGB pixels of one frame, the class map back as JSON
+    "inputs": [{"name": PIXELS, "datatype": "UINT8", "shape": [1, 1, 2, 3],
+                "data": [0, 128, 255, 255, 128, 0]}],
+    "outputs": [{"name": "semseg"}],
+}  # fmt: skip
+
+
+def infer_request_schema(output_names: list[str] | None = None) -> dict[str, Any]:
+    """The JSON request body (the binary extension's raw part cannot be described: its JSON
+    header is this less ``data``, with ``parameters.binary_data_size``). ``output_names``: the
+    served model's outputs, once it is known."""
+    name = {"type": "string"} if output_names is None else {"enum": list(output_names)}
+    output = {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": name,
+            "parameters": {"type": "object", "additionalProperties": False,
+                           "properties": {"binary_data": {"type": "boolean"}}},
         },
+    }  # fmt: skip
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": REQUEST_PARAMETERS,
+            "inputs": {"type": "array", "items": {"oneOf": [IMAGE_INPUT, PIXELS_INPUT]},
+                       "minItems": 1, "maxItems": 1, "description": "exactly one: image or pixels"},
+            "outputs": {"type": "array", "items": output, "description": "omitted: every output"},
+        },
+    }  # fmt: skip
+
+
+def infer_openapi(output_names: list[str] | None = None) -> dict[str, Any]:
+    """The infer routes' ``openapi_extra``: the request body."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "the JSON request; with the binary tensor data extension, the JSON "
+            "header then raw tensors, the header's length in Inference-Header-Content-Length",
+            "content": {
+                "application/json": {
+                    "schema": infer_request_schema(output_names),
+                    "example": EXAMPLE,
+                },
+                "application/octet-stream": BINARY,
+            },
+        }
     }
-}
+
+
+INFER_OPENAPI = infer_openapi()
+
+
+def describe_model(document: dict[str, Any], model: ModelDir) -> None:
+    """Patch the generated OpenAPI ``document`` for the served model: its name and version as
+    the only path values, its output names in the infer request body."""
+    names = [spec.name for spec in output_specs(model)]
+    values = {"model_name": model.name, "model_version": model.version}
+    for path, item in document["paths"].items():
+        if not path.startswith("/v2/models/"):
+            continue
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"] in values:
+                    parameter["schema"] = {"type": "string", "enum": [values[parameter["name"]]]}
+            if path.endswith("/infer"):
+                operation["requestBody"] = infer_openapi(names)["requestBody"]
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -28,7 +28,7 @@ from server.v2.tensors import (
     from_list,
     from_raw,
     int_parameter,
-    to_raw,
+    raw_view,
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -191,8 +191,9 @@ def encode_response(response: WireResponse) -> tuple[bytes, dict[str, str]]:
         }
         parameters = dict(tensor.parameters)
         if tensor.name in response.binary_outputs:
-            chunks.append(to_raw(tensor))
-            parameters["binary_data_size"] = len(chunks[-1])
+            chunks.append(raw_view(tensor))  # no copy: the join below is the only one
+            parameters["binary_data_size"] = chunks[-1].nbytes if isinstance(
+                chunks[-1], memoryview) else len(chunks[-1])  # fmt: skip
         else:
             entry["data"] = _json_data(tensor)
         if parameters:

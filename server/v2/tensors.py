@@ -78,11 +78,22 @@ def check_datatype(datatype: Any, name: str) -> str:
 
 
 def check_shape(shape: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(shape, list | tuple) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    dimensions = [whole_number(d) for d in shape] if isinstance(shape, list | tuple) else [None]
+    if not all(d is not None and d >= 0 for d in dimensions):
         raise bad_request(f"tensor {name!r}: shape must be a list of integers >= 0, got {shape!r}")
-    return tuple(shape)
+    return tuple(dimensions)
+
+
+def whole_number(value: Any) -> int | None:
+    """An integer, or a float with no fractional part (JSON has one number type: 64.0 is the
+    integer 64 there, and in JSON Schema); ``None`` for anything else (booleans included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def element_count(shape: tuple[int, ...]) -> int:
@@ -105,9 +116,15 @@ def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np
 
 def to_raw(tensor: WireTensor) -> bytes:
     """The tensor's raw bytes (``BYTES``: length-prefixed elements)."""
+    return bytes(raw_view(tensor))
+
+
+def raw_view(tensor: WireTensor) -> bytes | memoryview:
+    """The tensor's raw bytes without a copy where it can be: a numeric tensor's memory itself
+    (row-major, little-endian), for a body that is joined once (``rest.encode_response``)."""
     if tensor.datatype == "BYTES":
         return serialize_bytes(tensor.data)
-    return np.ascontiguousarray(tensor.data, DTYPES[tensor.datatype]).tobytes()
+    return memoryview(np.ascontiguousarray(tensor.data, DTYPES[tensor.datatype])).cast("B")
 
 
 def serialize_bytes(elements: np.ndarray) -> bytes:
@@ -170,6 +187,8 @@ def _numeric(name: str, datatype: str, data: Any) -> np.ndarray:
     except ValueError:  # ragged nesting
         raise bad_request(f"tensor {name!r}: data is not a regular (row-major) array") from None
     allowed = {"BOOL": "b", "FP16": "biuf", "FP32": "biuf", "FP64": "biuf"}.get(datatype, "iu")
+    if allowed == "iu" and values.dtype.kind == "f" and np.all(np.mod(values, 1) == 0):
+        allowed = "iuf"  # whole numbers written as floats: JSON's 3.0 is the integer 3
     if values.size and values.dtype.kind not in allowed:
         wanted = {"b": "booleans", "iu": "integers"}.get(allowed, "numbers")
         raise bad_request(f"tensor {name!r}: {datatype} data must be {wanted}")
@@ -218,6 +237,9 @@ def bool_parameter(parameters: dict[str, Parameter], key: str, default: bool, wh
 
 def int_parameter(parameters: dict[str, Parameter], key: str, where: str) -> int | None:
     value = parameters.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+    if value is None:
+        return None
+    number = whole_number(value)
+    if number is None:
         raise bad_request(f"{where}: parameter {key!r} must be an integer, got {value!r}")
-    return value
+    return number

@@ -104,3 +104,17 @@ def test_reduced_decode_compares_both_decodes_on_the_same_scenes():
         assert small["metrics"][task]["reduced_minus_full"] == 0.0
     shares = [a["equal_share"] for a in large["agreement_at_upload_size"].values()]
     assert all(0 < share <= 1 for share in shares) and min(shares) < 1  # another input
+
+
+def test_bench_v2_encoding_times_every_form():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_v2", "--encoding", "--image", "64x48",
+         "--requests", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    size, _, printed = done.stdout.strip().partition(" ")
+    assert size == "64x48"
+    times = json.loads(printed)
+    assert set(times) == {"rest_body", "grpc_bytes", "grpc_protobuf"}
+    assert all(value > 0 for value in times.values())

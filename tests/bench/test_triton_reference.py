@@ -2,12 +2,15 @@
 model through bench/triton_reference.py; bench/v2_client.py's sequence runs against it with
 tritonclient. Checked: the metadata declares the interface of docs/api_v2.md, every output has
 the promised name, datatype and shape, and every map equals the project's own post-processing
-of ONNX Runtime's outputs for the same input. The venv comes from ``make triton-venv``; when it
-cannot be built the test fails under CI=true (skips elsewhere)."""
+of ONNX Runtime's outputs for the same input. Then the conformance cross-check: the same script
+against our server (REST and gRPC, the demo model) gives the same metadata structure, output
+names, datatypes, shapes and values; where Triton and we legitimately differ, a test says how.
+The venv comes from ``make triton-venv``; when it cannot be built the tests fail under CI=true
+(skip elsewhere)."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -18,31 +21,22 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
+from tritonclient.utils import InferenceServerException
 
+from bench import v2_client
 from server.codecs import decode_image
 from server.maps import restore_size
 from server.modeldir import load_model_dir
 from server.pipeline import MapSize, preprocess
 from server.runtime import ModelRuntime
 from server.v2.interface import model_metadata
-from tests.server.conftest import free_port
+from tests.server.conftest import free_port, start_v2_server
 
 REPO = Path(__file__).resolve().parents[2]
 TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
 SAMPLE = REPO / "demo" / "samples" / "scene_0.png"
 VENV_BUILD_TIMEOUT_S = 900  # a clean machine downloads ~150 MB of wheels
 READY_TIMEOUT_S = 120
-
-
-def load_client():
-    spec = importlib.util.spec_from_file_location("v2_client", REPO / "bench" / "v2_client.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-v2_client = load_client()
 
 
 def build_triton_venv() -> None:
@@ -66,7 +60,7 @@ def triton(tmp_path_factory):
     http_port, grpc_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("triton") / "triton.log"
     process = subprocess.Popen(
-        [str(TRITON_PYTHON), "bench/triton_reference.py", "--model-dir", "demo/model",
+        [str(TRITON_PYTHON), "-m", "bench.triton_reference", "--model-dir", "demo/model",
          "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--threads", "1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
@@ -165,3 +159,93 @@ def expected_outputs(runtime, rgb_frames, names, parameters) -> dict:
     return {
         name: (datatypes[name], np.stack([frame[name] for frame in per_frame])) for name in names
     }
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+    server = start_v2_server(REPO / "demo" / "model", tmp_path_factory.mktemp("ours"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def our_sequence(ours):
+    frames = v2_client.sample_frames(SAMPLE)
+    return v2_client.run_sequence(ours.url[7:], ours.grpc, "ase-demo", SAMPLE.read_bytes(), frames)
+
+
+def test_one_script_gets_the_same_answers_from_both(sequence, our_sequence):
+    """bench/v2_client.py's compare: every step, output name, datatype, shape; ids identical,
+    floats within 1e-5; metadata documents with the same keys (our ``tasks`` aside), inputs,
+    outputs and health, and binary_tensor_data advertised by both."""
+    theirs, _ = sequence
+    assert len(our_sequence) == len(theirs) == 5 + len(v2_client.calls(list(MODEL.task_names)))
+    assert v2_client.compare(our_sequence, theirs) == []
+
+
+def test_where_triton_and_we_legitimately_differ(sequence, our_sequence, triton, ours):
+    theirs, _ = sequence
+    for transport in ("http", "grpc"):
+        mine = our_sequence[f"model_metadata/{transport}"].document
+        other = theirs[f"model_metadata/{transport}"].document
+        # The model version: ours the model directory's (step-sha), Triton's its integer "1".
+        assert (mine["versions"], other["versions"]) == ([MODEL.version], ["1"])
+        # The platform: ours an ONNX model's protocol name, Triton's the Python backend's.
+        assert (mine["platform"], other["platform"]) == ("onnx_onnxv1", "python")
+    # Our REST metadata adds what each task output means (gRPC has no room for it).
+    assert "tasks" in our_sequence["model_metadata/http"].document
+    assert "tasks" not in theirs["model_metadata/http"].document
+    # Output parameters: ours names the computed tasks on the router outputs; Triton sends none.
+    image = SAMPLE.read_bytes()
+    assert router_parameters(ours.url[7:], image) == {"tasks": "semseg,normals"}
+    assert router_parameters(triton[0], image) == {}
+    # A failure in the model (an image input that is no image): our 400, Triton's 500 (its
+    # Python backend's errors are internal errors to it).
+    assert failure_status(ours.url[7:]) == "400"
+    assert failure_status(triton[0]) == "500"
+
+
+def router_parameters(url: str, image: bytes) -> dict:
+    call = v2_client.Call("router", "http", "image", ("semseg", "normals", "expert_tokens"))
+    client = v2_client.httpclient.InferenceServerClient(url)
+    try:
+        inputs, outputs = v2_client.build_request(v2_client.httpclient, call, image, None)
+        result = client.infer("ase-demo", inputs, outputs=outputs)
+    finally:
+        client.close()
+    parameters = result.get_output("expert_tokens").get("parameters", {})
+    return {k: v for k, v in parameters.items() if k != "binary_data_size"}  # the extension's
+
+
+def failure_status(url: str) -> str:
+    client = v2_client.httpclient.InferenceServerClient(url)
+    call = v2_client.Call("junk", "http", "image")
+    try:
+        inputs, _ = v2_client.build_request(v2_client.httpclient, call, b"no image here" * 8, None)
+        with pytest.raises(InferenceServerException) as failed:
+            client.infer("ase-demo", inputs)
+    finally:
+        client.close()
+    return failed.value.status()
+
+
+def test_bench_v2_runs_both_servers_in_alternating_rounds(triton, tmp_path):
+    """bench/bench_v2.py end to end with tiny counts (this checks the script, not the speed):
+    it starts both servers itself, and its summary is what its rounds say."""
+    out = tmp_path / "v2.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_v2", "--image", "64x48", "--concurrency", "1,2",
+         "--rounds", "2", "--requests", "3", "--warmup", "1", "--triton-threads", "1",
+         "--server-flags", "--threads 1", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["image"], r["concurrency"]) for r in results] == [("64x48", 1), ("64x48", 2)]
+    for result in results:
+        ours, theirs = result["rounds"]["ours"], result["rounds"]["triton"]
+        assert len(ours) == len(theirs) == 2
+        ratios = [a["throughput"] / b["throughput"] for a, b in zip(ours, theirs, strict=True)]
+        assert result["ratio"]["throughput"] == round(float(np.median(ratios)), 3)
+        assert all(r["p99"] >= r["p50"] > 0 for r in ours + theirs)
+    assert "| 64x48 | 2 |" in done.stdout  # the table docs/benchmarks.md shows

@@ -31,6 +31,8 @@ PREDICT = {"protocol": "native", "endpoint": "/predict"}  # the request metrics'
 class ServerProcess(RunningProcess):
     """A ``python -m server`` process."""
 
+    grpc: str | None = None  # host:port of the V2 gRPC service, when started with one
+
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
@@ -49,11 +51,25 @@ def start_server(model_dir: Path, log_dir: Path, *flags: str, env: dict | None =
     )
 
 
-def start_demo_server(log_dir: Path) -> ServerProcess:
-    """The server as ``make serve`` runs it: no --model-dir, so the committed demo model."""
-    port = free_port()
+def start_v2_server(model_dir: Path, log_dir: Path, *flags: str) -> ServerProcess:
+    """``start_server`` with the Open Inference Protocol's gRPC service on a free port too."""
+    grpc_port = free_port()
+    server = start_server(model_dir, log_dir, "--grpc-port", str(grpc_port), *flags)
+    server.grpc = f"127.0.0.1:{grpc_port}"  # bound before the lifespan warms up, so now
+    return server
+
+
+def start_demo_server(log_dir: Path, grpc: bool = False) -> ServerProcess:
+    """The server as ``make serve`` runs it: no --model-dir, so the committed demo model (with
+    ``grpc``: as ``make serve GRPC_PORT=...``, a free port)."""
+    port, grpc_port = free_port(), free_port() if grpc else None
     command = [PYTHON, "-m", "server", "--port", str(port), "--providers", "cpu"]
-    return ServerProcess.start(command, port, log_dir / f"demo-{port}.log", "/readyz", 90, cwd=REPO)
+    if grpc:
+        command += ["--grpc-port", str(grpc_port)]
+    log = log_dir / f"demo-{port}.log"
+    server = ServerProcess.start(command, port, log, "/readyz", 90, cwd=REPO)
+    server.grpc = f"127.0.0.1:{grpc_port}" if grpc else None
+    return server
 
 
 def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import numpy as np
 import pytest
@@ -147,6 +148,7 @@ def test_every_image_mode_is_served(server, mode):
 def test_openapi_documents_parameters_and_errors(server):
     with server.client() as client:
         schema = client.get("/openapi.json").json()
+        served = client.get("/v1/models").json()["name"]
     operation = schema["paths"]["/predict"]["post"]
     parameters = {p["name"]: p for p in operation["parameters"]}
     assert set(parameters) == {"tasks", "format", "visualize", "alpha", "router_stats", "size",
@@ -156,3 +158,14 @@ def test_openapi_documents_parameters_and_errors(server):
     assert "multipart/form-data" in operation["requestBody"]["content"]
     error = operation["responses"]["415"]["content"]["application/json"]["schema"]
     assert error["$ref"].endswith("/ErrorResponse")
+    assert "multipart/mixed" in operation["responses"]["200"]["content"]  # png, several tasks
+    pattern = parameters["tasks"]["schema"]["pattern"]  # the served model's task names
+    assert all(re.search(pattern, ok) for ok in ("semseg", "normals,edges", "parts , saliency"))
+    assert not any(re.search(pattern, bad) for bad in ("", "depth", "semseg,", ",", "semseg;x"))
+    infer = schema["paths"]["/v2/models/{model_name}/infer"]["post"]
+    body = infer["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["outputs"]["items"]["properties"]["name"]["enum"] == [
+        "semseg", "parts", "saliency", "normals", "edges", "expert_tokens", "shared_gate_mass"
+    ]  # fmt: skip
+    model_name = infer["parameters"][0]["schema"]
+    assert model_name["enum"] == [served]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import numpy as np
+import orjson
+import pytest
 import tritonclient.http as httpclient
 
 from server import errors
-from server.v2.errors import from_serving_error
+from server.v2.errors import V2Error, from_serving_error
 from server.v2.interface import (
     FrameResult,
     infer_request,
@@ -17,11 +20,12 @@ from server.v2.interface import (
     server_metadata,
 )
 from server.v2.openapi import (
+    EXAMPLE,
     INFER_OPENAPI,
-    InferRequestBody,
     InferResponseBody,
     ModelMetadataResponse,
     ServerMetadataResponse,
+    infer_request_schema,
 )
 from server.v2.rest import encode_response, parse_request
 from tests.server.v2.helpers import demo_model, fake_frames, http_body, image_input, png_bytes
@@ -68,12 +72,41 @@ def test_documents_match_their_openapi_models():
     assert "$ref" not in json.dumps(INFER_OPENAPI)  # pasted into /openapi.json as it is
     outputs = [httpclient.InferRequestedOutput("edges", binary_data=False)]
     body, _ = http_body([image_input(httpclient, png_bytes(), binary=False)], outputs)
-    InferRequestBody.model_validate_json(body)
+    validator = jsonschema.Draft202012Validator(infer_request_schema(list(MODEL.outputs)))
+    validator.validate(orjson.loads(body))  # tritonclient's JSON request is schema-valid
     request = infer_request(parse_request(body, {}, MODEL.name), MODEL)
     frames = fake_frames(request, MODEL, height=4, width=5)
     response, headers = encode_response(infer_response(request, MODEL, frames))
     assert headers == {"Content-Type": "application/json"}
     InferResponseBody.model_validate_json(response)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"inputs": []},
+        {"inputs": [{**EXAMPLE["inputs"][0], "name": "img"}]},
+        {"inputs": [{**EXAMPLE["inputs"][0], "shape": [1, 1, 2, 4]}]},
+        {"inputs": [{**EXAMPLE["inputs"][0], "data": [256, 0, 0, 0, 0, 0]}]},
+        {"outputs": [{"name": "depth"}]},
+        {"outputs": [{"name": "semseg", "parameters": {"classification": 2}}]},
+        {"parameters": {"max_side": 0}},
+        {"parameters": {"max_side": 65536}},
+        {"parameters": {"size": "huge"}},
+        {"parameters": {"sequence_id": 0}},
+        {"parameters": {"priority": -1}},
+    ],
+)
+def test_what_the_schema_refuses_the_server_refuses(change):
+    """Each schema-invalid body is a 400, and the example (changed by nothing) is served."""
+    schema = infer_request_schema(list(MODEL.outputs))
+    jsonschema.Draft202012Validator(schema).validate(EXAMPLE)
+    infer_request(parse_request(orjson.dumps(EXAMPLE), {}, MODEL.name), MODEL)
+    body = {**EXAMPLE, **change}
+    assert not jsonschema.Draft202012Validator(schema).is_valid(body)
+    with pytest.raises(V2Error) as refused:
+        infer_request(parse_request(orjson.dumps(body), {}, MODEL.name), MODEL)
+    assert refused.value.status == 400
 
 
 def test_frame_results_from_per_task_router_statistics():

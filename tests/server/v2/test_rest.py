@@ -80,6 +80,19 @@ def test_size_parameters_and_client_timeout():
     assert (request.size, request.max_side, request.timeout_s) == ("model", None, 0.25)
     request = parse(*http_body(image, parameters={"max_side": 64}))
     assert (request.size, request.max_side, request.timeout_s) == ("upload", 64, None)
+    request = parse(*http_body(image, parameters={"size": "model", "max_side": 64}))
+    assert (request.size, request.max_side) == ("model", 64)  # composed: MapSize.resolve
+
+
+def test_whole_numbers_written_as_floats_are_integers():
+    """JSON (and JSON Schema) has one number type: 3.0 is the integer 3."""
+    pixels = {"name": "pixels", "datatype": "UINT8", "shape": [1.0, 1, 2, 3.0],
+              "data": [0, 1.0, 2, 3, 4, 255.0]}  # fmt: skip
+    body = orjson.dumps({"inputs": [pixels], "parameters": {"max_side": 8.0}})
+    request = parse(body, {})
+    assert request.pixels.shape == (1, 1, 2, 3) and request.pixels.dtype == np.uint8
+    assert request.pixels.reshape(-1).tolist() == [0, 1, 2, 3, 4, 255]
+    assert request.max_side == 8 and isinstance(request.max_side, int)
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -172,11 +185,12 @@ BAD_REQUESTS = {
     "datatype": (_json({"inputs": [{**IMAGE_JSON, "datatype": "STRING"}]}), 400, "datatype"),
     "bf16": (_json({"inputs": [{**IMAGE_JSON, "datatype": "BF16"}]}), 400, "datatype"),
     "size": (_json({"inputs": [IMAGE_JSON], "parameters": {"size": "big"}}), 400, "'size'"),
-    "max_side": (_json({"inputs": [IMAGE_JSON], "parameters": {"max_side": 0}}), 400, ">= 1"),
-    "size and max_side": (
-        _json({"inputs": [IMAGE_JSON], "parameters": {"size": "model", "max_side": 64}}),
-        400, "excludes",
+    "max_side": (_json({"inputs": [IMAGE_JSON], "parameters": {"max_side": 0}}), 400, "1..65535"),
+    "max_side big": (
+        _json({"inputs": [IMAGE_JSON], "parameters": {"max_side": 65536}}), 400, "1..65535",
     ),
+    "priority": (_json({"inputs": [IMAGE_JSON], "parameters": {"priority": -1}}), 400, "0.."),
+    "timeout": (_json({"inputs": [IMAGE_JSON], "parameters": {"timeout": -5}}), 400, "0.."),
     "max_side type": (
         _json({"inputs": [IMAGE_JSON], "parameters": {"max_side": "64"}}), 400, "integer",
     ),
@@ -185,6 +199,9 @@ BAD_REQUESTS = {
     ),
     "sequence": (
         _json({"inputs": [IMAGE_JSON], "parameters": {"sequence_id": 3}}), 400, "sequence",
+    ),
+    "sequence start": (
+        _json({"inputs": [IMAGE_JSON], "parameters": {"sequence_start": False}}), 400, "sequence",
     ),
     "unknown output": (
         _json({"inputs": [IMAGE_JSON], "outputs": [{"name": "depth"}]}), 400, "unexpected",
