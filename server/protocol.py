@@ -79,13 +79,24 @@ class PredictResponse(BaseModel):
     router: dict[str, RouterStats] | None = None
 
 
+class TaskDescription(BaseModel):
+    """One served task (GET /models, and the V2 model metadata's own ``tasks`` key)."""
+
+    name: str
+    id: int
+    kind: Literal["classes", "probability", "vector"]
+    channels: int
+    classes: list[str] | None = None
+    palette: list[list[int]] | None = Field(None, description="RGB per class (GET /models)")
+
+
 class ModelsResponse(BaseModel):
     name: str
     version: str
     dataset: str | None = Field(
         None, description="what the model was trained on: 'synthetic' (the demo) or a dataset"
     )
-    tasks: list[dict[str, Any]]
+    tasks: list[TaskDescription]
     input: dict[str, Any]
     adapters: dict[str, Any] = Field(description="N/k/S/r, routing variant, layers, tokens")
     providers: list[str] = Field(description="execution providers actually in use")

@@ -263,17 +263,7 @@ def describe(state: ServerState) -> dict:
         "name": model.name,
         "version": model.version,
         "dataset": model.metadata.dataset,
-        "tasks": [
-            {
-                "name": t.name,
-                "id": t.id,
-                "kind": t.kind,
-                "channels": t.channels,
-                "classes": list(t.classes) if t.classes else None,
-                "palette": [list(c) for c in t.palette] if t.palette else None,
-            }
-            for t in model.tasks
-        ],  # fmt: skip
+        "tasks": [t.model_dump(mode="json") for t in model.tasks],
         "input": model.input.model_dump(mode="json"),
         "adapters": model.adapters.model_dump(mode="json"),
         "providers": state.runtime.providers,

@@ -136,19 +136,16 @@ def server_metadata(version: str) -> dict:
 
 def model_metadata(model: ModelDir) -> dict:
     """The protocol's model metadata, plus ``tasks`` (this server's own key: what each task
-    output means: kind, channels, class names), which clients that do not know it ignore."""
+    output means: kind, channels, class names and palette, as GET /models says), which clients
+    that do not know it ignore."""
     return {
         "name": model.name,
         "versions": [model.version],
         "platform": PLATFORM,
         "inputs": [spec.describe() for spec in input_specs()],
         "outputs": [spec.describe() for spec in output_specs(model)],
-        "tasks": [
-            {"name": t.name, "id": t.id, "kind": t.kind, "channels": t.channels,
-             "classes": list(t.classes) if t.classes else None}
-            for t in model.tasks
-        ],
-    }  # fmt: skip
+        "tasks": [t.model_dump(mode="json") for t in model.tasks],
+    }
 
 
 def check_model(model: ModelDir, name: str, version: str = "") -> None:

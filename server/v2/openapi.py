@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from server.modeldir import ModelDir
+from server.protocol import TaskDescription
 from server.v2.interface import IMAGE, MAX_SIDE, PIXELS, SIZES, UINT64_MAX, output_specs
 
 Parameters = dict[str, bool | int | float | str]
@@ -31,14 +32,6 @@ class TensorMetadata(BaseModel):
     name: str
     datatype: str
     shape: list[int] = Field(description="-1: any size")
-
-
-class TaskDescription(BaseModel):
-    name: str
-    id: int
-    kind: str = Field(description="classes | probability | vector")
-    channels: int
-    classes: list[str] | None = None
 
 
 class ModelMetadataResponse(BaseModel):
