@@ -6,6 +6,10 @@ client left or whose deadline passed, packs the rest into ``images`` / ``stream_
 ``stream_task`` (one stream per (image, task) pair, so unrequested tasks cost nothing), runs
 the session in a thread (the event loop stays free) and hands each request its own rows.
 Every stream's output depends only on its own image, so a batched answer equals the lone one.
+
+With several model instances (``run_batches``: one per ORT session) there is one worker per
+instance; one collects at a time, so a batch fills while the other instances compute, and the
+next free instance takes the next batch (Triton's instance groups, in one process).
 """
 
 from __future__ import annotations
@@ -55,27 +59,34 @@ class Job:
 class Batcher:
     def __init__(
         self,
-        run_batch: RunBatch,
+        run_batches: list[RunBatch],
         model: ModelDir,
         metrics: ServerMetrics,
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
     ) -> None:
-        self._run_batch = run_batch
+        if not run_batches:
+            raise ValueError("a batcher needs at least one model instance")
+        self._run_batches = run_batches
         self._model = model
         self._metrics = metrics
         self._max_batch, self._max_wait_s, self._max_queue = max_batch, max_wait_s, max_queue
         self._pending: deque[Job] = deque()
         self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ase-inference")
-        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(len(run_batches), thread_name_prefix="ase-inference")
+        self._workers: list[asyncio.Task] = []
+        self._collecting = asyncio.Lock()  # one worker fills a batch at a time
+        self._busy = 0  # workers between taking a batch and answering it
         self._idle = asyncio.Event()
         self._idle.set()
         self._flush_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self._worker = asyncio.create_task(self._work(), name="ase-batcher")
+        self._workers = [
+            asyncio.create_task(self._work(run_batch), name=f"ase-batcher-{number}")
+            for number, run_batch in enumerate(self._run_batches)
+        ]
 
     async def stop(self, timeout_s: float) -> None:
         """Finish what is queued (graceful shutdown), then stop the worker and its thread."""
@@ -85,8 +96,8 @@ class Batcher:
                     await asyncio.sleep(0.01)
         except TimeoutError:
             log.warning("shutdown: %d queued requests abandoned", len(self._pending))
-        if self._worker:
-            self._worker.cancel()
+        for worker in self._workers:
+            worker.cancel()
         closing = Unavailable("shutting_down", "the server is shutting down; retry elsewhere", 1)
         while self._pending:
             job = self._pending.popleft()
@@ -121,14 +132,16 @@ class Batcher:
         self._metrics.dropped.labels(reason).inc()
         self._metrics.queue_depth.set(len(self._pending))
 
-    async def _work(self) -> None:
+    async def _work(self, run_batch: RunBatch) -> None:
         while True:
-            batch = await self._collect()
-            self._idle.clear()
+            async with self._collecting:
+                batch = await self._collect()
+                self._busy += 1
+                self._idle.clear()
             try:
                 live = self._drop_dead(batch)
                 if live:
-                    await self._run(live)
+                    await self._run(live, run_batch)
             except Exception as error:  # one bad batch must not stop the worker for the rest
                 log.exception("batch of %d requests failed", len(batch))
                 failure = Internal("internal_error", f"serving this batch failed: {error}")
@@ -136,7 +149,9 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(failure)
             finally:
-                self._idle.set()
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
 
     async def _collect(self) -> list[Job]:
         while not self._pending:
@@ -174,7 +189,7 @@ class Batcher:
                 live.append(job)
         return live
 
-    async def _run(self, jobs: list[Job]) -> None:
+    async def _run(self, jobs: list[Job], run_batch: RunBatch) -> None:
         images = np.stack([job.image for job in jobs])  # (B, 3, H, W)
         stream_image = np.array([i for i, job in enumerate(jobs) for _ in job.task_ids], np.int64)
         stream_task = np.array([t for job in jobs for t in job.task_ids], np.int64)  # (S,)
@@ -182,7 +197,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             outputs = await loop.run_in_executor(
-                self._executor, self._run_batch, images, stream_image, stream_task
+                self._executor, run_batch, images, stream_image, stream_task
             )
         except Exception as error:
             log.exception("model call failed")

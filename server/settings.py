@@ -33,7 +33,17 @@ class Settings(BaseSettings):
         description="ONNX Runtime execution providers in order of preference, comma-separated "
         "(cuda, tensorrt, cpu or full names); the ones not available are skipped",
     )
-    threads: int = Field(0, ge=0, description="ORT intra-op threads per worker (0: ORT decides)")
+    threads: int = Field(
+        0, ge=0, description="ORT intra-op threads per model instance (0: ORT decides)"
+    )
+    instances: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="model instances per worker: ORT sessions side by side, each running one "
+        "batch at a time, the next free one taking the next batch (Triton's instance count; "
+        "e.g. one per core with threads=1)",
+    )
     ort_spin: Literal["brief", "always", "never"] = Field(
         "brief",
         description="how ORT's threads wait for work: brief (spin at most 100 us, then sleep), "

@@ -1,9 +1,9 @@
 """What a running server holds, built once at start from the settings and the model directory.
 
-Start-up order: read and check the model directory, open the ORT session on the graph chosen
-for the provider actually taken, the metrics, the batcher, the memory budget and the render
-pool; ``warm_up`` then runs a full batch (and compiles the map kernels) before the server says
-it is ready.
+Start-up order: read and check the model directory, open the ORT sessions (one per model
+instance) on the graph chosen for the provider actually taken, the metrics, the batcher, the
+memory budget and the render pool; ``warm_up`` then runs a full batch on each instance (and
+compiles the map kernels) before the server says it is ready.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ log = logging.getLogger("server.state")
 class ServerState:
     settings: Settings
     model: ModelDir
-    runtime: ModelRuntime
+    runtime: ModelRuntime  # the first instance: its provider and graph are every one's
+    instances: list[ModelRuntime]
     metrics: ServerMetrics
     batcher: Batcher
     budget: MemoryBudget
@@ -45,10 +46,14 @@ def load_state(settings: Settings) -> ServerState:
     if settings.return_freed_memory and not return_freed_memory():
         log.warning("not glibc: freed memory may stay with the process after large requests")
     model = load_model_dir(settings.model_dir)
-    runtime = ModelRuntime(model, settings.provider_list, settings.threads, settings.ort_spin)
+    instances = [
+        ModelRuntime(model, settings.provider_list, settings.threads, settings.ort_spin)
+        for _ in range(settings.instances)
+    ]
+    runtime = instances[0]
     metrics = ServerMetrics(model, runtime.provider)
     batcher = Batcher(
-        runtime.run, model, metrics,
+        [instance.run for instance in instances], model, metrics,
         max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
         max_queue=settings.max_queue,
     )  # fmt: skip
@@ -58,7 +63,9 @@ def load_state(settings: Settings) -> ServerState:
         settings.render_threads or os.cpu_count() or 1, thread_name_prefix="ase-render"
     )
     log.info("memory budget for requests: %d MiB", budget.capacity >> 20)
-    return ServerState(settings, model, runtime, metrics, batcher, budget, pipeline, render_pool)
+    return ServerState(
+        settings, model, runtime, instances, metrics, batcher, budget, pipeline, render_pool
+    )
 
 
 def budget_bytes(settings: Settings) -> int:
@@ -71,7 +78,8 @@ def warm_up(state: ServerState) -> float:
     """A full batch with every task, and every map kernel once (compiled, or loaded from
     numba's cache), so that the first request pays neither."""
     started = time.perf_counter()
-    state.runtime.warm_up(state.settings.max_batch)
+    for instance in state.instances:
+        instance.warm_up(state.settings.max_batch)
     for task in state.model.tasks:
         prediction = np.zeros((task.channels, 2, 2), np.float32)
         for dtype in (np.uint8, np.float32) if task.kind != "classes" else (np.uint8,):

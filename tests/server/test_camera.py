@@ -213,7 +213,7 @@ def test_frames_are_served_together_and_each_equals_its_lone_answer(model_dir):
 
     async def serve(batch: np.ndarray):
         metrics = ServerMetrics(model, runtime.provider)
-        batcher = Batcher(runtime.run, model, metrics, max_batch=8, max_wait_s=0, max_queue=8)
+        batcher = Batcher([runtime.run], model, metrics, max_batch=8, max_wait_s=0, max_queue=8)
         budget = MemoryBudget(1 << 30, max_waiting=4)
         pipeline = Pipeline(model, batcher, budget, 10**8)
         batcher.start()

@@ -57,6 +57,24 @@ def test_batched_responses_equal_lone_responses(server):
     assert images == len(bodies) and calls < len(bodies)  # some requests really shared a call
 
 
+def test_two_model_instances_answer_as_one(server, model_dir, logs):
+    """``--instances 2``: concurrent requests on two ORT sessions in one process get the same
+    PNGs as the one-instance server gives each alone."""
+    bodies = [image_bytes(random_image(200 + i)) for i in range(len(TASK_SETS))]
+    two = start_server(model_dir, logs, "--instances", "2", "--max-batch", "2")
+    try:
+        together = asyncio.run(post_all(two.url, bodies, TASK_SETS))
+        served = two.metrics()
+    finally:
+        two.stop()
+    pairs = zip(bodies, TASK_SETS, strict=True)
+    alone = [asyncio.run(post_all(server.url, [b], [t]))[0] for b, t in pairs]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched.status_code == single.status_code == 200
+        assert batched.json()["tasks"] == single.json()["tasks"]
+    assert metric(served, "ase_batch_size_sum") == len(bodies)
+
+
 @pytest.fixture(scope="module")
 def slow_server(slow_model_dir, logs):
     flags = ("--max-batch", "1", "--max-queue", "2", "--max-wait-ms", "0", "--timeout-s", "20")
