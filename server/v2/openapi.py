@@ -99,33 +99,30 @@ REQUEST_PARAMETERS = {
     },
 }  # fmt: skip
 TENSOR_PARAMETERS = {"type": "object", "additionalProperties": SCALAR}
-IMAGE_INPUT = {
-    "type": "object",
-    "required": ["name", "datatype", "shape", "data"],
-    "properties": {
-        "name": {"const": IMAGE},
-        "datatype": {"const": "BYTES"},
-        "shape": {"const": [1]},
-        "data": {"type": "array", "items": {"type": "string", "minLength": 1},
-                 "minItems": 1, "maxItems": 1,
-                 "description": "one encoded image file (JPEG, PNG, ...) in base64"},
-        "parameters": TENSOR_PARAMETERS,
-    },
-}  # fmt: skip
+
+
+def tensor_input(name: str, datatype: str, shape: dict, data: dict) -> dict:
+    """The JSON schema of one request input: its fixed name and datatype, its shape and data."""
+    fields = {"name": {"const": name}, "datatype": {"const": datatype}, "shape": shape}
+    return {
+        "type": "object",
+        "required": ["name", "datatype", "shape", "data"],
+        "properties": {**fields, "data": data, "parameters": TENSOR_PARAMETERS},
+    }
+
+
 DIMENSION = {"type": "integer", "minimum": 1, "maximum": UINT64_MAX}
-PIXELS_INPUT = {
-    "type": "object",
-    "required": ["name", "datatype", "shape", "data"],
-    "properties": {
-        "name": {"const": PIXELS},
-        "datatype": {"const": "UINT8"},
-        "shape": {"type": "array", "prefixItems": [DIMENSION, DIMENSION, DIMENSION, {"const": 3}],
-                  "items": False, "minItems": 4, "description": "[N, H, W, 3]"},
-        "data": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255},
-                 "description": "N * H * W * 3 values, row-major"},
-        "parameters": TENSOR_PARAMETERS,
-    },
-}  # fmt: skip
+IMAGE_INPUT = tensor_input(IMAGE, "BYTES", {"const": [1]}, {
+    "type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1,
+    "description": "one encoded image file (JPEG, PNG, ...) in base64",
+})  # fmt: skip
+PIXELS_INPUT = tensor_input(PIXELS, "UINT8", {
+    "type": "array", "prefixItems": [DIMENSION, DIMENSION, DIMENSION, {"const": 3}],
+    "items": False, "minItems": 4, "description": "[N, H, W, 3]",
+}, {
+    "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255},
+    "description": "N * H * W * 3 values, row-major",
+})  # fmt: skip
 EXAMPLE = {  # two RGB pixels of one frame, the class map back as JSON
     "inputs": [{"name": PIXELS, "datatype": "UINT8", "shape": [1, 1, 2, 3],
                 "data": [0, 128, 255, 255, 128, 0]}],
