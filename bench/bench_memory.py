@@ -4,7 +4,7 @@
         [--burst 16] [--budget-mb 1500] [--queue 4] [--format npz] [--rounds 1]
 
 Starts ``python -m server`` for each allocator variant in turn (glibc's default; 2 arenas;
-the server's fixed mmap threshold, its default), warms it with two small requests, resets the
+a fixed mmap threshold; ``malloc_trim`` once idle, the server's default: server/heap.py), warms it with two small requests, resets the
 kernel's peak-RSS mark, sends ``--burst`` concurrent uploads of a smooth photo-like JPEG and
 reads every answer to its end, then samples RSS for 30 s. Prints one JSON row per variant.
 """
@@ -31,9 +31,10 @@ from model.data.synthetic import render, sample_scene
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {
-    "glibc_default": ({"MALLOC_ARENA_MAX": ""}, ["--return-freed-memory", "false"]),
-    "arena_max_2": ({"MALLOC_ARENA_MAX": "2"}, ["--return-freed-memory", "false"]),
-    "fixed_mmap_threshold": ({}, ["--return-freed-memory", "true"]),
+    "glibc_default": ({"MALLOC_ARENA_MAX": ""}, ["--return-freed-memory", "never"]),
+    "arena_max_2": ({"MALLOC_ARENA_MAX": "2"}, ["--return-freed-memory", "never"]),
+    "fixed_mmap_threshold": ({}, ["--return-freed-memory", "always"]),
+    "trim_when_idle": ({}, ["--return-freed-memory", "idle"]),
 }
 SETTLE_S = (1, 5, 10, 20, 30)
 

@@ -10,16 +10,15 @@ so nothing is admitted that the budget cannot hold.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
-import platform
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.errors import TooLarge, deadline_exceeded, overloaded
+from server.heap import IdleTrim
 
 log = logging.getLogger("server.budget")
 CGROUP_LIMITS = (
@@ -43,24 +42,6 @@ def memory_limit_bytes() -> int:
         if text.isdigit() and int(text) < host:  # "max" or a huge v1 value: no limit
             return int(text)
     return host
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
-MMAP_THRESHOLD_BYTES = 128 << 10
-
-
-def return_freed_memory() -> bool:
-    """Make freed buffers go back to the OS at once (glibc only; ``False`` elsewhere).
-
-    glibc serves allocations over 128 KiB from their own mappings, returned when freed, but
-    raises that threshold to the size of each such block freed (up to 32 MiB): after the first
-    camera-size response, map bands and decoded images come from the heap arenas, which keep
-    what they held. Fixing the threshold stops that (bench/bench_memory.py: RSS after a burst of
-    39-MP requests back near idle; docs/benchmarks.md, memory).
-    """
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def auto_budget_bytes(workers: int) -> int:
@@ -90,10 +71,12 @@ class _Waiter:
 
 
 class MemoryBudget:
-    """``capacity`` bytes shared by the requests in flight; at most ``max_waiting`` wait."""
+    """``capacity`` bytes shared by the requests in flight; at most ``max_waiting`` wait.
+    ``heap`` hears when the last reservation is released (idle) and when one is taken (busy):
+    server/heap.py gives the freed memory back once the server stays idle."""
 
-    def __init__(self, capacity: int, max_waiting: int) -> None:
-        self.capacity, self.max_waiting = capacity, max_waiting
+    def __init__(self, capacity: int, max_waiting: int, heap: IdleTrim | None = None) -> None:
+        self.capacity, self.max_waiting, self.heap = capacity, max_waiting, heap
         self.in_use = 0
         self._waiting: deque[_Waiter] = deque()
 
@@ -112,7 +95,7 @@ class MemoryBudget:
                 "or size=model) or send a smaller image",
             )
         if not self._waiting and self.in_use + nbytes <= self.capacity:
-            self.in_use += nbytes
+            self._take(nbytes)
             return Reservation(self, nbytes)
         if len(self._waiting) >= self.max_waiting:
             raise overloaded(f"{len(self._waiting)} requests wait for memory")
@@ -139,14 +122,21 @@ class MemoryBudget:
             self._waiting.remove(waiter)
             self._admit_waiting()  # it may have held back smaller ones behind it
 
+    def _take(self, nbytes: int) -> None:
+        self.in_use += nbytes
+        if self.heap is not None:
+            self.heap.busy()
+
     def _give_back(self, nbytes: int) -> None:
         self.in_use -= nbytes
         self._admit_waiting()
+        if self.in_use == 0 and self.heap is not None:
+            self.heap.idle()
 
     def _admit_waiting(self) -> None:
         """Grant waiters in arrival order while they fit (the first that does not, blocks the
         rest: a large request is never starved by a stream of small ones)."""
         while self._waiting and self.in_use + self._waiting[0].nbytes <= self.capacity:
             waiter = self._waiting.popleft()
-            self.in_use += waiter.nbytes
+            self._take(waiter.nbytes)
             waiter.granted.set_result(None)

@@ -71,10 +71,12 @@ class Settings(BaseSettings):
         "request waits for its share (up to max_queue wait) or gets 503 (0: half of the "
         "container's memory limit, or of the machine's, divided among the workers)",
     )
-    return_freed_memory: bool = Field(
-        True,
-        description="fix glibc's mmap threshold at 128 KiB so that large buffers go back to the "
-        "OS when freed (false: glibc's default, which keeps them after the first large request)",
+    return_freed_memory: Literal["idle", "always", "never"] = Field(
+        "idle",
+        description="giving freed memory back to the OS (glibc): idle (malloc_trim once no "
+        "request has held memory for 1 s), always (every buffer over 128 KiB its own mapping: "
+        "RSS follows the requests, each pays page faults), never (glibc's default: a burst's "
+        "buffers stay with the process)",
     )
     png_compression: int = Field(
         1,

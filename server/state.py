@@ -18,7 +18,8 @@ import numpy as np
 
 from server import maps
 from server.batching import Batcher
-from server.budget import MemoryBudget, auto_budget_bytes, return_freed_memory
+from server.budget import MemoryBudget, auto_budget_bytes
+from server.heap import heap_policy
 from server.metrics import ServerMetrics
 from server.modeldir import ModelDir, load_model_dir
 from server.pipeline import Pipeline
@@ -43,8 +44,7 @@ class ServerState:
 
 
 def load_state(settings: Settings) -> ServerState:
-    if settings.return_freed_memory and not return_freed_memory():
-        log.warning("not glibc: freed memory may stay with the process after large requests")
+    heap = heap_policy(settings.return_freed_memory)
     model = load_model_dir(settings.model_dir)
     instances = [
         ModelRuntime(model, settings.provider_list, settings.threads, settings.ort_spin)
@@ -57,7 +57,7 @@ def load_state(settings: Settings) -> ServerState:
         max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
         max_queue=settings.max_queue,
     )  # fmt: skip
-    budget = MemoryBudget(budget_bytes(settings), max_waiting=settings.max_queue)
+    budget = MemoryBudget(budget_bytes(settings), max_waiting=settings.max_queue, heap=heap)
     pipeline = Pipeline(model, batcher, budget, settings.max_pixels)
     render_pool = ThreadPoolExecutor(
         settings.render_threads or os.cpu_count() or 1, thread_name_prefix="ase-render"
