@@ -4,9 +4,10 @@
         [--burst 16] [--budget-mb 1500] [--queue 4] [--format npz] [--rounds 1]
 
 Starts ``python -m server`` for each allocator variant in turn (glibc's default; 2 arenas;
-a fixed mmap threshold; ``malloc_trim`` once idle, the server's default: server/heap.py), warms it with two small requests, resets the
-kernel's peak-RSS mark, sends ``--burst`` concurrent uploads of a smooth photo-like JPEG and
-reads every answer to its end, then samples RSS for 30 s. Prints one JSON row per variant.
+a fixed mmap threshold; ``malloc_trim`` once idle, the server's default: server/heap.py),
+warms it with two small requests, resets the kernel's peak-RSS mark, sends ``--burst``
+concurrent uploads of a smooth photo-like JPEG and reads every answer to its end, then samples
+RSS for 30 s. Prints one JSON row per variant.
 """
 
 from __future__ import annotations
