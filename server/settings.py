@@ -40,9 +40,8 @@ class Settings(BaseSettings):
         1,
         ge=1,
         le=64,
-        description="model instances per worker: ORT sessions side by side, each running one "
-        "batch at a time, the next free one taking the next batch (Triton's instance count; "
-        "e.g. one per core with threads=1)",
+        description="model instances per worker: ORT sessions side by side, the next free one "
+        "running the next batch (Triton's instance count; e.g. one per core, threads=1)",
     )
     ort_spin: Literal["brief", "always", "never"] = Field(
         "brief",
