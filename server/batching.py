@@ -78,8 +78,6 @@ class Batcher:
         self._workers: list[asyncio.Task] = []
         self._collecting = asyncio.Lock()  # one worker fills a batch at a time
         self._busy = 0  # workers between taking a batch and answering it
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._flush_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -92,7 +90,7 @@ class Batcher:
         """Finish what is queued (graceful shutdown), then stop the worker and its thread."""
         try:
             async with asyncio.timeout(timeout_s):
-                while self._pending or not self._idle.is_set():
+                while self._pending or self._busy:
                     await asyncio.sleep(0.01)
         except TimeoutError:
             log.warning("shutdown: %d queued requests abandoned", len(self._pending))
@@ -137,7 +135,6 @@ class Batcher:
             async with self._collecting:
                 batch = await self._collect()
                 self._busy += 1
-                self._idle.clear()
             try:
                 live = self._drop_dead(batch)
                 if live:
@@ -150,8 +147,6 @@ class Batcher:
                         job.future.set_exception(failure)
             finally:
                 self._busy -= 1
-                if not self._busy:
-                    self._idle.set()
 
     async def _collect(self) -> list[Job]:
         while not self._pending:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import platform
 from collections.abc import Callable
@@ -30,20 +31,29 @@ IDLE_TRIM_AFTER_S = 1.0
 requests, so that a steady stream keeps its buffers."""
 
 
+@functools.cache
+def glibc() -> ctypes.CDLL | None:
+    """The process's C library if it is glibc (looked up once: ``platform.libc_ver`` reads the
+    interpreter's executable), else ``None``."""
+    return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
+
+
 def is_glibc() -> bool:
-    return platform.libc_ver()[0] == "glibc"
+    return glibc() is not None
 
 
 def fix_mmap_threshold() -> bool:
     """Every buffer over 128 KiB its own mapping from now on (``always``); ``False`` if not
     glibc."""
-    return is_glibc() and bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    libc = glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def trim_heap() -> bool:
     """The arenas' free pages back to the OS (glibc's ``malloc_trim(0)``); ``False`` if not
     glibc or nothing could be returned."""
-    return is_glibc() and bool(ctypes.CDLL(None).malloc_trim(0))
+    libc = glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 class IdleTrim:

@@ -33,14 +33,18 @@ log = logging.getLogger("server.state")
 class ServerState:
     settings: Settings
     model: ModelDir
-    runtime: ModelRuntime  # the first instance: its provider and graph are every one's
-    instances: list[ModelRuntime]
+    instances: list[ModelRuntime]  # one ORT session per model instance, all alike
     metrics: ServerMetrics
     batcher: Batcher
     budget: MemoryBudget
     pipeline: Pipeline
     render_pool: ThreadPoolExecutor  # restores and encodes the maps of responses
     ready: bool = False
+
+    @property
+    def runtime(self) -> ModelRuntime:
+        """The first instance: its provider and graph are every instance's."""
+        return self.instances[0]
 
 
 def load_state(settings: Settings) -> ServerState:
@@ -50,8 +54,7 @@ def load_state(settings: Settings) -> ServerState:
         ModelRuntime(model, settings.provider_list, settings.threads, settings.ort_spin)
         for _ in range(settings.instances)
     ]
-    runtime = instances[0]
-    metrics = ServerMetrics(model, runtime.provider)
+    metrics = ServerMetrics(model, instances[0].provider)
     batcher = Batcher(
         [instance.run for instance in instances], model, metrics,
         max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
@@ -63,9 +66,7 @@ def load_state(settings: Settings) -> ServerState:
         settings.render_threads or os.cpu_count() or 1, thread_name_prefix="ase-render"
     )
     log.info("memory budget for requests: %d MiB", budget.capacity >> 20)
-    return ServerState(
-        settings, model, runtime, instances, metrics, batcher, budget, pipeline, render_pool
-    )
+    return ServerState(settings, model, instances, metrics, batcher, budget, pipeline, render_pool)
 
 
 def budget_bytes(settings: Settings) -> int:
