@@ -173,6 +173,9 @@ def main() -> None:
     settings = Settings(model_dir=args.model_dir, providers="cpu", threads=1, render_threads=1,
                         memory_budget_mb=1024, log_level="warning")  # fmt: skip
     workdir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
+    # Cluster.add_node writes the head's address under Ray's default temp folder, which it
+    # does not create: make that default ours (workdir/ray) rather than assume /tmp/ray exists.
+    os.environ["RAY_TMPDIR"] = str(workdir)
     cluster = start_cluster(workdir / "ray")
     try:
         serve = serve_rounds(settings, args)
