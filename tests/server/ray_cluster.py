@@ -106,11 +106,15 @@ def start_cluster() -> LocalCluster:
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     use_for_ray_defaults(temp_dir)
     head = {
-        "num_cpus": 1, "resources": {SLOT: 1}, "temp_dir": str(temp_dir),
-        "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port(),
+        "num_cpus": 1,
+        "resources": {SLOT: 1},
+        "temp_dir": str(temp_dir),
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+        "dashboard_port": free_port(),
+        "dashboard_agent_listen_port": free_port(),
         "_system_config": {"metrics_report_interval_ms": METRICS_REPORT_MS},
-    }  # fmt: skip
+    }
     local = LocalCluster(Cluster(initialize_head=True, head_node_args=head), temp_dir)
     local.add_worker()
     ray.init(address=local.address, log_to_driver=False)
