@@ -69,6 +69,11 @@ def _fail(field_name: str, message: str) -> NoReturn:
     raise ValueError(f"{field_name}: {message}")
 
 
+EMBEDS = ("patch", "efficientnet_lite0", "efficientnet_lite2")
+"""``BackboneConfig.embed``: the ViT's patch convolution, or a hybrid's CNN (efficientnet.py)."""
+HYBRID_STRIDE = 16  # EfficientNet-Lite's stage-5 feature map
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     image_size: int = 128
@@ -78,6 +83,9 @@ class BackboneConfig:
     heads: int = 3
     mlp_ratio: float = 4.0
     lora_rank: int = 4  # rank of the LoRA on the frozen backbone's linear layers; 0 disables
+    # The patch embedding: "patch" (the ViT's own, a patch_size convolution) or a frozen
+    # ImageNet EfficientNet-Lite's stride-16 feature map (the ViT paper's hybrid; patch 16)
+    embed: str = "patch"
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "width", "depth", "heads"):
@@ -94,6 +102,10 @@ class BackboneConfig:
             _fail("backbone.mlp_ratio", f"must be > 0, got {self.mlp_ratio}")
         if self.lora_rank < 0:
             _fail("backbone.lora_rank", f"must be >= 0, got {self.lora_rank}")
+        if self.embed not in EMBEDS:
+            _fail("backbone.embed", f"unknown {self.embed!r}; known: {', '.join(EMBEDS)}")
+        if self.embed != "patch" and self.patch_size != HYBRID_STRIDE:
+            _fail("backbone.patch_size", f"a hybrid's tokens are stride {HYBRID_STRIDE}")
 
     @property
     def grid(self) -> int:

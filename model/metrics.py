@@ -233,13 +233,19 @@ class EdgeMetrics:
     F = 2PR / (P + R). Target pixels of 255 are skipped (neither counted nor matched against).
     ``bce`` is the mean over images of the balanced BCE of the probabilities, positive weight
     ``positive_weight`` (the benchmark's 0.95), negatives ``1 - positive_weight``.
+    ``radius_px``: a fixed match distance in pixels instead of ``tolerance * diagonal``.
     """
 
     def __init__(
-        self, thresholds: int = 19, tolerance: float = 0.0075, positive_weight: float = 0.95
+        self,
+        thresholds: int = 19,
+        tolerance: float = 0.0075,
+        positive_weight: float = 0.95,
+        radius_px: float | None = None,
     ) -> None:
         self.thresholds = np.linspace(0.0, 1.0, thresholds + 2)[1:-1]
         self.tolerance, self.positive_weight = tolerance, positive_weight
+        self.radius_px = radius_px
         # Per threshold: matched predicted, all predicted, recalled target, all target pixels.
         self.counts = np.zeros((4, thresholds), dtype=np.int64)
         self.bce_sum, self.images = 0.0, 0
@@ -253,7 +259,7 @@ class EdgeMetrics:
 
     def _update_image(self, probabilities: np.ndarray, labels: np.ndarray) -> None:
         valid, truth = labels != IGNORE_INDEX, labels == 1
-        radius = self.tolerance * np.hypot(*labels.shape)
+        radius = self.radius_px or self.tolerance * np.hypot(*labels.shape)
         # Distance of every pixel to the nearest target edge (inf-like when there is none).
         to_truth = (
             ndimage.distance_transform_edt(~truth) if truth.any() else np.full(labels.shape, np.inf)

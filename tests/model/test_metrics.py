@@ -135,6 +135,16 @@ def test_edge_odsf_matches_within_the_tolerance_only(shift, expected):
     assert metric.compute()["odsF"] == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(("shift", "expected"), [(2, 100.0), (3, 0.0)])
+def test_edge_fixed_pixel_radius_whatever_the_image_size(shift, expected):
+    # 2 px on a 200 px image (the diagonal rule would allow 2.12) and on a 600 px one (6.4).
+    for size in (200, 600):
+        target, pred = _line_image(size), _line_image(size, row=100 + shift).astype(np.float64)
+        metric = EdgeMetrics(thresholds=5, radius_px=2)
+        metric.update(pred, target)
+        assert metric.compute()["odsF"] == pytest.approx(expected)
+
+
 def test_edge_ignored_pixels_do_not_count_and_bce_by_hand():
     target = _line_image()
     pred = _line_image().astype(np.float64)
