@@ -41,6 +41,7 @@ from model.data.transforms import (
 from model.heads import postprocess
 from model.metrics import PRIMARY_METRIC, NormalsMetrics, delta_m, task_metric
 from model.model import ASEModel
+from model.photo_eval import is_photo_set, photo_main
 from model.tasks import TASKS, require_dataset
 
 Predictor = Callable[[Tensor], dict[str, Tensor]]
@@ -274,6 +275,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", type=Path, help="JSON of reference metrics for Δm")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="photo sets: more checkpoints scored beside the first (e.g. demo/ckpt.pt)",
+    )
     return parser
 
 
@@ -281,6 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from model.checkpoint import load_checkpoint  # here: keeps `--help` fast
 
     args = _parser().parse_args(argv)
+    if is_photo_set(args.data):
+        return photo_main(args)
     model, payload = load_checkpoint(args.checkpoint)
     model.to(args.device)
     config = model.config

@@ -19,7 +19,10 @@ from model.tasks import TASK_NAMES
 
 AUGMENTATIONS = ("benchmark", "flip", "none")
 """``benchmark``: scale 0.5-2, crop, flip, photometric (PASCAL recipe); ``flip``: horizontal
-flip only (synthetic scenes are unlimited, so they need no more); ``none``."""
+flip only (synthetic scenes are unlimited, so they need no more); ``none``. Mixed data
+(``scenes_and_photos``) applies it to the scenes; its photos always take
+``model.data.mixed.PhotoCrop`` (random scale and crop of the camera-size photo)."""
+DATASETS = ("synthetic", "pascal_context", "scenes_and_photos")
 
 
 def _fail(field_name: str, message: str) -> None:
@@ -28,16 +31,21 @@ def _fail(field_name: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "synthetic"  # "synthetic" or "pascal_context" (then ``root`` is needed)
+    # "synthetic", "pascal_context" (``root``: a PASCAL_MT tree) or "scenes_and_photos"
+    # (synthetic scenes mixed with the photo set at ``root``, ``model/data/mixed.py``)
+    dataset: str = "synthetic"
     root: str | None = None
     val_size: int = 64  # synthetic: held-out scenes evaluated; PASCAL: 0 = the whole split
     seed: int = 0  # synthetic scenes' seed (train and val splits never overlap)
     augment: str = "flip"
     workers: int = 1
+    photos_per_batch: int = 0  # scenes_and_photos: photos in every batch, scenes the rest
 
     def __post_init__(self) -> None:
-        if self.dataset not in ("synthetic", "pascal_context"):
-            _fail("data.dataset", f"expected 'synthetic' or 'pascal_context', got {self.dataset!r}")
+        if self.dataset not in DATASETS:
+            _fail("data.dataset", f"expected one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if (self.photos_per_batch > 0) != (self.dataset == "scenes_and_photos"):
+            _fail("data.photos_per_batch", "> 0 exactly when the dataset is scenes_and_photos")
         if self.augment not in AUGMENTATIONS:
             _fail("data.augment", f"unknown {self.augment!r}; known: {', '.join(AUGMENTATIONS)}")
         if self.val_size < 0 or self.workers < 0:
@@ -82,6 +90,8 @@ class TrainConfig:
             )
         if self.batch_size < 1:
             _fail("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.data.photos_per_batch > self.batch_size:
+            _fail("data.photos_per_batch", f"more than the batch of {self.batch_size}")
         if min(self.eval_every, self.checkpoint_every, self.grad_clip, self.weight_decay) < 0:
             _fail("train", "eval_every, checkpoint_every, grad_clip, weight_decay must be >= 0")
 
@@ -143,6 +153,43 @@ def tiny() -> TrainConfig:
     )
 
 
+def _photo(embed: str) -> TrainConfig:
+    """Synthetic scenes and the photo set in every batch (4 + 4), 192 px, a 4-block ViT of
+    width 192 (docs/model_card.md says why this size: the served model's CPU budget)."""
+    return TrainConfig(
+        model=ModelConfig(
+            backbone=BackboneConfig(
+                image_size=192, patch_size=16, width=192, depth=4, heads=3, embed=embed
+            ),
+            adapters=AdapterConfig(spec="16/3/1/4", routing="ase"),
+            router_loss=RouterLossConfig(mi_weight=0.005, balance_weight=0.0, layers="sum"),
+            dataset="scenes_and_photos",
+        ),
+        data=DataConfig(
+            dataset="scenes_and_photos", val_size=64, augment="flip", workers=1, photos_per_batch=4
+        ),
+        # Stage 1 trains the base weights on saliency: the one task every photo and every
+        # scene has a label for (photo semseg names a few classes on some photos only).
+        single_task=StageConfig(steps=1000, lr=1e-3, warmup=50),
+        single_task_name="saliency",
+        multi_task=StageConfig(steps=2000, lr=1e-3, warmup=50),
+        batch_size=8,
+        eval_every=1000,
+        checkpoint_every=100,
+    )
+
+
+def photo() -> TrainConfig:
+    """The served photo model: the hybrid ViT (EfficientNet-Lite0's stride-16 map, frozen)."""
+    return _photo("efficientnet_lite0")
+
+
+def photo_distilled() -> TrainConfig:
+    """The plain ViT whose base weights ``python -m model.distill`` trains to reproduce
+    EfficientNet-Lite0's map (then loaded with ``--pretrained``: no single-task stage)."""
+    return _photo("patch")
+
+
 PASCAL_TRAIN_IMAGES = 4998  # ImageSets/Context/train.txt
 
 
@@ -183,6 +230,8 @@ def pascal_vit_b() -> TrainConfig:
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "demo": demo,
     "tiny": tiny,
+    "photo": photo,
+    "photo-distilled": photo_distilled,
     "pascal-vit-s": pascal_vit_s,
     "pascal-vit-b": pascal_vit_b,
 }

@@ -22,12 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.data import NORMALS_VALID
+from model.data.mixed import PhotoMapsSource, photo_classes
 from model.data.sampling import train_loader
-from model.data.sources import SYNTHETIC, train_source, val_source
+from model.data.sources import SCENE_DATASETS, train_source, val_source
 from model.distributed import Processes, barrier, end_processes, init_processes
 from model.evaluate import eval_loader, evaluate, flat_metrics, model_predictor, primary
 from model.losses import multitask_loss
-from model.model import ASEModel, image_major_streams
+from model.model import ASEModel
 from model.presets import TrainConfig
 from model.pretrained import load_timm_vit
 from model.stages import (
@@ -38,7 +40,24 @@ from model.stages import (
     stage_bounds,
     stage_tasks,
 )
+from model.tasks import IGNORE_INDEX, TASK_NAMES, TASKS
 from model.vit import HybridEmbed
+
+
+def labelled_streams(
+    targets: dict[str, Tensor], tasks: tuple[str, ...], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Image-major streams (stream_image, stream_task) of the (image, task) pairs with any
+    label: a photo's normals, or its parts without a person, are not computed at all."""
+    labelled = [
+        (targets[NORMALS_VALID] if TASKS[t].kind == "vector" else targets[t] != IGNORE_INDEX)
+        .flatten(1)
+        .any(dim=1)
+        for t in tasks
+    ]
+    image, slot = torch.stack(labelled, dim=1).nonzero(as_tuple=True)  # row-major: image-major
+    ids = torch.tensor([TASK_NAMES.index(t) for t in tasks], device=device)
+    return image.to(device), ids[slot.to(device)]
 
 
 def training_step(
@@ -48,11 +67,15 @@ def training_step(
     tasks: tuple[str, ...],
     autocast: AbstractContextManager,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Forward every (image, task) stream and return (weighted total loss, per-term losses)."""
-    stream_image, stream_task = image_major_streams(images.shape[0], tasks, images.device)
+    """Forward every labelled (image, task) stream and return (weighted total loss, per-term
+    losses); a task's targets are its streams' images, in stream order."""
+    stream_image, stream_task = labelled_streams(targets, tasks, images.device)
+    aligned = {
+        task: targets[task][stream_image[stream_task == TASK_NAMES.index(task)]] for task in tasks
+    }
     with autocast:
         outputs = network(images, stream_image, stream_task)
-        return multitask_loss(outputs, {task: targets[task] for task in tasks})
+        return multitask_loss(outputs, {task: aligned[task] for task in outputs.maps})
 
 
 def _autocast(device: torch.device) -> AbstractContextManager:
@@ -159,7 +182,7 @@ class Trainer:
     def _evaluate(self) -> None:
         """Held-out metrics on the main process (others wait at the barrier)."""
         data = self.config.data
-        if self.processes.main and (data.val_size or data.dataset != SYNTHETIC):
+        if self.processes.main and (data.val_size or data.dataset not in SCENE_DATASETS):
             size = self.config.model.backbone.image_size
             loader = eval_loader(val_source(self.config.data, size), size, self.config.model.tasks)
             self.model.eval()
@@ -243,6 +266,8 @@ def check_data(config: TrainConfig) -> None:
     size = config.model.backbone.image_size
     train_source(config.data, size)
     val_source(config.data, size)
+    if config.data.photos_per_batch:  # the photo set's manifest and its training photos
+        PhotoMapsSource(config.data.root or "", "train", photo_classes(config.model.dataset))
 
 
 def train(

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
-from model.data.sources import SYNTHETIC, train_source
+from model.data.mixed import MixedDataset, PhotoCrop, PhotoMapsSource, photo_classes
+from model.data.sources import SCENE_DATASETS, train_source
 from model.data.transforms import EvalTransform, MultiTaskDataset, TrainTransform, collate
 from model.distributed import Processes
 from model.presets import TrainConfig
@@ -64,13 +65,33 @@ def train_transform(augment: str, size: int) -> TrainTransform | EvalTransform:
     return EvalTransform(size)
 
 
+def _dataset(config: TrainConfig, source, tasks: tuple[str, ...]):
+    """Every batch position's sample as tensors: the source's, or scenes mixed with photos."""
+    size = config.model.backbone.image_size
+    scene_transform = train_transform(config.data.augment, size)
+    if not config.data.photos_per_batch:
+        return MultiTaskDataset(source, scene_transform, tasks)
+    photos = PhotoMapsSource(config.data.root, "train", photo_classes(config.model.dataset))
+    per_batch = config.data.photos_per_batch
+    return MixedDataset(
+        source,
+        scene_transform,
+        photos,
+        PhotoCrop(size),
+        config.batch_size,
+        per_batch,
+        tasks,
+        config.seed,
+    )
+
+
 def train_loader(
     config: TrainConfig, tasks: tuple[str, ...], start: int, stop: int, processes: Processes
 ) -> DataLoader:
     """The batches of steps ``start .. stop-1`` for this process, labelled for ``tasks``."""
     size = config.model.backbone.image_size
     source = train_source(config.data, size)
-    dataset = MultiTaskDataset(source, train_transform(config.data.augment, size), tasks)
+    dataset = _dataset(config, source, tasks)
     batches = StepBatches(
         len(source),
         config.batch_size,
@@ -78,7 +99,7 @@ def train_loader(
         stop,
         config.seed,
         processes,
-        shuffle=config.data.dataset != SYNTHETIC,
+        shuffle=config.data.dataset not in SCENE_DATASETS,
     )
     return DataLoader(
         dataset,

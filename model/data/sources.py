@@ -10,6 +10,7 @@ from model.data.synthetic import SyntheticScenes
 from model.presets import DataConfig
 
 SYNTHETIC = "synthetic"
+SCENE_DATASETS = (SYNTHETIC, "scenes_and_photos")  # whose splits are synthetic scenes
 SYNTHETIC_TRAIN_SCENES = 2**40  # scenes are rendered on demand: effectively unlimited
 
 Source = SyntheticScenes | PascalContext
@@ -19,8 +20,9 @@ Source = SyntheticScenes | PascalContext
 def split_source(data: DataConfig, split: str, size: int, count: int | None = None) -> Source:
     """The first ``count`` samples of ``split``; ``None``: all of them (synthetic: unlimited
     scenes of ``size`` pixels, PASCAL: the whole split). PASCAL also reads 0 as the whole split
-    (its images keep their own sizes); synthetic scene ``i`` is the same whatever ``count``."""
-    if data.dataset == SYNTHETIC:
+    (its images keep their own sizes); synthetic scene ``i`` is the same whatever ``count``.
+    ``scenes_and_photos``: its scenes (the photos join in ``model/data/mixed.py``)."""
+    if data.dataset in SCENE_DATASETS:
         length = SYNTHETIC_TRAIN_SCENES if count is None else count
         return SyntheticScenes(size, length, seed=data.seed, split=split)
     if not data.root:

@@ -1,0 +1,214 @@
+"""Synthetic scenes and labelled photos in every batch (``DataConfig.dataset =
+"scenes_and_photos"``): the scenes bring all five tasks with exact labels, the photos (the set
+of ``model/data/photos``, its teachers' labels) the tasks they have labels for, 255 elsewhere,
+so that losses skip what a photo lacks (normals always; parts without a person).
+
+Which sample a batch position holds is a pure function of (seed, position), like every
+source here: the first ``photos_per_batch`` positions of each batch are photos, drawn from a
+fresh permutation of the training photos every epoch, the rest are new scenes.
+
+Photos are camera-size (up to 1024 px stored): ``PhotoCrop`` takes a random window of a random
+scale (log-uniform from a close-up, where the window's shorter side is ``1 / CLOSEST`` of the
+model's input, up to the whole photo) with the photo's own aspect, and resizes it to the
+model's square input, as the server squashes a whole upload; so the model sees every photo at
+many scales, and the served view (the whole photo) among them. Labels are made at the output
+size from the teachers' soft maps where the set keeps them: saliency bilinear then > 0.5,
+edges from HED's probability bilinear, >= 0.5, then thinned (the set's own edge rule, at the
+model's resolution rather than the photo's, where nearest-neighbour sampling would break the
+1-px lines); class maps nearest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.morphology import thin
+from torch.utils.data import Dataset
+
+from model.data.photos import PhotoSet
+from model.data.photos.tree import item_dir, read_png
+from model.data.sample import Sample
+from model.data.transforms import (
+    horizontal_flip,
+    photometric_distortion,
+    resize_bilinear,
+    resize_image,
+    resize_nearest,
+    to_tensors,
+)
+from model.tasks import IGNORE_INDEX, require_dataset
+
+CLOSEST = 1.25  # a close-up window is upsampled by at most this much
+FULL_VIEW = 0.25  # share of photo crops that are the whole photo (the served view)
+HALF = 0.5
+
+
+@dataclass(frozen=True)
+class PhotoMaps:
+    """One photo as stored: the image, soft teacher maps in [0, 1], class maps."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    saliency: np.ndarray  # (H, W) float32 ISNet's probability
+    hed: np.ndarray  # (H, W) float32 HED's probability
+    semseg: np.ndarray  # (H, W) uint8 in the model's class ids, 255 = no label
+    parts: np.ndarray  # (H, W) uint8, 255 = no label
+    name: str
+
+
+class PhotoMapsSource:
+    """The training photos of a set as ``PhotoMaps``, decoded once and kept (a few hundred
+    photos of at most 1024 px: about 5.5 MB each)."""
+
+    def __init__(self, root: str | Path, split: str, semseg_classes: tuple[str, ...]) -> None:
+        self.photos = PhotoSet(root, split, semseg_classes=semseg_classes)
+        self.root = Path(root)
+        self._cache: dict[int, PhotoMaps] = {}
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __getitem__(self, index: int) -> PhotoMaps:
+        if index not in self._cache:
+            self._cache[index] = self._read(index)
+        return self._cache[index]
+
+    def _read(self, index: int) -> PhotoMaps:
+        sample = self.photos[index]  # the class maps renamed to the model's ids
+        folder = item_dir(self.root, self.photos.records[index].id)
+        soft = {
+            name: read_png(folder / f"{name}.png").astype(np.float32) / 255.0
+            for name in ("saliency", "teacher_hed")
+        }
+        return PhotoMaps(
+            sample.image,
+            soft["saliency"],
+            soft["teacher_hed"],
+            sample.semseg,
+            sample.parts,
+            sample.name,
+        )
+
+
+def edge_label(hed: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HED's probability (H, W) -> {0, 1} edges of ``size``: >= 0.5, thinned to 1 px. When
+    shrinking, each output pixel takes the largest probability under its footprint (a maximum
+    filter, then bilinear sampling): averaging would fade a thin line below 0.5, and sampling
+    alone would step over it."""
+    factors = (hed.shape[0] / size[0], hed.shape[1] / size[1])
+    footprint = tuple(max(1, int(np.ceil(f))) for f in factors)
+    if footprint != (1, 1):
+        hed = ndimage.maximum_filter(hed, size=footprint)
+    return thin(resize_bilinear(hed, size) >= HALF).astype(np.uint8)
+
+
+def crop_window(
+    height: int, width: int, size: int, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random window with the photo's aspect (``PhotoCrop``)."""
+    closest = min(1.0, size / CLOSEST / min(height, width))
+    fraction = 1.0
+    if rng.random() >= FULL_VIEW:
+        fraction = float(np.exp(rng.uniform(np.log(closest), 0.0)))
+    rows, cols = max(1, round(height * fraction)), max(1, round(width * fraction))
+    top = int(rng.integers(0, height - rows + 1))
+    left = int(rng.integers(0, width - cols + 1))
+    return top, left, rows, cols
+
+
+class PhotoCrop:
+    """A ``PhotoMaps`` -> a ``Sample`` of ``size`` x ``size``: random window (module
+    docstring), flip, photometric distortion; normals never labelled."""
+
+    def __init__(self, size: int, flip: bool = True, photometric: bool = True) -> None:
+        self.size, self.flip, self.photometric = size, flip, photometric
+
+    def image(self, photo: PhotoMaps, rng: np.random.Generator) -> np.ndarray:
+        """Only the image of a random window (no labels made), randomly flipped."""
+        window = self._window(photo, rng)
+        image = resize_image(np.ascontiguousarray(photo.image[window]), (self.size, self.size))
+        return image[:, ::-1].copy() if self.flip and rng.random() < 0.5 else image
+
+    def _window(self, photo: PhotoMaps, rng: np.random.Generator) -> tuple[slice, slice]:
+        top, left, rows, cols = crop_window(*photo.image.shape[:2], self.size, rng)
+        return slice(top, top + rows), slice(left, left + cols)
+
+    def __call__(self, photo: PhotoMaps, rng: np.random.Generator) -> Sample:
+        window = self._window(photo, rng)
+        out = (self.size, self.size)
+        sample = Sample(
+            image=resize_image(np.ascontiguousarray(photo.image[window]), out),
+            semseg=resize_nearest(photo.semseg[window], out),
+            parts=resize_nearest(photo.parts[window], out),
+            saliency=(resize_bilinear(photo.saliency[window], out) > HALF).astype(np.uint8),
+            normals=np.zeros((*out, 3), np.float32),
+            normals_valid=np.zeros(out, bool),
+            edges=edge_label(photo.hed[window], out),
+            name=photo.name,
+        )
+        if not (sample.parts != IGNORE_INDEX).any():  # the crop missed the person: no label
+            sample = replace(sample, parts=np.full(out, IGNORE_INDEX, np.uint8))
+        if self.flip and rng.random() < 0.5:
+            sample = horizontal_flip(sample)
+        if self.photometric:
+            sample = replace(sample, image=photometric_distortion(sample.image, rng))
+        return sample
+
+
+class MixedDataset(Dataset):
+    """Batch position -> a scene or a photo (module docstring), as ``to_tensors`` dicts.
+
+    ``scenes``: a sample source (``SyntheticScenes``) and ``scene_transform`` its augmentation;
+    photos through ``PhotoCrop``. Randomness as ``MultiTaskDataset``'s: one torch draw per item.
+    """
+
+    def __init__(
+        self,
+        scenes,
+        scene_transform,
+        photos: PhotoMapsSource,
+        photo_transform: PhotoCrop,
+        batch: int,
+        photos_per_batch: int,
+        tasks: tuple[str, ...],
+        seed: int = 0,
+    ) -> None:
+        if not 0 < photos_per_batch <= batch or not len(photos):
+            raise ValueError(
+                f"{photos_per_batch} photos per batch of {batch}, {len(photos)} photos"
+            )
+        self.scenes, self.scene_transform = scenes, scene_transform
+        self.photos, self.photo_transform = photos, photo_transform
+        self.batch, self.per_batch, self.tasks, self.seed = batch, photos_per_batch, tasks, seed
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation of photos)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def which(self, position: int) -> tuple[str, int]:
+        """("photo", photo index) or ("scene", scene index) of a batch position."""
+        step, slot = divmod(position, self.batch)
+        if slot < self.per_batch:
+            epoch, offset = divmod(step * self.per_batch + slot, len(self.photos))
+            if self._order is None or self._order[0] != epoch:
+                order = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.photos))
+                self._order = (epoch, order)
+            return "photo", int(self._order[1][offset])
+        return "scene", step * (self.batch - self.per_batch) + slot - self.per_batch
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        kind, index = self.which(position)
+        rng = np.random.default_rng([int(torch.randint(0, 2**62, (1,))), position])
+        if kind == "photo":
+            sample = self.photo_transform(self.photos[index], rng)
+        else:
+            sample = self.scene_transform(self.scenes[index], rng)
+        return to_tensors(sample, self.tasks)
+
+
+def photo_classes(dataset: str) -> tuple[str, ...]:
+    """The semseg classes photos are renamed into: the model's."""
+    return require_dataset(dataset).semseg_classes

@@ -1,0 +1,180 @@
+"""Feature distillation: a plain ViT's base weights trained to reproduce a frozen ImageNet
+EfficientNet-Lite's stride-16 feature map on real photos, then written as a ViT weights file
+that ``python -m model.train --pretrained`` loads in place of the single-task stage (the
+paper's frozen pretrained backbone, made here from the only ImageNet weights there are).
+
+    python -m model.distill --preset photo-distilled --data /work/data/photos --out runs/distill
+    python -m model.train --preset photo-distilled --data /work/data/photos --out runs/pd \
+        --pretrained runs/distill/vit.pth
+
+The student is the preset's backbone (patch embedding, position embedding, blocks, norms; one
+stream per image); a linear map from its last block's normalised tokens to the teacher's
+channels is trained with it and dropped afterwards. Loss: mean squared error against the
+teacher's map standardised per channel (statistics of the first batch's photos). Photos are the
+photo set's training split through ``PhotoCrop`` (random scale and crop), labels unused.
+Resumable (``OUT/distill.pt``); the schedule is the preset's single-task stage (steps, lr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.cli import run
+from model.data.mixed import PhotoCrop, PhotoMapsSource, photo_classes
+from model.data.transforms import image_tensor
+from model.efficientnet import pretrained_lite
+from model.model import ASEModel
+from model.presets import TrainConfig, preset
+from model.stages import base_parameter_names, learning_rate, make_optimizer
+
+TEACHER = "efficientnet_lite0"
+
+
+class Distiller(nn.Module):
+    """The student backbone plus its linear map to the teacher's channels."""
+
+    def __init__(self, model: ASEModel, channels: int) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.to_teacher = nn.Linear(model.config.backbone.width, channels)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) -> (B, channels, grid, grid)."""
+        streams = torch.arange(images.shape[0], device=images.device)
+        features, _ = self.backbone(images, streams, torch.zeros_like(streams))
+        tokens = self.to_teacher(features[-1])  # (B, grid*grid, channels)
+        grid = self.backbone.grid
+        return tokens.transpose(1, 2).reshape(images.shape[0], -1, grid, grid)
+
+
+def photo_batch(photos: PhotoMapsSource, crop: PhotoCrop, batch: int, rng) -> Tensor:
+    """``batch`` random windows of random training photos, normalised (B, 3, H, W)."""
+    picks = rng.integers(0, len(photos), batch)
+    return torch.stack([image_tensor(crop.image(photos[int(i)], rng)) for i in picks])
+
+
+def student_optimizer(
+    model: ASEModel, distiller: Distiller, base: frozenset[str], config: TrainConfig
+):
+    """AdamW on the backbone's base weights (what the single-task stage would train) and the
+    map to the teacher; nothing else of the model moves."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in base and name.startswith("backbone."))
+    return make_optimizer(distiller, config.weight_decay)
+
+
+def vit_weights(model: ASEModel, base: frozenset[str]) -> dict[str, Tensor]:
+    """The backbone's base weights under timm's names (``model/pretrained.py`` maps back)."""
+    return {
+        name.removeprefix("backbone.").replace(".base.", "."): value.detach().clone()
+        for name, value in model.named_parameters()
+        if name in base and name.startswith("backbone.")
+    }
+
+
+def distill(config: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) the distillation into ``out``; returns the last logged record."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = ASEModel(config.model).train()
+    teacher = pretrained_lite(TEACHER)
+    distiller = Distiller(model, teacher.channels)
+    base = base_parameter_names(model)  # before the optimiser changes what takes gradients
+    optimizer = student_optimizer(model, distiller, base, config)
+    size = config.model.backbone.image_size
+    photos = PhotoMapsSource(config.data.root or "", "train", photo_classes(config.model.dataset))
+    crop = PhotoCrop(size, photometric=False)
+    state = _resume(out, distiller, optimizer) if resume else None
+    step = state["step"] if state else 0
+    stats = state["stats"] if state else _teacher_stats(teacher, photos, crop, config)
+    record: dict[str, Any] = {}
+    clock = time.perf_counter()
+    while step < config.single_task.steps:
+        # a pure function of (seed, step): a resumed run sees the batches it would have seen
+        rng = np.random.default_rng([config.seed, 2, step])
+        images = photo_batch(photos, crop, config.batch_size, rng)
+        with torch.no_grad():
+            target = (teacher(images) - stats["mean"]) / stats["std"]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config.single_task, step)
+        loss = F.mse_loss(distiller(images), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            trainable = [p for p in distiller.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        step += 1
+        if step % 10 == 0 or step == config.single_task.steps:
+            rate = config.batch_size * 10 / (time.perf_counter() - clock)
+            record = {"step": step, "loss": float(loss.detach()), "images_per_s": rate}
+            with (out / "log.jsonl").open("a") as log:
+                log.write(json.dumps(record) + "\n")
+            clock = time.perf_counter()
+        if step % max(config.checkpoint_every, 1) == 0 or step == config.single_task.steps:
+            _save(out, distiller, optimizer, step, stats)
+    torch.save(vit_weights(model, base), out / "vit.pth")
+    return record
+
+
+def _teacher_stats(teacher, photos, crop, config: TrainConfig) -> dict[str, Tensor]:
+    """Per-channel mean and std of the teacher's map over 32 photo windows."""
+    images = photo_batch(photos, crop, 32, np.random.default_rng([config.seed, 3]))
+    with torch.no_grad():
+        maps = teacher(images)  # (32, C, g, g)
+    mean, std = maps.mean(dim=(0, 2, 3), keepdim=True), maps.std(dim=(0, 2, 3), keepdim=True)
+    return {"mean": mean, "std": std + 1e-3}
+
+
+def _save(out: Path, distiller: Distiller, optimizer, step: int, stats) -> None:
+    payload = {
+        "distiller": distiller.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "stats": stats,
+    }
+    torch.save(payload, out / "distill.pt.tmp")
+    (out / "distill.pt.tmp").replace(out / "distill.pt")
+
+
+def _resume(out: Path, distiller: Distiller, optimizer) -> dict[str, Any]:
+    payload = torch.load(out / "distill.pt", map_location="cpu", weights_only=True)
+    distiller.load_state_dict(payload["distiller"])
+    optimizer.load_state_dict(payload["optimizer"])
+    return payload
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="photo-distilled")
+    parser.add_argument("--data", required=True, help="the photo set's root")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, help="distillation steps (the preset's stage 1)")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = preset(args.preset)
+    config = replace(config, data=replace(config.data, root=args.data))
+    if args.steps is not None:
+        config = replace(config, single_task=replace(config.single_task, steps=args.steps))
+    return distill(config, args.out, args.resume)
+
+
+def cli() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    cli()
