@@ -1,0 +1,1 @@
+"""Real photographs from the package registries (the packages: ``packages``)."""
