@@ -68,3 +68,14 @@ def test_splits_kinds_and_class_lists(root):
 def test_a_missing_set_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no photo set"):
         PhotoSet(tmp_path / "nowhere")
+
+
+def test_the_trainers_dataset_takes_a_photo_set(root):
+    from model.data.transforms import MultiTaskDataset, TrainTransform, collate
+    from model.tasks import TASK_NAMES
+
+    dataset = MultiTaskDataset(PhotoSet(root, "train"), TrainTransform(8), TASK_NAMES)
+    images, targets = collate([dataset[0], dataset[1]])
+    assert images.shape == (2, 3, 8, 8)
+    assert (targets["normals"] == 255).all() and not targets["normals_valid"].any()
+    assert set(targets["saliency"].unique().tolist()) <= {0.0, 1.0, 255.0}
