@@ -9,8 +9,9 @@ logos, screenshots or scans of text). Each entry says, from that look:
   only found persons are labelled, the rest of the person label is 255);
 - ``semseg``: what the ``photos`` classes (``model.tasks.PHOTO_CLASSES``) say beyond people:
   ``background`` (no animal, vehicle or food: every non-person pixel is background), a class
-  name (the photo's salient object is one: that class where ISNet's saliency >= 0.5,
-  background elsewhere) or ``unknown`` (only person pixels are labelled);
+  name (the photo's salient object is one: that class where ISNet's saliency >= 0.75,
+  unlabelled from 0.25 to 0.75, background below) or ``unknown`` (only person pixels are
+  labelled);
 - ``group``: near-duplicates (a stereo pair, two exposures, a video's stretch of frames) share
   one, and a group is never split between train and validation.
 
