@@ -66,6 +66,16 @@ PHOTO_CLASSES = ("background", "person", "animal", "vehicle", "food")
 teachers, the rest from what a source names (the catalogue, Tux Paint's stamp folders)."""
 PHOTO_PALETTE = hex_palette("000000 dc143c f58230 0082c8 3cb44b")
 
+SCENES_AND_PHOTOS = "scenes_and_photos"
+"""The served photo model's classes: the synthetic scenes' (their ids unchanged, so scenes need
+no relabelling), then the photo classes the scenes lack (the photo set's ids are renamed by
+name: ``PhotoSet(semseg_classes=...)``)."""
+SCENES_AND_PHOTOS_CLASSES = SYNTHETIC_CLASSES + tuple(
+    c for c in PHOTO_CLASSES if c not in SYNTHETIC_CLASSES
+)
+# The photo classes' own colours would sit next to the solids' (blue, green): new ones here.
+SCENES_AND_PHOTOS_PALETTE = SYNTHETIC_PALETTE + hex_palette("a0522d f0f000 ff69b4")
+
 
 def voc_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
     """The PASCAL VOC colour map: class id bits spread over the high bits of R, G and B."""
@@ -141,6 +151,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("pascal_context", VOC_CLASSES, voc_palette(len(VOC_CLASSES))),
         DatasetSpec("synthetic", SYNTHETIC_CLASSES, SYNTHETIC_PALETTE),
         DatasetSpec("photos", PHOTO_CLASSES, PHOTO_PALETTE),
+        DatasetSpec(SCENES_AND_PHOTOS, SCENES_AND_PHOTOS_CLASSES, SCENES_AND_PHOTOS_PALETTE),
     )
 }
 
