@@ -154,6 +154,22 @@ class SourceInfo(_Entry):
     step: Count = 0
 
 
+class TrainingInfo(_Entry):
+    """What the model learned from, for users and the page: its data, the tasks it also
+    learned on real photos, and a plain note of what its maps are good for and what not."""
+
+    data: tuple[str, ...] = Field(min_length=1)
+    photo_tasks: tuple[str, ...] = ()
+    note: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> TrainingInfo:
+        unknown = [task for task in self.photo_tasks if task not in TASKS]
+        if unknown:
+            raise ValueError(f"photo_tasks {unknown} are not in the task registry")
+        return self
+
+
 class Metadata(_Entry):
     """``metadata.json``; keys serialise in this order (the exporter's files are deterministic)."""
 
@@ -171,6 +187,7 @@ class Metadata(_Entry):
     io: IoInfo
     source: SourceInfo
     exporter: dict[str, str]
+    training: TrainingInfo | None = None  # absent in directories exported before it existed
 
     @model_validator(mode="after")
     def _parts_agree(self) -> Metadata:

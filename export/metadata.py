@@ -25,6 +25,7 @@ from export.contract import (
     Metadata,
     SourceInfo,
     TaskInfo,
+    TrainingInfo,
     file_sha256,
 )
 from model.config import ModelConfig
@@ -33,6 +34,37 @@ from model.tasks import DATASETS, TASK_NAMES, TASKS
 INT8_SCHEME = (
     "dynamic: int8 weights in a 7-bit range per output channel, uint8 activations per tensor"
 )
+
+
+SCENES = "synthetic scenes (model/data/synthetic.py): all five tasks, exact labels"
+TRAINING = {
+    "synthetic": TrainingInfo(
+        data=(SCENES,),
+        note="Trained on synthetic scenes only (the project's demo): on real photos its maps "
+        "are rough. Export a model trained on your data to serve it instead.",
+    ),
+    "scenes_and_photos": TrainingInfo(
+        data=(
+            SCENES,
+            "real photos from Debian and PyPI packages (docs/photos.md), labelled by teacher "
+            "models: saliency (ISNet), edges (HED), person and body parts (MediaPipe), "
+            "semseg's person, animal, vehicle and food where a source names them",
+        ),
+        photo_tasks=("semseg", "parts", "saliency", "edges"),
+        note="Trained on synthetic scenes and real photos labelled by teacher models. Saliency, "
+        "edges, persons and body parts follow real photos; semseg knows background, person, "
+        "animal, vehicle and food on photos (sphere, box, cylinder and cone from the scenes "
+        "only); surface normals were learned from synthetic scenes only: on photos they are "
+        "rough shading cues, not measurements.",
+    ),
+    "pascal_context": TrainingInfo(
+        data=("PASCAL-Context (the PASCAL_MT multi-task benchmark)",),
+        photo_tasks=("semseg", "parts", "saliency", "normals", "edges"),
+        note="Trained on PASCAL-Context photos: the benchmark's 20 VOC classes and its "
+        "distilled saliency and normals labels.",
+    ),
+}
+"""What a model of each dataset learned from (``metadata.json``'s ``training``)."""
 
 
 def output_names(config: ModelConfig) -> list[str]:
@@ -105,6 +137,7 @@ def build_metadata(
         io=IoInfo(inputs=GRAPH_INPUTS, outputs=tuple(output_names(config))),
         source=source,
         exporter=dict(exporter),
+        training=TRAINING.get(config.dataset),
     )
 
 

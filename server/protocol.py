@@ -94,7 +94,10 @@ class ModelsResponse(BaseModel):
     name: str
     version: str
     dataset: str | None = Field(
-        None, description="what the model was trained on: 'synthetic' (the demo) or a dataset"
+        None, description="the class lists' dataset: 'synthetic' (the demo) or another"
+    )
+    training: dict[str, Any] | None = Field(
+        None, description="what it learned from: data, tasks learned on photos, a note"
     )
     tasks: list[TaskDescription]
     input: dict[str, Any]

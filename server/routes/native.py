@@ -276,6 +276,9 @@ def describe(state: ServerState) -> dict:
         "name": model.name,
         "version": model.version,
         "dataset": model.metadata.dataset,
+        "training": (
+            model.metadata.training.model_dump(mode="json") if model.metadata.training else None
+        ),
         "tasks": [t.model_dump(mode="json") for t in model.tasks],
         "input": model.input.model_dump(mode="json"),
         "adapters": model.adapters.model_dump(mode="json"),

@@ -44,9 +44,11 @@ async function loadModel() {
   $("model-info").textContent =
     `${m.name} ${m.version} · ${adapters.spec || ""} ${adapters.routing || ""} · ` +
     `${(m.providers || []).join(", ")}`;
-  // The demo learned from rendered scenes only: say so, so that a real photo's rough maps
-  // are not mistaken for a fault.
-  $("model-note").hidden = m.dataset !== "synthetic";
+  // What the model learned from (metadata.json's training note): a synthetic-only model's
+  // rough maps on a real photo, or photo-trained normals, are not mistaken for a fault.
+  const note = m.training ? m.training.note : "";
+  $("model-note").textContent = note;
+  $("model-note").hidden = !note;
   const box = $("tasks");
   box.querySelectorAll("label").forEach((el) => el.remove());
   for (const task of m.tasks) {
