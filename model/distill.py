@@ -3,8 +3,8 @@ EfficientNet-Lite's stride-16 feature map on real photos, then written as a ViT 
 that ``python -m model.train --pretrained`` loads in place of the single-task stage (the
 paper's frozen pretrained backbone, made here from the only ImageNet weights there are).
 
-    python -m model.distill --preset photo-distilled --data /work/data/photos --out runs/distill
-    python -m model.train --preset photo-distilled --data /work/data/photos --out runs/pd \
+    python -m model.distill --preset photo-distilled --data PHOTOS --out runs/distill
+    python -m model.train --preset photo-distilled --data PHOTOS --out runs/pd \
         --pretrained runs/distill/vit.pth
 
 The student is the preset's backbone (patch embedding, position embedding, blocks, norms; one
@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.cli import run
-from model.data.mixed import PhotoCrop, PhotoMapsSource, photo_classes
+from model.data.mixed import PhotoCrop
+from model.data.photos import PhotoSet
+from model.data.photos.tree import item_dir, read_png
 from model.data.transforms import image_tensor
 from model.efficientnet import pretrained_lite
 from model.model import ASEModel
@@ -57,7 +59,24 @@ class Distiller(nn.Module):
         return tokens.transpose(1, 2).reshape(images.shape[0], -1, grid, grid)
 
 
-def photo_batch(photos: PhotoMapsSource, crop: PhotoCrop, batch: int, rng) -> Tensor:
+class PhotoImages:
+    """The training photos' images alone (labels unused here), decoded once and kept."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root, self.records = Path(root), PhotoSet(root, "train").records
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """(H, W, 3) uint8."""
+        if index not in self._cache:
+            self._cache[index] = read_png(item_dir(self.root, self.records[index].id) / "image.png")
+        return self._cache[index]
+
+
+def photo_batch(photos: PhotoImages, crop: PhotoCrop, batch: int, rng) -> Tensor:
     """``batch`` random windows of random training photos, normalised (B, 3, H, W)."""
     picks = rng.integers(0, len(photos), batch)
     return torch.stack([image_tensor(crop.image(photos[int(i)], rng)) for i in picks])
@@ -92,7 +111,7 @@ def distill(config: TrainConfig, out: Path, resume: bool = False) -> dict[str, A
     base = base_parameter_names(model)  # before the optimiser changes what takes gradients
     optimizer = student_optimizer(model, distiller, base, config)
     size = config.model.backbone.image_size
-    photos = PhotoMapsSource(config.data.root or "", "train", photo_classes(config.model.dataset))
+    photos = PhotoImages(config.data.root or "")
     crop = PhotoCrop(size, photometric=False)
     state = _resume(out, distiller, optimizer) if resume else None
     step = state["step"] if state else 0

@@ -126,18 +126,18 @@ class PhotoCrop:
     def __init__(self, size: int, flip: bool = True, photometric: bool = True) -> None:
         self.size, self.flip, self.photometric = size, flip, photometric
 
-    def image(self, photo: PhotoMaps, rng: np.random.Generator) -> np.ndarray:
-        """Only the image of a random window (no labels made), randomly flipped."""
+    def image(self, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Only the image (H, W, 3) of a random window (no labels made), randomly flipped."""
         window = self._window(photo, rng)
-        image = resize_image(np.ascontiguousarray(photo.image[window]), (self.size, self.size))
+        image = resize_image(np.ascontiguousarray(photo[window]), (self.size, self.size))
         return image[:, ::-1].copy() if self.flip and rng.random() < 0.5 else image
 
-    def _window(self, photo: PhotoMaps, rng: np.random.Generator) -> tuple[slice, slice]:
-        top, left, rows, cols = crop_window(*photo.image.shape[:2], self.size, rng)
+    def _window(self, image: np.ndarray, rng: np.random.Generator) -> tuple[slice, slice]:
+        top, left, rows, cols = crop_window(*image.shape[:2], self.size, rng)
         return slice(top, top + rows), slice(left, left + cols)
 
     def __call__(self, photo: PhotoMaps, rng: np.random.Generator) -> Sample:
-        window = self._window(photo, rng)
+        window = self._window(photo.image, rng)
         out = (self.size, self.size)
         sample = Sample(
             image=resize_image(np.ascontiguousarray(photo.image[window]), out),
