@@ -179,3 +179,19 @@ def test_bench_v2_encoding_times_every_form():
     times = json.loads(printed)
     assert set(times) == {"rest_body", "grpc_bytes", "grpc_protobuf"}
     assert all(value > 0 for value in times.values())
+
+
+def test_bench_models_ab_times_model_dirs_against_the_first(tmp_path):
+    from tests.export.tiny_export import export_tiny_model_dir
+
+    first = export_tiny_model_dir(tmp_path / "a", "ase")
+    second = export_tiny_model_dir(tmp_path / "b", "lora", seed=1)
+    out = tmp_path / "ab.json"
+    command = [sys.executable, "-m", "bench.bench_models_ab", str(first), str(second)]
+    command += ["--repeats", "3", "--threads", "1", "--json", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [row["model_dir"] for row in rows] == [str(first), str(second)]
+    assert rows[0]["wall_ratio"] == 1.0 and rows[1]["wall_ms"] > 0 and rows[1]["cpu_ms"] >= 0
+    assert "| " + str(second) in done.stdout
