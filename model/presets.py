@@ -170,11 +170,11 @@ def _photo(embed: str) -> TrainConfig:
         ),
         # Stage 1 trains the base weights on saliency: the one task every photo and every
         # scene has a label for (photo semseg names a few classes on some photos only).
-        single_task=StageConfig(steps=1000, lr=1e-3, warmup=50),
+        single_task=StageConfig(steps=600, lr=1e-3, warmup=50),
         single_task_name="saliency",
-        multi_task=StageConfig(steps=2000, lr=1e-3, warmup=50),
+        multi_task=StageConfig(steps=1200, lr=1e-3, warmup=50),
         batch_size=8,
-        eval_every=1000,
+        eval_every=600,
         checkpoint_every=100,
     )
 

@@ -1,0 +1,226 @@
+"""The three-seed ablation of docs/ablation.md, repeated from the real-feature backbone on the
+photo tasks: ``lora``, ``moe 16/4/0/4`` and ``ase 16/3/1/4`` (``--variants`` for more), each
+trained from the same frozen base weights with the same budget, three seeds.
+
+    python -m bench.ablation_photos demo/photo/ckpt.pt --data PHOTOS --out runs/ablation-photos
+
+Protocol:
+  1. the base weights (everything stage 2 keeps frozen: the hybrid's EfficientNet-Lite and its
+     projection, position embedding, the blocks' linear layers and norms) are the checkpoint's,
+     i.e. the served model's after its stage 1; every row of every seed starts from them;
+  2. for each seed s (shared by all rows, so rows compare pair by pair) each variant trains
+     LoRA, task embeddings, routers, experts and heads for ``--steps`` steps on the checkpoint's
+     recipe (scenes and photos in every batch), initial weights and batches drawn from s;
+  3. every row is scored by ``model/photo_eval.py`` on the held-out photos (saliency maxF, edge
+     F at 2 px, person IoU) and by ``model/evaluate.py`` on ``--scenes`` held-out synthetic test
+     scenes (semseg and parts mIoU, normals mean angle: the tasks photos cannot score).
+Δm of a row and seed is against that seed's ``lora`` row over these six numbers (normals error
+counts negatively). ``ablation.json`` is rewritten after every row; ``--resume`` keeps rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from bench.ablation import _commit, _mean_std
+from model.checkpoint import load_checkpoint
+from model.config import AdapterConfig
+from model.data import SyntheticScenes
+from model.distributed import Processes
+from model.evaluate import eval_loader, evaluate, model_predictor, primary
+from model.metrics import delta_m
+from model.model import ASEModel
+from model.photo_eval import held_out, load_truth, model_photo_predictor, score
+from model.presets import StageConfig, TrainConfig
+from model.stages import base_parameter_names
+from model.trainer import Trainer
+
+VARIANTS = {  # row name -> (routing, N/k/S/r)
+    "lora": ("lora", "16/3/1/4"),
+    "moe 16/4/0/4": ("moe", "16/4/0/4"),
+    "ase 16/3/1/4": ("ase", "16/3/1/4"),
+    "ase 32/6/2/2": ("ase", "32/6/2/2"),
+}
+REFERENCE = "lora"
+METRICS = ("saliency_maxF", "edge_F", "person_IoU", "semseg", "parts", "normals")
+LOWER_IS_BETTER = ("normals",)
+SCENE_TASKS = ("semseg", "parts", "normals")  # scored on synthetic test scenes
+
+
+def row_config(recipe: TrainConfig, args, routing: str, spec: str, seed: int) -> TrainConfig:
+    model = replace(recipe.model, adapters=AdapterConfig(spec=spec, routing=routing))
+    return replace(
+        recipe,
+        model=model,
+        data=replace(recipe.data, root=str(args.data), val_size=0),
+        single_task=StageConfig(steps=0, lr=1e-3),
+        multi_task=replace(recipe.multi_task, steps=args.steps, warmup=25),
+        eval_every=0,
+        checkpoint_every=0,
+        seed=seed,
+    )
+
+
+def train_row(config: TrainConfig, base: dict[str, torch.Tensor], out: Path) -> ASEModel:
+    torch.manual_seed(config.seed)
+    model = ASEModel(config.model).train()
+    buffers = {name for name, _ in model.named_buffers()}
+    missing = set(base_parameter_names(model)) ^ (set(base) - buffers)
+    if missing:
+        raise ValueError(f"base weights do not fit this variant: {sorted(missing)}")
+    model.load_state_dict(base, strict=False)
+    Trainer(config, out, Processes(), model).fit()
+    return model.eval()
+
+
+def row_scores(model: ASEModel, truths, args) -> dict[str, float]:
+    """The three photo scores and the three synthetic ones (``METRICS``)."""
+    photos = score(model_photo_predictor(model), truths)
+    size = model.config.backbone.image_size
+    scenes = SyntheticScenes(size, args.scenes, seed=0, split="test")
+    loader = eval_loader(scenes, size, SCENE_TASKS, batch_size=16)
+    synthetic = evaluate(model_predictor(model), loader, SCENE_TASKS, model.config.dataset)
+    return {**{k: photos[k] for k in METRICS[:3]}, **primary(synthetic)}
+
+
+def frozen_base(checkpoint: Path) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
+    """The recipe the checkpoint was trained with and its base weights (CNN buffers too)."""
+    model, payload = load_checkpoint(checkpoint)
+    recipe = TrainConfig.from_dict(payload["train"])
+    base = base_parameter_names(ASEModel(recipe.model))
+    state = model.state_dict()
+    buffers = {name for name, _ in model.named_buffers()}
+    return recipe, {k: v for k, v in state.items() if k in base or k in buffers}
+
+
+def _delta(row: dict[str, float], reference: dict[str, float]) -> float:
+    """Δm over the metrics whose reference is not 0 (a relative change from 0 means nothing)."""
+    kept = [key for key in METRICS if reference[key]]
+    return delta_m({k: row[k] for k in kept}, {k: reference[k] for k in kept}, LOWER_IS_BETTER)
+
+
+def summarise(per_seed: dict[str, dict[str, dict[str, float]]], names: list[str]) -> dict:
+    complete = {s: rows for s, rows in per_seed.items() if set(names) <= set(rows)}
+    deltas = {
+        s: {n: _delta(rows[n], rows[REFERENCE]) for n in names} for s, rows in complete.items()
+    }
+    summary = {
+        name: {
+            key: _mean_std(
+                [deltas[s][name] if key == "delta_m" else complete[s][name][key] for s in complete]
+            )
+            for key in (*METRICS, "delta_m")
+        }
+        for name in names
+    }
+    ase_minus_moe = {
+        s: {key: rows["ase 16/3/1/4"][key] - rows["moe 16/4/0/4"][key] for key in METRICS}
+        | {"delta_m": deltas[s]["ase 16/3/1/4"] - deltas[s]["moe 16/4/0/4"]}
+        for s, rows in complete.items()
+    }
+    return {
+        "seeds": list(complete),
+        "delta_m": deltas,
+        "summary": summary,
+        "ase_minus_moe": ase_minus_moe,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    path = args.out / "ablation.json"
+    earlier = json.loads(path.read_text()) if args.resume and path.exists() else {}
+    per_seed: dict = earlier.get("per_seed", {})
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    report = {"per_seed": per_seed, "settings": settings, "commit": _commit()}
+    clock, before = time.perf_counter(), earlier.get("seconds", 0.0)
+    recipe, base = frozen_base(args.checkpoint)
+    truths = [load_truth(args.data, r) for r in held_out(args.data, "val")]
+    for seed in args.seeds:
+        rows = per_seed.setdefault(str(seed), {})
+        for name in args.variants:
+            if name in rows:
+                continue
+            config = row_config(recipe, args, *VARIANTS[name], seed)
+            folder = args.out / f"seed-{seed}" / name.replace(" ", "-").replace("/", "")
+            rows[name] = row_scores(train_row(config, base, folder), truths, args)
+            print(f"seed {seed} {name}: {rows[name]}", flush=True)
+            report["seconds"] = before + time.perf_counter() - clock
+            report["summary"] = summarise(per_seed, args.variants)
+            args.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=2))
+    return report
+
+
+COLUMNS = (
+    "sal maxF ↑",
+    "edge F ↑",
+    "person IoU ↑",
+    "scenes semseg ↑",
+    "scenes parts ↑",
+    "normals mErr ↓",
+)  # one per METRICS entry
+
+
+def _cell(stats: dict[str, float | None]) -> str:
+    if stats["mean"] is None:
+        return "-"
+    return f"{stats['mean']:.2f}" + ("" if stats["std"] is None else f" ± {stats['std']:.2f}")
+
+
+def markdown(summary: dict) -> str:
+    keys = (*METRICS, "delta_m")
+    lines = [
+        f"Mean ± std over seeds {', '.join(summary['seeds'])} (Δm against lora, per seed):",
+        "",
+        "| model | " + " | ".join(COLUMNS) + " | Δm % |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for name, stats in summary["summary"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(stats[k]) for k in keys) + " |")
+    lines += ["", "ase 16/3/1/4 minus moe 16/4/0/4, per seed:", ""]
+    lines += ["| seed | " + " | ".join(COLUMNS) + " | Δm % |", "|---" * (len(keys) + 1) + "|"]
+    for seed, diff in summary["ase_minus_moe"].items():
+        lines.append(f"| {seed} | " + " | ".join(f"{diff[k]:+.2f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="the photo model: its base weights, recipe")
+    parser.add_argument("--data", type=Path, required=True, help="the photo set's root")
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation-photos"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["lora", "moe 16/4/0/4", "ase 16/3/1/4"],
+        choices=list(VARIANTS),
+    )
+    parser.add_argument("--steps", type=int, default=300, help="stage-2 steps of every row")
+    parser.add_argument("--scenes", type=int, default=64, help="synthetic test scenes scored")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of OUT's JSON")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    if REFERENCE not in args.variants or not {"ase 16/3/1/4", "moe 16/4/0/4"} <= set(args.variants):
+        raise SystemExit("--variants needs lora, moe 16/4/0/4 and ase 16/3/1/4")
+    torch.set_num_threads(args.threads)
+    report = run(args)
+    table = markdown(report["summary"])
+    (args.out / "ablation.md").write_text(table + "\n")
+    print(table)
+    print(f"total {report['seconds']:.0f} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()
