@@ -19,6 +19,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # GRPC_PORT=8001: the Open Inference Protocol's gRPC service too (REST is always on PORT, /v2)
 GRPC_PORT ?=
+# The model `make serve` serves, and the sample images its page offers: the photo model
+# (MODEL_DIR=demo/model SAMPLES_DIR=demo/samples: the synthetic-scene demo)
+MODEL_DIR ?= demo/photo/model
+SAMPLES_DIR ?= demo/photo/samples
 
 .PHONY: test lint serve lock clean triton-venv mediapipe-venv teachers
 
@@ -97,7 +101,7 @@ teachers: mediapipe-venv
 	$(VENV)/bin/python -m model.data.photos fetch --cache $(PHOTO_CACHE) --teachers-only
 
 serve: $(SERVE_VENV)/.installed
-	$(SERVE_VENV)/bin/python -m server --host $(HOST) --port $(PORT) $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT))
+	$(SERVE_VENV)/bin/python -m server --host $(HOST) --port $(PORT) --model-dir $(MODEL_DIR) --samples-dir $(SAMPLES_DIR) $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT))
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) $(LOCK_VENV) $(TRITON_VENV) $(MEDIAPIPE_VENV)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.heads import DenseHead
+from model.heads import DenseHead, decode
 from model.model import ASEModel, exporting
 from model.routing import RouterOutput, TaskRouter, top_k_mask
 from model.vit import Attention, Mlp
@@ -143,18 +143,25 @@ class LeanHead(nn.Module):
         biases = torch.stack([conv.bias.detach() for conv in head.project])  # (L, hidden)
         self.register_buffer("project_bias", biases.sum(0))  # (hidden,)
         self.fuse, self.refine = _lean_gelu(head.fuse), _lean_gelu(head.refine)
+        self.detail = head.detail
+        if self.detail is not None:
+            self.detail.refine = nn.ModuleList(_lean_gelu(b) for b in self.detail.refine)
         self.classify = head.classify
 
-    def forward(self, features: list[Tensor], streams: Tensor, size: tuple[int, int]) -> Tensor:
+    def forward(
+        self,
+        features: list[Tensor],
+        streams: Tensor,
+        size: tuple[int, int],
+        detail: list[Tensor] | None = None,
+        stream_image: Tensor | None = None,
+    ) -> Tensor:
         """As ``DenseHead.forward``: features per level (S, grid*grid, d) -> (S_t, C, H, W)."""
         # every head concatenates the same levels: the exported graph keeps one Concat (checked)
         tokens = torch.cat(features, dim=-1).index_select(0, streams)  # (S_t, T, L*d)
         x = tokens @ self.project_weight + self.project_bias  # (S_t, T, hidden)
         x = x.transpose(1, 2).unflatten(-1, (self.grid, self.grid))  # (S_t, hidden, g, g)
-        x = self.fuse(x)
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        x = self.classify(self.refine(x))  # (S_t, C, 2*grid, 2*grid)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return decode(self, self.fuse(x), streams, size, detail, stream_image)
 
 
 def _lean_gelu(block: nn.Sequential) -> nn.Sequential:

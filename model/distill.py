@@ -53,7 +53,7 @@ class Distiller(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """images (B, 3, H, W) -> (B, channels, grid, grid)."""
         streams = torch.arange(images.shape[0], device=images.device)
-        features, _ = self.backbone(images, streams, torch.zeros_like(streams))
+        features, *_ = self.backbone(images, streams, torch.zeros_like(streams))
         tokens = self.to_teacher(features[-1])  # (B, grid*grid, channels)
         grid = self.backbone.grid
         return tokens.transpose(1, 2).reshape(images.shape[0], -1, grid, grid)

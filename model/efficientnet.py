@@ -41,6 +41,7 @@ STAGES = (
     (6, 3, 1, 1, 320),
 )  # fmt: skip  # one stage a row, the columns as named above
 STRIDE16_STAGES = 5  # stages 1-5 end at stride 16; stage 6 goes to 32
+DETAIL_STAGES = (3, 2, 1)  # the stages ending at strides 8, 4 and 2: ``pyramid``'s maps
 STEM, HEAD, CLASSES = 32, 1280, 1000
 
 
@@ -161,6 +162,12 @@ class EfficientNetLite(nn.Module):
         self.blocks = nn.Sequential(*(MBConv(*spec) for spec in plan))
         self.channels = plan[-1][1]
         self.stride = 2 ** (1 + sum(STAGES[s][2] == 2 for s in range(stages)))
+        # the last block of each stage, and each detail stage's channels
+        ends = [len(block_plan(self.variant, s + 1)) - 1 for s in range(stages)]
+        self.detail_blocks = {ends[s - 1]: s for s in DETAIL_STAGES if s <= stages}
+        self.detail_channels = tuple(
+            block_plan(self.variant, s)[-1][1] for s in DETAIL_STAGES if s <= stages
+        )
         self.head = SameConv(self.channels, HEAD, 1) if classifier else None
         self.fc = nn.Linear(HEAD, CLASSES).requires_grad_(False) if classifier else None
 
@@ -168,6 +175,17 @@ class EfficientNetLite(nn.Module):
         """images (B, 3, H, W) ImageNet-normalised -> (B, channels, H/stride, W/stride)."""
         x = images * self.in_scale + self.in_shift
         return self.blocks(F.relu6(self.stem(x)))
+
+    def pyramid(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``forward``'s map and the stride-8, 4 and 2 maps on the way (``DETAIL_STAGES``),
+        finest last: [(B, c8, H/8, W/8), (B, c4, H/4, W/4), (B, c2, H/2, W/2)]."""
+        x = F.relu6(self.stem(images * self.in_scale + self.in_shift))
+        found = {}
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in self.detail_blocks:
+                found[self.detail_blocks[index]] = x
+        return x, [found[stage] for stage in DETAIL_STAGES if stage in found]
 
     def logits(self, images: Tensor) -> Tensor:
         """ImageNet logits (B, 1000); only with ``classifier``."""

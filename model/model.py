@@ -61,9 +61,10 @@ class ASEModel(nn.Module):
         dataset = require_dataset(config.dataset)
         self.backbone = ViTBackbone(backbone, adapters, len(config.tasks))
         levels = len(self.backbone.feature_layers)
+        detail = self.backbone.patch_embed.detail_channels  # a hybrid's CNN maps, or none
         self.heads = nn.ModuleDict(
             {
-                t: DenseHead(backbone.width, levels, backbone.grid, dataset.channels(t))
+                t: DenseHead(backbone.width, levels, backbone.grid, dataset.channels(t), detail)
                 for t in config.tasks
             }
         )
@@ -86,10 +87,10 @@ class ASEModel(nn.Module):
         if not exporting():
             self._check_streams(images, stream_image, stream_task)
         slots = self.task_slot.index_select(0, stream_task)  # (S,)
-        features, routings = self.backbone(images, stream_image, slots)
+        features, routings, detail = self.backbone(images, stream_image, slots)
         size = (images.shape[-2], images.shape[-1])
         maps = {
-            task: self.heads[task](features, streams, size)
+            task: self.heads[task](features, streams, size, detail, stream_image)
             for task, streams in self._task_streams(stream_task).items()
         }
         expert_tokens, shared_mass = self._router_statistics(routings, stream_task.shape[0], images)

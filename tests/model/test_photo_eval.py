@@ -35,8 +35,8 @@ def truths(root):
 def test_labels_at_the_evaluation_size(truths):
     assert [t.name for t in truths] == ["astronaut-val", "chelsea-val"]
     person = truths[0]
-    assert person.size == (240, 320)  # longest side 320, the photo's aspect (96 x 128)
-    assert person.saliency[120, 160] == 1 and person.saliency[5, 5] == 0
+    assert person.size == (144, 192)  # longest side 192, the photo's aspect (96 x 128)
+    assert person.saliency[72, 96] == 1 and person.saliency[5, 5] == 0
     assert 0 < person.edges.sum() < 0.05 * person.edges.size  # a thin outline
     assert set(np.unique(person.person)) <= {0, 1, IGNORE_INDEX}
 
@@ -91,7 +91,8 @@ def test_the_command_line_scores_models_baselines_and_teachers(root, tmp_path):
     )
     assert json.loads(out.read_text())["rows"] == report["rows"]
     rows = list(report["rows"].values())
-    assert len(rows) == 4 and report["images"] == 2
+    assert len(rows) == 6 and report["images"] == 2
     for values in rows[:3]:  # the models and the baselines score all three
         assert all(0 <= values[k] <= 100 for k in ("saliency_maxF", "edge_F", "person_IoU"))
-    assert rows[3]["person_IoU"] > 95  # the same box, resampled two ways at its border
+    assert rows[5]["person_IoU"] > 95  # the same box, resampled two ways at its border
+    assert rows[4]["edge_F"] > rows[3]["edge_F"]  # a finer grid keeps more of the edges
