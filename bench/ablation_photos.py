@@ -2,7 +2,7 @@
 photo tasks: ``lora``, ``moe 16/4/0/4`` and ``ase 16/3/1/4`` (``--variants`` for more), each
 trained from the same frozen base weights with the same budget, three seeds.
 
-    python -m bench.ablation_photos demo/photo/ckpt.pt --data PHOTOS --out runs/ablation-photos
+    python -m bench.ablation_photos demo/photo/ckpt.pt --data /data/photos --out runs/ab-photos
 
 Protocol:
   1. the base weights (everything stage 2 keeps frozen: the hybrid's EfficientNet-Lite and its

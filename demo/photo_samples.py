@@ -2,7 +2,7 @@
 committing them (``model/data/photos/catalog.py``'s ``COMMITTABLE``), as JPEGs, with a README
 naming each one's source, author and licence; and two held-out synthetic scenes.
 
-    python -m demo.photo_samples --data PHOTOS --out demo/photo/samples
+    python -m demo.photo_samples --data /data/photos --out demo/photo/samples
 
 The photos are the set's stored images (longest side at most 1024 px) shrunk to ``--side``
 and saved at JPEG quality 90: real camera-like uploads, small enough to commit.
@@ -24,7 +24,7 @@ HEADER = """# Photo model sample images
 
 The page's samples for `demo/photo/model` (`make serve`). Written by
 
-    python -m demo.photo_samples --data PHOTOS --out demo/photo/samples
+    python -m demo.photo_samples --data /data/photos --out demo/photo/samples
 
 from the photo set's held-out (`val`) split: the model never trained on them. The packages are
 Debian's (lomiri-wallpapers-16.04) and PyPI's (scikit-image); the data card, docs/photos.md,

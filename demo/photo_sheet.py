@@ -2,7 +2,7 @@
 edges beside its own), for the docs: only photos whose licence allows committing them
 (``model/data/photos/catalog.py``'s ``COMMITTABLE``; the row names author and licence).
 
-    python -m demo.photo_sheet demo/photo/ckpt.pt --data PHOTOS --out docs/photo_sheet.png
+    python -m demo.photo_sheet demo/photo/ckpt.pt --data /data/photos --out docs/photo_sheet.png
 
 Maps are the model's on the whole photo resized to its input (what the server computes),
 shown at the photo's aspect: semseg and parts in the registry's palettes, saliency and edges

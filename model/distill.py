@@ -3,8 +3,8 @@ EfficientNet-Lite's stride-16 feature map on real photos, then written as a ViT 
 that ``python -m model.train --pretrained`` loads in place of the single-task stage (the
 paper's frozen pretrained backbone, made here from the only ImageNet weights there are).
 
-    python -m model.distill --preset photo-distilled --data PHOTOS --out runs/distill
-    python -m model.train --preset photo-distilled --data PHOTOS --out runs/pd \
+    python -m model.distill --preset photo-distilled --data /data/photos --out runs/distill
+    python -m model.train --preset photo-distilled --data /data/photos --out runs/pd \
         --pretrained runs/distill/vit.pth
 
 The student is the preset's backbone (patch embedding, position embedding, blocks, norms; one

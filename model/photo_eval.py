@@ -1,7 +1,7 @@
 """Scores on the held-out real photos against their teachers' labels (the photo set of
 ``model/data/photos``), beside trivial baselines and the teachers' agreement with each other.
 
-    python -m model.evaluate demo/photo/ckpt.pt --data PHOTOS --split val \
+    python -m model.evaluate demo/photo/ckpt.pt --data /data/photos --split val \
         --baselines --compare demo/ckpt.pt --json docs/photo_metrics.json
 
 The protocol (one fixed evaluation size so that a pixel tolerance means the same on every

@@ -4,18 +4,23 @@ of ``model/data/photos``, its teachers' labels) the tasks they have labels for, 
 so that losses skip what a photo lacks (normals always; parts without a person).
 
 Which sample a batch position holds is a pure function of (seed, position), like every
-source here: the first ``photos_per_batch`` positions of each batch are photos, drawn from a
-fresh permutation of the training photos every epoch, the rest are new scenes.
+source here: the first ``photos_per_batch`` positions of each batch are photos, the rest new
+scenes. Half the photo positions (rounded down) draw from the photos that show people, the
+others from all photos, each from a fresh permutation of its pool every epoch: people are in a
+quarter of the training photos and a few percent of their pixels, and with uniform draws the
+first model learned "a photo's salient object is an animal" from the composites' pasted
+animals and called the astronaut one.
 
 Photos are camera-size (up to 1024 px stored): ``PhotoCrop`` takes a random window of a random
 scale (log-uniform from a close-up, where the window's shorter side is ``1 / CLOSEST`` of the
 model's input, up to the whole photo) with the photo's own aspect, and resizes it to the
 model's square input, as the server squashes a whole upload; so the model sees every photo at
-many scales, and the served view (the whole photo) among them. Labels are made at the output
-size from the teachers' soft maps where the set keeps them: saliency bilinear then > 0.5,
-edges from HED's probability bilinear, >= 0.5, then thinned (the set's own edge rule, at the
-model's resolution rather than the photo's, where nearest-neighbour sampling would break the
-1-px lines); class maps nearest.
+many scales, and the served view (the whole photo) among them. On a photo with people, half
+the windows (``PERSON_FOCUS``) hold a random person pixel, so close-ups show people too.
+Labels are made at the output size from the teachers' soft maps where the set keeps them:
+saliency bilinear then > 0.5, edges by ``edge_label`` (HED's probability >= 0.5, thinned: the
+set's own edge rule, at the model's resolution rather than the photo's, where nearest-neighbour
+sampling would break the 1-px lines); class maps nearest.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from model.tasks import IGNORE_INDEX, require_dataset
 
 CLOSEST = 1.25  # a close-up window is upsampled by at most this much
 FULL_VIEW = 0.25  # share of photo crops that are the whole photo (the served view)
+PERSON_FOCUS = 0.5  # share of crops of a photo with people that hold a person pixel
 HALF = 0.5
 
 
@@ -57,6 +63,7 @@ class PhotoMaps:
     semseg: np.ndarray  # (H, W) uint8 in the model's class ids, 255 = no label
     parts: np.ndarray  # (H, W) uint8, 255 = no label
     name: str
+    person_pixels: np.ndarray  # (P,) flat indices of the pixels labelled person
 
 
 class PhotoMapsSource:
@@ -66,7 +73,13 @@ class PhotoMapsSource:
     def __init__(self, root: str | Path, split: str, semseg_classes: tuple[str, ...]) -> None:
         self.photos = PhotoSet(root, split, semseg_classes=semseg_classes)
         self.root = Path(root)
+        self.person = semseg_classes.index("person") if "person" in semseg_classes else None
         self._cache: dict[int, PhotoMaps] = {}
+
+    @property
+    def with_people(self) -> tuple[int, ...]:
+        """Indices of the photos the catalogue says show people (all or some)."""
+        return tuple(i for i, r in enumerate(self.photos.records) if r.people != "none")
 
     def __len__(self) -> int:
         return len(self.photos)
@@ -83,6 +96,7 @@ class PhotoMapsSource:
             name: read_png(folder / f"{name}.png").astype(np.float32) / 255.0
             for name in ("saliency", "teacher_hed")
         }
+        person = np.flatnonzero(sample.semseg == self.person) if self.person is not None else []
         return PhotoMaps(
             sample.image,
             soft["saliency"],
@@ -90,6 +104,7 @@ class PhotoMapsSource:
             sample.semseg,
             sample.parts,
             sample.name,
+            np.asarray(person, np.int64),
         )
 
 
@@ -106,16 +121,24 @@ def edge_label(hed: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def crop_window(
-    height: int, width: int, size: int, rng: np.random.Generator
+    height: int,
+    width: int,
+    size: int,
+    rng: np.random.Generator,
+    focus: tuple[int, int] | None = None,
 ) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of a random window with the photo's aspect (``PhotoCrop``)."""
+    """(top, left, height, width) of a random window with the photo's aspect (``PhotoCrop``);
+    with ``focus`` (row, column), a window that holds that pixel."""
     closest = min(1.0, size / CLOSEST / min(height, width))
     fraction = 1.0
     if rng.random() >= FULL_VIEW:
         fraction = float(np.exp(rng.uniform(np.log(closest), 0.0)))
     rows, cols = max(1, round(height * fraction)), max(1, round(width * fraction))
-    top = int(rng.integers(0, height - rows + 1))
-    left = int(rng.integers(0, width - cols + 1))
+    if focus is None:
+        top = int(rng.integers(0, height - rows + 1))
+        return top, int(rng.integers(0, width - cols + 1)), rows, cols
+    top = int(np.clip(focus[0] - rng.integers(0, rows), 0, height - rows))
+    left = int(np.clip(focus[1] - rng.integers(0, cols), 0, width - cols))
     return top, left, rows, cols
 
 
@@ -132,12 +155,17 @@ class PhotoCrop:
         image = resize_image(np.ascontiguousarray(photo[window]), (self.size, self.size))
         return image[:, ::-1].copy() if self.flip and rng.random() < 0.5 else image
 
-    def _window(self, image: np.ndarray, rng: np.random.Generator) -> tuple[slice, slice]:
-        top, left, rows, cols = crop_window(*image.shape[:2], self.size, rng)
+    def _window(
+        self, image: np.ndarray, rng: np.random.Generator, people: np.ndarray | None = None
+    ) -> tuple[slice, slice]:
+        focus = None
+        if people is not None and len(people) and rng.random() < PERSON_FOCUS:
+            focus = divmod(int(people[rng.integers(0, len(people))]), image.shape[1])
+        top, left, rows, cols = crop_window(*image.shape[:2], self.size, rng, focus)
         return slice(top, top + rows), slice(left, left + cols)
 
     def __call__(self, photo: PhotoMaps, rng: np.random.Generator) -> Sample:
-        window = self._window(photo.image, rng)
+        window = self._window(photo.image, rng, photo.person_pixels)
         out = (self.size, self.size)
         sample = Sample(
             image=resize_image(np.ascontiguousarray(photo.image[window]), out),
@@ -183,7 +211,11 @@ class MixedDataset(Dataset):
         self.scenes, self.scene_transform = scenes, scene_transform
         self.photos, self.photo_transform = photos, photo_transform
         self.batch, self.per_batch, self.tasks, self.seed = batch, photos_per_batch, tasks, seed
-        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation of photos)
+        people = photos.with_people
+        # (pool of photo indices, its photo positions per batch): people first, then all
+        self.pools = [(people, photos_per_batch // 2 if people else 0)]
+        self.pools.append((tuple(range(len(photos))), photos_per_batch - self.pools[0][1]))
+        self._orders: dict[tuple[int, int], np.ndarray] = {}  # (pool, epoch) -> permutation
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -191,13 +223,19 @@ class MixedDataset(Dataset):
     def which(self, position: int) -> tuple[str, int]:
         """("photo", photo index) or ("scene", scene index) of a batch position."""
         step, slot = divmod(position, self.batch)
-        if slot < self.per_batch:
-            epoch, offset = divmod(step * self.per_batch + slot, len(self.photos))
-            if self._order is None or self._order[0] != epoch:
-                order = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.photos))
-                self._order = (epoch, order)
-            return "photo", int(self._order[1][offset])
-        return "scene", step * (self.batch - self.per_batch) + slot - self.per_batch
+        if slot >= self.per_batch:
+            return "scene", step * (self.batch - self.per_batch) + slot - self.per_batch
+        pool = 0 if slot < self.pools[0][1] else 1
+        members, per_step = self.pools[pool]
+        drawn = step * per_step + slot - (self.pools[0][1] if pool else 0)
+        epoch, offset = divmod(drawn, len(members))
+        if (pool, epoch) not in self._orders:
+            self._orders = {  # keep one epoch per pool: positions come in order
+                key: order for key, order in self._orders.items() if key[0] != pool
+            }
+            rng = np.random.default_rng([self.seed, 1, pool, epoch])
+            self._orders[(pool, epoch)] = rng.permutation(len(members))
+        return "photo", members[int(self._orders[(pool, epoch)][offset])]
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         kind, index = self.which(position)

@@ -38,14 +38,24 @@ def mixed(photo_root, batch=4, per_batch=2, size=32):
     )
 
 
-def test_each_batch_holds_its_photos_first_and_every_photo_once_an_epoch(photo_root):
+def test_each_batch_holds_people_then_any_photos_then_new_scenes(photo_root):
     dataset = mixed(photo_root)
-    kinds = [dataset.which(p) for p in range(12)]  # three batches of 2 photos + 2 scenes
-    assert [k for k, _ in kinds] == ["photo", "photo", "scene", "scene"] * 3
-    photos = [i for k, i in kinds if k == "photo"]
-    assert sorted(photos[:3]) == [0, 1, 2] and sorted(photos[3:6]) == [0, 1, 2]
-    assert [i for k, i in kinds if k == "scene"] == list(range(6))  # never a scene twice
+    kinds = [dataset.which(p) for p in range(24)]  # six batches of 2 photos + 2 scenes
+    assert [k for k, _ in kinds] == ["photo", "photo", "scene", "scene"] * 6
+    people = [i for p, (_, i) in enumerate(kinds) if p % 4 == 0]
+    assert people == [0] * 6  # the astronaut: the one training photo with people
+    anything = [i for p, (_, i) in enumerate(kinds) if p % 4 == 1]
+    assert sorted(anything[:3]) == [0, 1, 2] and sorted(anything[3:]) == [0, 1, 2]  # epochs
+    assert [i for k, i in kinds if k == "scene"] == list(range(12))  # never a scene twice
     assert mixed(photo_root).which(7) == dataset.which(7)  # a pure function of the position
+
+
+def test_a_focused_window_holds_its_person_pixel():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        focus = (int(rng.integers(0, 960)), int(rng.integers(0, 1280)))
+        top, left, rows, cols = crop_window(960, 1280, 192, rng, focus)
+        assert top <= focus[0] < top + rows and left <= focus[1] < left + cols
 
 
 def test_photo_items_label_what_their_teachers_saw_and_nothing_else(photo_root):
@@ -71,6 +81,8 @@ def test_crop_windows_span_close_ups_to_the_whole_photo():
 
 def test_the_whole_photo_crop_keeps_the_teachers_labels(photo_root):
     photo = PhotoMapsSource(photo_root, "train", CLASSES)[0]  # astronaut: person in the box
+    assert len(photo.person_pixels) > 0
+    photo = replace(photo, person_pixels=np.empty(0, np.int64))  # no focused window: one draw
     crop = PhotoCrop(48, flip=False, photometric=False)
     rng = np.random.default_rng(1)
     while True:  # a draw that takes the whole photo
