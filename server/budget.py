@@ -61,6 +61,44 @@ class Reservation:
             self.released = True
             self.budget._give_back(self.nbytes)
 
+    def shrink_to(self, nbytes: int) -> None:
+        """Give back all but ``nbytes``: what the request holds once its maps are encoded (a
+        response body, a stream's band) rather than what it needed to make them."""
+        if not self.released and nbytes < self.nbytes:
+            given, self.nbytes = self.nbytes - max(nbytes, 0), max(nbytes, 0)
+            self.budget._give_back(given)
+
+
+class Hold:
+    """The memory a request's data holds as it arrives: its body while it is read, the copies
+    that parsing it makes; grown as they grow (waiting for the budget like a reservation, so a
+    client sending a body is slowed, not let past the budget) and released at once."""
+
+    def __init__(self, budget: MemoryBudget, deadline: float) -> None:
+        self.budget, self.deadline = budget, deadline
+        self.nbytes = 0
+        self._parts: list[Reservation] = []
+
+    async def grow_to(self, nbytes: int) -> None:
+        """Hold at least ``nbytes`` in all; 413 past the budget's capacity, 503 or 504 as
+        ``MemoryBudget.reserve``."""
+        if nbytes <= self.nbytes:
+            return
+        if nbytes > self.budget.capacity:
+            raise TooLarge(
+                "payload_too_large",
+                f"this request's data needs {nbytes >> 20} MiB of memory; the server's budget "
+                f"is {self.budget.capacity >> 20} MiB: send less",
+            )
+        self._parts.append(await self.budget._reserve(nbytes - self.nbytes, self.deadline))
+        self.nbytes = nbytes
+
+    def release(self) -> None:
+        """Give everything back (idempotent)."""
+        parts, self._parts, self.nbytes = self._parts, [], 0
+        for part in parts:
+            part.release()
+
 
 @dataclass
 class _Waiter:
@@ -94,6 +132,13 @@ class MemoryBudget:
                 f"server's budget is {self.capacity >> 20} MiB: ask for smaller maps (max_side "
                 "or size=model) or send a smaller image",
             )
+        return await self._reserve(nbytes, deadline)
+
+    def hold(self, deadline: float) -> Hold:
+        """An empty :class:`Hold` for a request's data, its waits bounded by ``deadline``."""
+        return Hold(self, deadline)
+
+    async def _reserve(self, nbytes: int, deadline: float) -> Reservation:
         if not self._waiting and self.in_use + nbytes <= self.capacity:
             self._take(nbytes)
             return Reservation(self, nbytes)

@@ -10,12 +10,15 @@ in ``raw_output_contents[i]``, so all or none must be raw.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from server.v2.errors import V2Error, bad_request
 from server.v2.tensors import (
+    CheckInput,
     Parameter,
     RequestedOutput,
     WireRequest,
@@ -23,6 +26,7 @@ from server.v2.tensors import (
     WireTensor,
     check_datatype,
     check_shape,
+    element_count,
     from_list,
     from_raw,
     raw_view,
@@ -46,26 +50,57 @@ CONTENTS_FIELD = {
 }
 # A few hundred MiB: camera-size maps in FP32 are far past gRPC's 4 MiB default.
 MAX_MESSAGE_BYTES = 512 * 2**20
+# Requests of up to this many bytes are parsed on the event loop (a hand-off costs more);
+# larger ones in a thread, so that no request holds the loop for time proportional to its size.
+INLINE_PARSE_BYTES = 1 << 16
 
 
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+def channel_options(
+    max_message_bytes: int = MAX_MESSAGE_BYTES, max_receive_bytes: int | None = None
+) -> list[tuple[str, int]]:
     """Options for ``grpc.server(..., options=...)`` (and a client's channel) that lift the
-    4 MiB default on message size in both directions."""
+    4 MiB default on message size: ``max_message_bytes`` sent, ``max_receive_bytes`` (default
+    the same) received."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_receive_bytes or max_message_bytes),
     ]
 
 
-def from_infer_request(message: service_pb2.ModelInferRequest) -> WireRequest:
-    raw = list(message.raw_input_contents)
+async def read_infer_request(
+    request: bytes | service_pb2.ModelInferRequest, check: CheckInput | None = None
+) -> WireRequest:
+    """A ModelInfer request, as its serialised bytes (the service's deserializer passes them
+    on) or a message, -> the wire request; a large one parsed in a thread."""
+    if not isinstance(request, bytes):
+        return from_infer_request(request, check)
+    if len(request) <= INLINE_PARSE_BYTES:
+        return parse_infer_request(request, check)
+    return await asyncio.to_thread(parse_infer_request, request, check)
+
+
+def parse_infer_request(data: bytes, check: CheckInput | None = None) -> WireRequest:
+    try:
+        message = service_pb2.ModelInferRequest.FromString(data)
+    except DecodeError:
+        raise bad_request("the request is not a valid ModelInferRequest message") from None
+    return from_infer_request(message, check)
+
+
+def from_infer_request(
+    message: service_pb2.ModelInferRequest, check: CheckInput | None = None
+) -> WireRequest:
+    """The message -> the wire request; ``check`` sees each input's name, datatype and shape
+    before its data is read, so that no more elements are read than the model takes."""
+    raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise bad_request(
             f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs: "
             "give every input's data there, or none"
         )
     inputs = tuple(
-        _input(tensor, raw[index] if raw else None) for index, tensor in enumerate(message.inputs)
+        _input(tensor, raw[index] if raw else None, check)
+        for index, tensor in enumerate(message.inputs)
     )
     outputs = tuple(
         RequestedOutput(output.name, parameters(output.parameters)) for output in message.outputs
@@ -82,12 +117,14 @@ def from_infer_request(message: service_pb2.ModelInferRequest) -> WireRequest:
     )
 
 
-def _input(tensor: Any, raw: bytes | None) -> WireTensor:
+def _input(tensor: Any, raw: bytes | None, check: CheckInput | None) -> WireTensor:
     name = tensor.name
     if not name:
         raise bad_request("every input needs a name")
     datatype = check_datatype(tensor.datatype, name)
     shape = check_shape(list(tensor.shape), name)
+    if check is not None:
+        check(name, datatype, shape)
     given = parameters(tensor.parameters)
     if any(key.startswith("shared_memory") for key in given):
         raise bad_request(f"input {name!r}: shared memory is not supported; send the data")
@@ -98,8 +135,15 @@ def _input(tensor: Any, raw: bytes | None) -> WireTensor:
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise bad_request(f"input {name!r}: {datatype} travels in raw_input_contents only")
-    values = list(getattr(tensor.contents, field))
-    return WireTensor(name, datatype, shape, from_list(name, datatype, shape, values), given)
+    contents = getattr(tensor.contents, field)
+    if len(contents) != element_count(shape):  # before a value is read
+        raise bad_request(
+            f"tensor {name!r}: {len(contents)} values given for shape {list(shape)} "
+            f"({element_count(shape)} values)"
+        )
+    return WireTensor(
+        name, datatype, shape, from_list(name, datatype, shape, list(contents)), given
+    )
 
 
 def parameters(entries: Any) -> dict[str, Parameter]:

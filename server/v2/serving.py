@@ -97,8 +97,11 @@ async def start_grpc(state: ServerState):
         is_ready=lambda: state.ready,
         api_key=api_key,
         observe=observe,
+        new_hold=lambda: state.budget.hold(time.monotonic() + settings.timeout_s),
     )
-    server, port = grpc_service.create_server(service, settings.host, settings.grpc_port)
+    server, port = grpc_service.create_server(
+        service, settings.host, settings.grpc_port, max_message_bytes=settings.max_body_bytes
+    )
     if not port:
         raise RuntimeError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")
     await server.start()
