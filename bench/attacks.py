@@ -1,0 +1,306 @@
+"""Hostile and careless clients, each as a loop of one crafted request (or one connection's
+life) that threads run against a server until told to stop; what each try ended in is counted.
+bench/bench_attacks.py times a victim beside them; tests/server/test_hostile_clients.py
+checks the server's answers and that the victim is served while they run.
+
+Every attack here was measured against the server before server/limits.py and the checks of
+issue 24 (the victim's latency went from 8-9 ms to seconds, or memory went past the budget).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import httpx
+import numpy as np
+import orjson
+from PIL import Image
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+SOCKET_TIMEOUT_S = 120  # only so that no attack thread outlives a run by much
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str  # http://127.0.0.1:PORT
+    grpc: str | None  # 127.0.0.1:PORT of the V2 gRPC service
+    model: str  # the served model's name
+
+    def connect(self, receive_buffer: int | None = None) -> socket.socket:
+        sock = socket.socket()
+        if receive_buffer is not None:  # set before connecting: the window the server may fill
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(SOCKET_TIMEOUT_S)
+        host, port = self.url.removeprefix("http://").split(":")
+        sock.connect((host, int(port)))
+        return sock
+
+
+@dataclass
+class Log:
+    """What happened, in order: ``(who, outcome)``; ``who`` is ``victim`` or ``attack<i>``."""
+
+    events: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, who: str, outcome: str) -> None:
+        with self.lock:
+            self.events.append((who, outcome))
+
+    def outcomes(self, prefix: str = "attack") -> Counter:
+        with self.lock:
+            return Counter(outcome for who, outcome in self.events if who.startswith(prefix))
+
+
+# One try of an attack: (target, stop) -> its outcome, e.g. "422" or "408 closed".
+Try = Callable[[Target, threading.Event], str]
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    what: str  # for the table
+    clients: int  # threads, each trying again and again
+    one: Try
+
+
+class Running:
+    """An attack's threads, started at once, stopped by ``stop`` (each ends its current try)."""
+
+    def __init__(self, attack: Attack, target: Target, log: Log) -> None:
+        self.stop_event = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._loop, args=(attack, target, log, i), daemon=True)
+            for i in range(attack.clients)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _loop(self, attack: Attack, target: Target, log: Log, index: int) -> None:
+        while not self.stop_event.is_set():
+            try:
+                outcome = attack.one(target, self.stop_event)
+            except (OSError, httpx.HTTPError) as error:
+                outcome = type(error).__name__
+            log.add(f"attack{index}", outcome)
+
+    def stop(self, timeout_s: float = 60) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout_s)
+
+
+def png_bytes(width: int, height: int, level: int = 9) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, "PNG", compress_level=level)
+    return buffer.getvalue()
+
+
+SMALL_PNG = png_bytes(64, 48, 1)
+TASK_NAMES = ",".join(["semseg"] * 12000)  # an 84 KB query
+BYTES_ELEMENTS = 5_000_000
+
+
+def _gzip_bytes_body() -> tuple[bytes, dict[str, str]]:
+    """A 20 KB gzip body that inflates to 5 million zero-length BYTES elements (20 MB)."""
+    shape, size = [BYTES_ELEMENTS], 4 * BYTES_ELEMENTS
+    entry = {"name": "image", "datatype": "BYTES", "shape": shape}
+    header = orjson.dumps({"inputs": [{**entry, "parameters": {"binary_data_size": size}}]})
+    headers = {"Content-Encoding": "gzip", "Inference-Header-Content-Length": str(len(header))}
+    return gzip.compress(header + bytes(size), 9), headers
+
+
+V2_BYTES_BODY = _gzip_bytes_body()
+
+
+def tasks_query(target: Target, stop: threading.Event) -> str:
+    answer = httpx.post(
+        f"{target.url}/predict?tasks={TASK_NAMES}",
+        content=SMALL_PNG,
+        headers={"Content-Type": "image/png"},
+        timeout=SOCKET_TIMEOUT_S,
+    )
+    return str(answer.status_code)
+
+
+def v2_bytes_elements(target: Target, stop: threading.Event) -> str:
+    body, headers = V2_BYTES_BODY
+    url = f"{target.url}/v2/models/{target.model}/infer"
+    return str(httpx.post(url, content=body, headers=headers, timeout=SOCKET_TIMEOUT_S).status_code)
+
+
+def grpc_call(target: Target, message: service_pb2.ModelInferRequest) -> str:
+    """One ModelInfer call on a channel of its own; its status code's name."""
+    options = [("grpc.max_send_message_length", 1 << 30)]
+    with grpc.insecure_channel(target.grpc, options=options) as channel:
+        try:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(message, timeout=120)
+        except grpc.RpcError as error:
+            return error.code().name
+    return "OK"
+
+
+def grpc_message(model: str, name: str, datatype: str, shape: list[int], raw: bytes):
+    message = service_pb2.ModelInferRequest(model_name=model)
+    message.inputs.add(name=name, datatype=datatype, shape=shape)
+    message.raw_input_contents.append(raw)
+    return message
+
+
+def grpc_elements(target: Target, stop: threading.Event) -> str:
+    """4 million zero-length BYTES elements declared for ``image`` (16 MB, under the limit)."""
+    count = 4_000_000
+    return grpc_call(
+        target, grpc_message(target.model, "image", "BYTES", [count], bytes(4 * count))
+    )
+
+
+def grpc_failures(target: Target, stop: threading.Event) -> str:
+    """19 MB of frames for a model the server does not serve: parsed, then refused (404)."""
+    frames = [1, 1500, 4400, 3]
+    raw = bytes(int(np.prod(frames)))
+    return grpc_call(target, grpc_message("no-such-model", "pixels", "UINT8", frames, raw))
+
+
+def _trickle(target: Target, stop: threading.Event, head: bytes, then: bytes, every_s: float):
+    """Sends ``head``, then a byte of ``then`` every ``every_s`` until the server answers or
+    closes (its status, and "closed"), or ``stop``."""
+    with target.connect() as sock:
+        sock.sendall(head)
+        sock.settimeout(every_s)
+        index = 0
+        while not stop.is_set():
+            try:
+                answer = sock.recv(4096)
+            except TimeoutError:
+                sock.send(then[index % len(then) : index % len(then) + 1])
+                index += 1
+                continue
+            return f"{answer[9:12].decode() or 'EOF'} closed" if answer else "EOF closed"
+    return "stopped"
+
+
+def slow_headers(target: Target, stop: threading.Event) -> str:
+    head = b"POST /predict HTTP/1.1\r\nHost: a\r\n"
+    return _trickle(target, stop, head, b"X-Slow: 1\r\n", 0.5)
+
+
+def slow_bodies(target: Target, stop: threading.Event) -> str:
+    head = b"POST /predict HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n"
+    return _trickle(target, stop, head, b"\x89", 1.0)
+
+
+STALLED_BYTES = 20 * 2**20
+
+
+def stalled_bodies(target: Target, stop: threading.Event) -> str:
+    """Declares 20 MiB, sends all but its last byte, and waits."""
+    head = f"POST /predict HTTP/1.1\r\nHost: a\r\nContent-Length: {STALLED_BYTES}\r\n\r\n"
+    with target.connect() as sock:
+        sock.settimeout(1.0)
+        pending = memoryview(head.encode() + bytes(STALLED_BYTES - 1))
+        while pending and not stop.is_set():
+            try:
+                pending = pending[sock.send(pending) :]
+            except TimeoutError:
+                continue
+        return _wait_answer(sock, stop)
+
+
+def _wait_answer(sock: socket.socket, stop: threading.Event) -> str:
+    while not stop.is_set():
+        try:
+            answer = sock.recv(4096)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return "reset"
+        return f"{answer[9:12].decode()} closed" if answer else "EOF closed"
+    return "stopped"
+
+
+NPZ_SIDE = 1600
+
+
+def _npz_request() -> bytes:
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (NPZ_SIDE // 16, NPZ_SIDE // 16, 3), np.uint8)
+    image = Image.fromarray(small).resize((NPZ_SIDE, NPZ_SIDE), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1)
+    body = buffer.getvalue()
+    head = (
+        "POST /predict?tasks=normals&format=npz HTTP/1.1\r\nHost: a\r\n"
+        f"Content-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+NPZ_REQUEST = _npz_request()
+
+
+def non_reading(target: Target, stop: threading.Event) -> str:
+    """Asks for 31 MB of float32 normals as npz and reads none of it."""
+    with target.connect(receive_buffer=4096) as sock:
+        sock.sendall(NPZ_REQUEST)
+        while not stop.wait(0.2):
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # reset by the server
+                return "dropped"
+    return "stopped"
+
+
+PNG_BOMB = png_bytes(6000, 6000)  # 105 KB that decode to 36 megapixels
+
+
+def png_bombs(target: Target, stop: threading.Event) -> str:
+    headers = {"Content-Type": "image/png"}
+    answer = httpx.post(
+        f"{target.url}/predict", content=PNG_BOMB, headers=headers, timeout=SOCKET_TIMEOUT_S
+    )
+    return str(answer.status_code)
+
+
+ATTACKS = {
+    attack.name: attack
+    for attack in (
+        Attack(
+            "tasks_query", "POST /predict?tasks=semseg,... (12000 names, 84 KB)", 2, tasks_query
+        ),
+        Attack(
+            "v2_bytes", "V2 REST: 20 KB gzip body of 5M zero-length BYTES", 2, v2_bytes_elements
+        ),
+        Attack("grpc_elements", "gRPC: 16 MB message of 4M BYTES elements", 2, grpc_elements),
+        Attack("slow_headers", "60 connections trickling header bytes", 60, slow_headers),
+        Attack("slow_bodies", "20 bodies at 1 byte/s", 20, slow_bodies),
+        Attack("stalled_bodies", "20 bodies stalled after 20 MiB - 1", 20, stalled_bodies),
+        Attack("non_reading", "12 npz clients reading nothing", 12, non_reading),
+        Attack("png_bombs", "6 x 6000x6000 PNGs (105 KB each)", 6, png_bombs),
+        Attack("grpc_failures", "gRPC: 19 MB calls that fail", 2, grpc_failures),
+    )
+}
+
+
+def victim_loop(target: Target, body: bytes, log: Log, stop: threading.Event) -> list[float]:
+    """``POST /predict?tasks=semseg`` of ``body`` back to back until ``stop``: each latency (s),
+    each outcome logged as the victim's."""
+    latencies = []
+    with httpx.Client(base_url=target.url, timeout=SOCKET_TIMEOUT_S) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            answer = client.post(
+                "/predict",
+                params={"tasks": "semseg"},
+                content=body,
+                headers={"Content-Type": "image/png"},
+            )
+            latencies.append(time.perf_counter() - started)
+            log.add("victim", str(answer.status_code))
+    return latencies
