@@ -89,8 +89,8 @@ def measure(attack, target: Target, pid: int, args) -> dict:
                 quiet += victim_phase(target, body, args.phase_s, Log())
                 continue
             peak_rss_mb(pid, reset=True)
-            running = Running(attack, target, log)
-            time.sleep(args.warmup_s)
+            running = Running(attack, target, log, own_process=True)
+            time.sleep(max(args.warmup_s, attack.warmup_s))
             attacked += victim_phase(target, body, args.phase_s, log)
             peaks.append(peak_rss_mb(pid))
             running.stop()

@@ -1,8 +1,8 @@
 """Reading an upload from an HTTP request: a raw image body or multipart field ``file``, never
 more than the limit (checked against Content-Length first, then while reading), and, given a
 :class:`~server.budget.Hold`, never more than the memory budget holds: the bytes are reserved
-before they are read (the declared length at once, a chunked body as it grows), so that clients
-stalling after megabytes of body each hold their share of the budget, not memory beside it."""
+as they arrive, so that clients stalling after megabytes of body hold their share of the
+budget, not memory beside it (and wait for it, not reading on, when it is spent)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from server.errors import InvalidInput, TooLarge, UnsupportedMedia
 BODY_COPIES = 2
 """A body is held twice at its end: the chunks as they arrived, and the bytes they are joined
 into (multipart: the body, and the file part read from it)."""
-CHUNKED_STEP = 1 << 20
-"""A body of unknown length (chunked) is reserved in steps: at least this, then doubling."""
+BODY_STEP = 1 << 20
+"""A body is reserved as it arrives in steps: at least this, then doubling."""
 
 
 async def read_image_body(request: Request, limit: int, hold: Hold | None = None) -> bytes:
@@ -40,21 +40,23 @@ async def read_image_body(request: Request, limit: int, hold: Hold | None = None
 
 
 async def read_body(request: Request, limit: int, hold: Hold | None = None) -> bytes:
-    """The whole body; 413 past ``limit`` bytes; its memory reserved in ``hold`` first."""
+    """The whole body; 413 past ``limit`` bytes. With ``hold``, its bytes are reserved as they
+    arrive, in steps (doubling from ``BODY_STEP``, within the declared length), and twice over
+    for the join at the end: a client that declares megabytes and sends none holds nothing."""
     declared = request.headers.get("content-length", "").strip()
     length = int(declared) if declared.isascii() and declared.isdigit() else None
     if length is not None and length > limit:
         raise too_large(length, limit)
-    if hold is not None and length is not None:
-        await hold.grow_to(BODY_COPIES * length)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise too_large(size, limit)
-        if hold is not None and BODY_COPIES * size > hold.nbytes:
-            await hold.grow_to(BODY_COPIES * min(limit, max(2 * size, CHUNKED_STEP)))
+        if hold is not None and size > hold.nbytes:
+            await hold.grow_to(min(max(2 * size, BODY_STEP), max(length or limit, size)))
         chunks.append(chunk)
+    if hold is not None:
+        await hold.grow_to(BODY_COPIES * size)
     return b"".join(chunks)
 
 

@@ -132,6 +132,10 @@ async def _read_request(
     body = await read_body(request, limit, hold)
     encoding = headers.pop("content-encoding", "")
     if rest.is_encoded(encoding):
+        if rest.HEADER_LENGTH.lower() in headers:  # its inputs checked before the rest inflates
+            prefix = rest.json_length(headers, limit)
+            check = interface.check_input
+            await asyncio.to_thread(rest.check_inputs_first, body, encoding, prefix, check)
         await hold.grow_to(hold.nbytes + limit)  # the inflated body, at most the limit
         body = await asyncio.to_thread(rest.decode_content, body, encoding, limit)
     json_length = rest.json_length(headers, len(body))

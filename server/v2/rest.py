@@ -109,6 +109,25 @@ def is_encoded(encoding: str) -> bool:
     return encoding.strip().lower() not in ("", "identity")
 
 
+def check_inputs_first(body: bytes, encoding: str, json_length: int, check: CheckInput) -> None:
+    """Of a compressed body, inflate the JSON part only and ``check`` its inputs' forms: a
+    request refused for what it declares (5 million BYTES elements) is refused before the rest
+    of it is inflated."""
+    wbits = CONTENT_CODINGS.get(encoding.strip().lower())
+    if wbits is None:
+        return  # decode_content says so (415)
+    inflater = zlib.decompressobj(wbits)
+    try:
+        document = _json_object(inflater.decompress(body, json_length))
+    except zlib.error as error:
+        raise bad_request(f"the body is not valid {encoding} data: {error}") from None
+    for entry in _list_of_objects(document.get("inputs"), "inputs", required=True):
+        name = _name(entry, "input")
+        check(
+            name, check_datatype(entry.get("datatype"), name), check_shape(entry.get("shape"), name)
+        )
+
+
 def decode_content(body: bytes, encoding: str, limit: int | None) -> bytes:
     """Undo a gzip/deflate Content-Encoding, never inflating past ``limit`` bytes (413)."""
     encoding = encoding.strip().lower()
