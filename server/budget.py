@@ -71,17 +71,17 @@ class Reservation:
 
 class Hold:
     """The memory a request's data holds as it arrives: its body while it is read, the copies
-    that parsing it makes; grown as they grow (waiting for the budget like a reservation, so a
-    client sending a body is slowed, not let past the budget) and released at once."""
+    that parsing it makes; grown as they grow, never past the budget (503 when it is spent,
+    without waiting: see ``take_now``), released at once."""
 
-    def __init__(self, budget: MemoryBudget, deadline: float) -> None:
-        self.budget, self.deadline = budget, deadline
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
         self.nbytes = 0
         self._parts: list[Reservation] = []
 
-    async def grow_to(self, nbytes: int) -> None:
-        """Hold at least ``nbytes`` in all; 413 past the budget's capacity, 503 or 504 as
-        ``MemoryBudget.reserve``."""
+    def grow_to(self, nbytes: int) -> None:
+        """Hold at least ``nbytes`` in all; 413 past the budget's capacity, 503 (``Retry-After``)
+        while the budget cannot hold them."""
         if nbytes <= self.nbytes:
             return
         if nbytes > self.budget.capacity:
@@ -90,7 +90,10 @@ class Hold:
                 f"this request's data needs {nbytes >> 20} MiB of memory; the server's budget "
                 f"is {self.budget.capacity >> 20} MiB: send less",
             )
-        self._parts.append(await self.budget._reserve(nbytes - self.nbytes, self.deadline))
+        part = self.budget.take_now(nbytes - self.nbytes)
+        if part is None:
+            raise overloaded("the memory budget is spent")
+        self._parts.append(part)
         self.nbytes = nbytes
 
     def release(self) -> None:
@@ -134,9 +137,18 @@ class MemoryBudget:
             )
         return await self._reserve(nbytes, deadline)
 
-    def hold(self, deadline: float) -> Hold:
-        """An empty :class:`Hold` for a request's data, its waits bounded by ``deadline``."""
-        return Hold(self, deadline)
+    def hold(self) -> Hold:
+        """An empty :class:`Hold` for a request's data as it arrives."""
+        return Hold(self)
+
+    def take_now(self, nbytes: int) -> Reservation | None:
+        """``nbytes`` now if the budget has them, whoever waits, else ``None``: for data that is
+        arriving, which must not wait while it holds memory (bodies waiting for more budget
+        while holding theirs would wait on each other)."""
+        if self.in_use + nbytes > self.capacity:
+            return None
+        self._take(nbytes)
+        return Reservation(self, nbytes)
 
     async def _reserve(self, nbytes: int, deadline: float) -> Reservation:
         if not self._waiting and self.in_use + nbytes <= self.capacity:

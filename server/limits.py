@@ -16,7 +16,8 @@ with the deadlines added:
   some of it must leave within every ``send_timeout_s``: else the connection is dropped, and the
   response's ``send`` returns at once, so that its reservation is released;
 - connections: past ``max_connections`` open at once, a new connection is answered 503 with
-  ``Retry-After`` and closed, before anything of its request is read.
+  ``Retry-After`` and closed, before anything of its request is read;
+- a head longer than ``MAX_HEAD_BYTES`` is answered 431 and closed before it is parsed.
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ from dataclasses import dataclass
 
 import h11
 import orjson
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 TIMED_OUT = "ase.timed_out"
 """Scope key a route finds set when the body deadline cut the request: it records 408, not 499."""
 V2_PREFIXES = (b"GET /v2", b"POST /v2", b"HEAD /v2")  # answered in the protocol's error shape
+MAX_HEAD_BYTES = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+"""The longest request head (line and headers): h11's bound on a head that arrives in pieces,
+applied as well to one that arrives at once (which h11 parses whatever its size): an 84 KB
+query is refused (431) before anything parses it."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class GuardedH11Protocol(H11Protocol):
         self._unsent = 0  # bytes waiting in the transport at the last check
         self._refused = False
         self._head = b""  # the first bytes of the request, to pick the error shape
+        self._head_bytes = 0  # of the request's head, so far
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -69,10 +76,16 @@ class GuardedH11Protocol(H11Protocol):
         if self._refused:
             return self._refuse()
         if self._reading is None and self.conn.their_state is h11.IDLE:  # the next request
-            self._head = b""
+            self._head, self._head_bytes = b"", 0
             self._expect(self.limits.header_timeout_s, self._header_timed_out)
         if len(self._head) < 16:
             self._head += data[:16]
+        if self.conn.their_state is h11.IDLE:
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end
+            if self._head_bytes > MAX_HEAD_BYTES:
+                message = f"the request's line and headers are over {MAX_HEAD_BYTES} bytes"
+                return self._answer_and_close(431, "head_too_large", message)
         super().data_received(data)
         self._follow_request()
 
@@ -181,7 +194,11 @@ class GuardedH11Protocol(H11Protocol):
             if is_v2
             else {"error": {"code": code, "message": message, "status": status}}
         )
-        reason = {408: "Request Timeout", 503: "Service Unavailable"}[status]
+        reason = {
+            408: "Request Timeout",
+            431: "Request Header Fields Too Large",
+            503: "Service Unavailable",
+        }[status]
         head = [
             f"HTTP/1.1 {status} {reason}",
             "content-type: application/json",

@@ -2,7 +2,8 @@
 more than the limit (checked against Content-Length first, then while reading), and, given a
 :class:`~server.budget.Hold`, never more than the memory budget holds: the bytes are reserved
 as they arrive, so that clients stalling after megabytes of body hold their share of the
-budget, not memory beside it (and wait for it, not reading on, when it is spent)."""
+budget, not memory beside it (503 when it is spent: a body never waits for memory while it
+holds some, or bodies would wait on each other)."""
 
 from __future__ import annotations
 
@@ -53,10 +54,10 @@ async def read_body(request: Request, limit: int, hold: Hold | None = None) -> b
         if size > limit:
             raise too_large(size, limit)
         if hold is not None and size > hold.nbytes:
-            await hold.grow_to(min(max(2 * size, BODY_STEP), max(length or limit, size)))
+            hold.grow_to(min(max(2 * size, BODY_STEP), max(length or limit, size)))
         chunks.append(chunk)
     if hold is not None:
-        await hold.grow_to(BODY_COPIES * size)
+        hold.grow_to(BODY_COPIES * size)
     return b"".join(chunks)
 
 

@@ -130,7 +130,7 @@ async def predict(
         keep_image=visualize,
     )
     deadline = arrived + state.settings.timeout_s
-    hold = state.budget.hold(deadline)  # the body's bytes, until it has been decoded
+    hold = state.budget.hold()  # the body's bytes, until it has been decoded
     try:
         try:
             body = await read_image_body(request, state.settings.max_body_bytes, hold)

@@ -93,7 +93,7 @@ async def _infer(request: Request, model_name: str, model_version: str) -> Respo
     arrived = time.monotonic()
     state = ready_state(request)
     # The body and what parsing it makes, reserved as they come, held until the maps are made.
-    hold = state.budget.hold(arrived + state.settings.timeout_s)
+    hold = state.budget.hold()
     try:
         try:
             wire = await _read_request(request, state, hold, model_name, model_version)
@@ -136,10 +136,10 @@ async def _read_request(
             prefix = rest.json_length(headers, limit)
             check = interface.check_input
             await asyncio.to_thread(rest.check_inputs_first, body, encoding, prefix, check)
-        await hold.grow_to(hold.nbytes + limit)  # the inflated body, at most the limit
+        hold.grow_to(hold.nbytes + limit)  # the inflated body, at most the limit
         body = await asyncio.to_thread(rest.decode_content, body, encoding, limit)
     json_length = rest.json_length(headers, len(body))
-    await hold.grow_to(hold.nbytes + rest.parse_bytes(len(body), json_length))
+    hold.grow_to(hold.nbytes + rest.parse_bytes(len(body), json_length))
     parse = functools.partial(
         rest.parse_request, body, headers, model_name, model_version, limit, interface.check_input
     )

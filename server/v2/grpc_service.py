@@ -96,7 +96,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         hold = self.new_hold() if self.new_hold and isinstance(request, bytes) else None
         try:
             if hold is not None:
-                await hold.grow_to(PARSE_COPIES * len(request))
+                hold.grow_to(PARSE_COPIES * len(request))
             yield
         finally:
             if hold is not None:

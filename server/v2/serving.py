@@ -97,7 +97,7 @@ async def start_grpc(state: ServerState):
         is_ready=lambda: state.ready,
         api_key=api_key,
         observe=observe,
-        new_hold=lambda: state.budget.hold(time.monotonic() + settings.timeout_s),
+        new_hold=state.budget.hold,
     )
     server, port = grpc_service.create_server(
         service, settings.host, settings.grpc_port, max_message_bytes=settings.max_body_bytes

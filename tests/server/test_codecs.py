@@ -110,10 +110,11 @@ def test_model_routes_different_images_differently(model_dir):
 
 
 def rotated_by_a_string(rgb: np.ndarray) -> bytes:
-    """A JPEG whose EXIF orientation is the ASCII string "6" (a SHORT in the standard)."""
-    exif = Image.Exif()
-    exif[0x0112] = "6"
-    return image_bytes(rgb, "JPEG", exif=exif.tobytes(), quality=95)
+    """A JPEG whose EXIF orientation is the ASCII string "6" (a SHORT in the standard): one
+    IFD entry, tag 0x0112, type 2 (ASCII), two bytes "6\\0", written by hand (PIL would not)."""
+    entry = struct.pack("<HHI", 0x0112, 2, 2) + b"6\x00\x00\x00"
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + bytes(4)
+    return image_bytes(rgb, "JPEG", exif=b"Exif\x00\x00" + tiff, quality=95)
 
 
 def test_an_orientation_written_as_text_is_ignored_by_size_and_pixels_alike():
