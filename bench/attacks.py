@@ -120,8 +120,10 @@ def attack_threads(attack: Attack, target: Target, log: Log, stop) -> list[threa
 def _attack_process(name: str, target: Target, stop, outcomes, started) -> None:
     log = Log()
     threads = attack_threads(ATTACKS[name], target, log, stop)
-    for request in (v2_bytes_body, tasks_request, npz_request, png_bomb):
+    for request in (v2_bytes_body, tasks_request, npz_request, png_bomb, failing_message):
         request()  # built before the attack starts, not while the victim is timed
+    if name.startswith("grpc_elements"):
+        bytes_elements_message(target.model, 20_000_000 if name.endswith("over") else 4_000_000)
     for thread in threads:
         thread.start()
     started.set()
@@ -163,11 +165,7 @@ def raw_request(target: Target, request: bytes) -> str:
 
 @functools.cache
 def tasks_request() -> bytes:
-    head = (
-        f"POST /predict?tasks={TASK_NAMES} HTTP/1.1\r\nHost: a\r\nContent-Type: image/png\r\n"
-        f"Content-Length: {len(SMALL_PNG)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + SMALL_PNG
+    return http_request(f"/predict?tasks={TASK_NAMES}", SMALL_PNG, {"Content-Type": "image/png"})
 
 
 def tasks_query(target: Target, stop: threading.Event) -> str:
@@ -175,18 +173,35 @@ def tasks_query(target: Target, stop: threading.Event) -> str:
     return raw_request(target, tasks_request())
 
 
+def http_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """``POST path`` with ``body`` as bytes to write, ``Connection: close``: the attacks send
+    theirs over raw sockets, so that their own CPU (an httpx client's set-up is milliseconds)
+    takes little from the machine the victim and the server share."""
+    fields = {**headers, "Host": "a", "Content-Length": str(len(body)), "Connection": "close"}
+    head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    return (head + "\r\n").encode() + body
+
+
 def v2_bytes_elements(target: Target, stop: threading.Event) -> str:
     body, headers = v2_bytes_body()
-    url = f"{target.url}/v2/models/{target.model}/infer"
-    return str(httpx.post(url, content=body, headers=headers, timeout=SOCKET_TIMEOUT_S).status_code)
+    path = f"/v2/models/{target.model}/infer"
+    return raw_request(target, http_request(path, body, headers))
 
 
-def grpc_call(target: Target, message: service_pb2.ModelInferRequest) -> str:
-    """One ModelInfer call on a channel of its own; its status code's name."""
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_call(target: Target, message: service_pb2.ModelInferRequest | bytes) -> str:
+    """One ModelInfer call on a channel of its own; its status code's name. A message given
+    serialised already goes out as it is (the attacks build theirs once)."""
     options = [("grpc.max_send_message_length", 1 << 30)]
     with grpc.insecure_channel(target.grpc, options=options) as channel:
+        if isinstance(message, bytes):
+            call = channel.unary_unary(MODEL_INFER, request_serializer=None)
+        else:
+            call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
         try:
-            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(message, timeout=120)
+            call(message, timeout=120)
         except grpc.RpcError as error:
             return error.code().name
     return "OK"
@@ -199,19 +214,33 @@ def grpc_message(model: str, name: str, datatype: str, shape: list[int], raw: by
     return message
 
 
+@functools.cache
+def bytes_elements_message(model: str, count: int) -> bytes:
+    """``count`` zero-length BYTES elements declared for ``image``, serialised."""
+    raw = bytes(4 * count)
+    return grpc_message(model, "image", "BYTES", [count], raw).SerializeToString()
+
+
 def grpc_elements(target: Target, stop: threading.Event) -> str:
-    """4 million zero-length BYTES elements declared for ``image`` (16 MB, under the limit)."""
-    count = 4_000_000
-    return grpc_call(
-        target, grpc_message(target.model, "image", "BYTES", [count], bytes(4 * count))
-    )
+    """4 million zero-length BYTES elements for ``image``: 16 MB, under the body limit."""
+    return grpc_call(target, bytes_elements_message(target.model, 4_000_000))
+
+
+def grpc_elements_over(target: Target, stop: threading.Event) -> str:
+    """20 million zero-length BYTES elements: the issue's 80 MB message, over the limit."""
+    return grpc_call(target, bytes_elements_message(target.model, 20_000_000))
+
+
+@functools.cache
+def failing_message() -> bytes:
+    """19 MB of frames for a model the server does not serve: read, then refused (404)."""
+    frames = [1, 1500, 4400, 3]
+    raw = bytes(int(np.prod(frames)))
+    return grpc_message("no-such-model", "pixels", "UINT8", frames, raw).SerializeToString()
 
 
 def grpc_failures(target: Target, stop: threading.Event) -> str:
-    """19 MB of frames for a model the server does not serve: parsed, then refused (404)."""
-    frames = [1, 1500, 4400, 3]
-    raw = bytes(int(np.prod(frames)))
-    return grpc_call(target, grpc_message("no-such-model", "pixels", "UINT8", frames, raw))
+    return grpc_call(target, failing_message())
 
 
 def _trickle(target: Target, stop: threading.Event, head: bytes, then: bytes, every_s: float):
@@ -305,11 +334,8 @@ def png_bomb() -> bytes:
 
 
 def png_bombs(target: Target, stop: threading.Event) -> str:
-    headers = {"Content-Type": "image/png"}
-    answer = httpx.post(
-        f"{target.url}/predict", content=png_bomb(), headers=headers, timeout=SOCKET_TIMEOUT_S
-    )
-    return str(answer.status_code)
+    request = http_request("/predict", png_bomb(), {"Content-Type": "image/png"})
+    return raw_request(target, request)
 
 
 ATTACKS = {
@@ -322,6 +348,12 @@ ATTACKS = {
             "v2_bytes", "V2 REST: 20 KB gzip body of 5M zero-length BYTES", 2, v2_bytes_elements
         ),
         Attack("grpc_elements", "gRPC: 16 MB message of 4M BYTES elements", 2, grpc_elements),
+        Attack(
+            "grpc_elements_over",
+            "gRPC: 80 MB message of 20M BYTES elements (over --max-body-bytes)",
+            2,
+            grpc_elements_over,
+        ),
         Attack("slow_headers", "60 connections trickling header bytes", 60, slow_headers),
         Attack("slow_bodies", "20 bodies at 1 byte/s", 20, slow_bodies),
         Attack("stalled_bodies", "20 bodies stalled after 20 MiB - 1", 20, stalled_bodies),

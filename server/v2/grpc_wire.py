@@ -80,11 +80,88 @@ async def read_infer_request(
 
 
 def parse_infer_request(data: bytes, check: CheckInput | None = None) -> WireRequest:
+    """The message's bytes -> the wire request; with ``check``, each input's declared form is
+    checked from the bytes themselves first (``check_declared_inputs``), before protobuf copies
+    the message's data."""
+    if check is not None:
+        check_declared_inputs(data, check)
     try:
         message = service_pb2.ModelInferRequest.FromString(data)
     except DecodeError:
         raise bad_request("the request is not a valid ModelInferRequest message") from None
     return from_infer_request(message, check)
+
+
+MAX_FIELDS = 1024  # top-level fields of a request; a real one has a dozen or so
+INPUTS_FIELD, NAME, DATATYPE, SHAPE = 5, 1, 2, 3  # ModelInferRequest.inputs; InferInputTensor's
+
+
+def check_declared_inputs(data: bytes, check: CheckInput) -> None:
+    """``check`` each input's name, datatype and shape as the message's bytes declare them,
+    reading nothing else (raw contents are skipped, not copied): a message declaring millions
+    of elements is refused before protobuf parses it. Malformed bytes are left to protobuf."""
+    try:
+        fields = list(_wire_fields(memoryview(data), MAX_FIELDS))
+    except _Malformed:
+        return
+    for number, value in fields:
+        if number != INPUTS_FIELD or not isinstance(value, memoryview):
+            continue
+        try:
+            parts = list(_wire_fields(value, MAX_FIELDS))
+        except _Malformed:
+            return
+        texts = {n: bytes(v).decode(errors="replace") for n, v in parts if n in (NAME, DATATYPE)}
+        shape = [v for n, v in parts if n == SHAPE and isinstance(v, int)]
+        for packed in (v for n, v in parts if n == SHAPE and isinstance(v, memoryview)):
+            shape += [d for _, d in _varints(packed)]
+        name = texts.get(NAME, "")
+        check(name, check_datatype(texts.get(DATATYPE), name), check_shape(shape, name))
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _wire_fields(data: memoryview, limit: int):
+    """(field number, int or memoryview) of each field of a protobuf message's bytes."""
+    offset, count = 0, 0
+    while offset < len(data):
+        count += 1
+        if count > limit:
+            raise bad_request(f"the request has more than {limit} fields")
+        key, offset = _read_varint(data, offset)
+        kind = key & 7
+        if kind == 0:
+            value, offset = _read_varint(data, offset)
+        elif kind == 2:
+            length, offset = _read_varint(data, offset)
+            value, offset = data[offset : offset + length], offset + length
+        elif kind in (1, 5):
+            value, offset = 0, offset + (8 if kind == 1 else 4)
+        else:
+            raise _Malformed
+        if offset > len(data):
+            raise _Malformed
+        yield key >> 3, value
+
+
+def _varints(data: memoryview):
+    offset = 0
+    while offset < len(data):
+        value, offset = _read_varint(data, offset)
+        yield offset, value
+
+
+def _read_varint(data: memoryview, offset: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while offset < len(data) and shift < 70:
+        byte = data[offset]
+        value |= (byte & 0x7F) << shift
+        offset, shift = offset + 1, shift + 7
+        if byte < 0x80:
+            return value, offset
+    raise _Malformed
 
 
 def from_infer_request(
@@ -98,10 +175,7 @@ def from_infer_request(
             f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs: "
             "give every input's data there, or none"
         )
-    inputs = tuple(
-        _input(tensor, raw[index] if raw else None, check)
-        for index, tensor in enumerate(message.inputs)
-    )
+    inputs = tuple(_input(tensor, raw, index, check) for index, tensor in enumerate(message.inputs))
     outputs = tuple(
         RequestedOutput(output.name, parameters(output.parameters)) for output in message.outputs
     )
@@ -117,7 +191,9 @@ def from_infer_request(
     )
 
 
-def _input(tensor: Any, raw: bytes | None, check: CheckInput | None) -> WireTensor:
+def _input(tensor: Any, raw: Any, index: int, check: CheckInput | None) -> WireTensor:
+    """Input ``index``: its data in ``raw[index]`` (``raw_input_contents``, read only once
+    ``check`` has passed its form) or in its typed contents."""
     name = tensor.name
     if not name:
         raise bad_request("every input needs a name")
@@ -128,10 +204,11 @@ def _input(tensor: Any, raw: bytes | None, check: CheckInput | None) -> WireTens
     given = parameters(tensor.parameters)
     if any(key.startswith("shared_memory") for key in given):
         raise bad_request(f"input {name!r}: shared memory is not supported; send the data")
-    if raw is not None:
+    if raw:
         if tensor.HasField("contents"):
             raise bad_request(f"input {name!r} has both contents and raw_input_contents")
-        return WireTensor(name, datatype, shape, from_raw(name, datatype, shape, raw), given)
+        data = from_raw(name, datatype, shape, raw[index])
+        return WireTensor(name, datatype, shape, data, given)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise bad_request(f"input {name!r}: {datatype} travels in raw_input_contents only")
