@@ -13,6 +13,7 @@ import functools
 import gzip
 import io
 import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -118,6 +119,11 @@ def attack_threads(attack: Attack, target: Target, log: Log, stop) -> list[threa
 
 
 def _attack_process(name: str, target: Target, stop, outcomes, started) -> None:
+    """The attack's threads in a process at the lowest priority: the attackers share the
+    machine's cores with the server and the victim, and their own work (building, sending and
+    reading requests) would otherwise be counted against the server; the server's work on
+    their requests keeps its priority."""
+    os.nice(19)
     log = Log()
     threads = attack_threads(ATTACKS[name], target, log, stop)
     for request in (v2_bytes_body, tasks_request, npz_request, png_bomb, failing_message):
