@@ -1,7 +1,7 @@
 """A victim's latency beside hostile clients (docs/benchmarks.md, issue 24):
 
     .venv/bin/python -m bench.bench_attacks [--attacks tasks_query,v2_bytes,...] [--rounds 3] \\
-        [--phase-s 3] [--warmup-s 2] [--server-flags "..."] [--out FILE]
+        [--phase-s 3] [--warmup-s 2] [--server-flags "..."] [--repo CHECKOUT] [--out FILE]
 
 Starts ``python -m server`` on the demo model (REST and gRPC on free ports, 127.0.0.1, a
 512 MiB memory budget, its defaults otherwise: ``--server-flags`` adds more). The victim sends
@@ -9,7 +9,9 @@ Starts ``python -m server`` on the demo model (REST and gRPC on free ports, 127.
 at a time, on one connection. For each attack (bench/attacks.py), A/B alternating phases, the
 order flipped every round: quiet (the victim alone for ``--phase-s``) and attacked (the attack
 started, ``--warmup-s`` for it to get going, then the victim for ``--phase-s``, then the attack
-stopped). Printed per attack: the victim's median and worst latency, quiet and attacked, the
+stopped; the attack runs in a process of its own at nice 19: bench/attacks.py). ``--repo``
+runs another checkout's server with the same flags (e.g. the code before a change). Printed per
+attack: the victim's median and worst latency, quiet and attacked, the
 ratio of the medians, the victim's answers that were not 200, what the attack's tries ended in,
 and the server's peak RSS while attacked (VmHWM, reset before each attacked phase).
 """
@@ -37,12 +39,12 @@ VICTIM_IMAGE = REPO / "demo" / "samples" / "scene_0.png"
 SERVER_FLAGS = ("--providers", "cpu", "--memory-budget-mb", "512", "--log-level", "warning")
 
 
-def start_server(flags: list[str], log: Path) -> tuple[subprocess.Popen, Target]:
+def start_server(flags: list[str], log: Path, repo: Path = REPO) -> tuple[subprocess.Popen, Target]:
     port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "server", "--port", str(port), "--grpc-port", str(grpc_port)]
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [*command, *SERVER_FLAGS, *flags], stdout=output, stderr=subprocess.STDOUT, cwd=REPO
+            [*command, *SERVER_FLAGS, *flags], stdout=output, stderr=subprocess.STDOUT, cwd=repo
         )
     url = f"http://127.0.0.1:{port}"
     for _ in range(900):
@@ -132,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase-s", type=float, default=3.0)
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--server-flags", default="", help="more python -m server flags")
+    parser.add_argument(
+        "--repo", type=Path, default=REPO, help="the checkout whose server runs (before/after)"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
     args = parser.parse_args(argv)
     log = Path(tempfile.mkdtemp(prefix="bench-attacks-")) / "server.log"
-    process, target = start_server(shlex.split(args.server_flags), log)
+    process, target = start_server(shlex.split(args.server_flags), log, args.repo)
     results = []
     try:
         print(HEADER, flush=True)

@@ -16,6 +16,7 @@ import pytest
 from tests.server.conftest import PREDICT, image_bytes, metric, random_image, start_server
 
 HEADER_S, BODY_S, SEND_S, MAX_CONNECTIONS = 3, 2, 1, 8
+BUDGET_MB = 80
 IMAGE = image_bytes(random_image(4))
 V2_INFER = {"protocol": "v2", "endpoint": "/v2/models/{model}/infer"}
 SAFETY_S = 15  # socket timeouts: only so that a failing test cannot hang
@@ -28,7 +29,7 @@ def guarded(model_dir, logs):
         ("--body-timeout-s", BODY_S),
         ("--send-timeout-s", SEND_S),
         ("--max-connections", MAX_CONNECTIONS),
-        ("--memory-budget-mb", 100),
+        ("--memory-budget-mb", BUDGET_MB),
         ("--timeout-s", 60),
     )
     server = start_server(model_dir, logs, *(str(v) for flag in flags for v in flag))
@@ -167,9 +168,11 @@ def test_connections_past_the_cap_get_503_and_are_closed(guarded):
 
 
 def test_a_client_that_reads_nothing_is_dropped_and_its_reservation_released(guarded):
-    """1600 x 1600 normals: 31 MB of npz, about 66 MiB of the 100 MiB budget. A client asks for
-    them and reads nothing: the server drops it once none of the answer left for SEND_S, and the
-    same request from another client, which had to wait for that memory, is then served."""
+    """1600 x 1600 normals: 31 MB of npz; decoding and making them takes 65 MiB of the 80 MiB
+    budget, a streamed npz holds 17 MiB after. A client asks for them and reads nothing: the
+    server drops it once none of the answer left for SEND_S and its 17 MiB go back, so that the
+    same request from another client, which had to wait for them, is then served (else it
+    would wait to its deadline: 504)."""
     side = 1600
     body = image_bytes(np.tile(random_image(5), (side // 40 + 1, side // 56 + 1, 1))[:side, :side])
     query = "/predict?tasks=normals&format=npz"
