@@ -52,7 +52,7 @@ def start_server(flags: list[str], log: Path, repo: Path = REPO) -> tuple[subpro
             raise RuntimeError(f"the server exited:\n{log.read_text()}")
         try:
             if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                model = httpx.get(url + "/v1/models", timeout=10).json()["name"]
+                model = httpx.get(url + "/v1/models", timeout=10).json()["default_model"]
                 return process, Target(url, f"127.0.0.1:{grpc_port}", model)
         except httpx.TransportError:
             pass

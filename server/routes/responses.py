@@ -35,9 +35,11 @@ class ChunkedResponse(Response):
     async def __call__(self, scope, receive, send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
         await send({**start, "headers": self.raw_headers})
-        body = memoryview(self.body)
+        body = self.body  # bytes pieces, not views: Ray Serve's proxy pickles each message
         for offset in range(0, max(len(body), 1), SEND_CHUNK_BYTES):
-            chunk = body[offset : offset + SEND_CHUNK_BYTES]
+            chunk = (
+                body if len(body) <= SEND_CHUNK_BYTES else body[offset : offset + SEND_CHUNK_BYTES]
+            )
             more = offset + SEND_CHUNK_BYTES < len(body)
             await send({"type": "http.response.body", "body": chunk, "more_body": more})
         if self.background is not None:

@@ -40,7 +40,7 @@ SAFETY_S = 120  # every wait's bound: a failing test ends, it does not hang
 def hostile(model_dir, logs):
     flags = ("--memory-budget-mb", str(BUDGET_MB), "--body-timeout-s", "5", "--timeout-s", "60")
     server = start_v2_server(model_dir, logs, *flags)
-    model = httpx.get(server.url + "/v1/models", timeout=30).json()["name"]
+    model = httpx.get(server.url + "/v1/models", timeout=30).json()["default_model"]
     server.target = Target(server.url, server.grpc, model)
     yield server
     server.stop()

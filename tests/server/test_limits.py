@@ -122,12 +122,13 @@ def test_a_connection_that_sends_nothing_is_closed(guarded):
 
 @pytest.mark.parametrize(
     ("path", "labels"),
-    [("/predict", PREDICT), ("/v2/models/tiny/infer", V2_INFER)],
+    [("/predict", PREDICT), ("/v2/models/{model}/infer", V2_INFER)],
     ids=["predict", "v2"],
 )
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_bodies_slower_than_the_deadline_get_408_and_are_closed(guarded, path, labels, framing):
     before = guarded.metrics()
+    path = path.format(model=httpx.get(guarded.url + "/v1/models").json()["default_model"])
     if framing == "length":  # declares a megabyte, sends a byte at a time
         head = f"POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n"
         slow = Trickle(guarded, head.encode(), b"\x89")
