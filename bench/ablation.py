@@ -55,11 +55,15 @@ def base_config(
     args: argparse.Namespace, tasks: tuple[str, ...], routing: str, spec: str, seed: int
 ) -> TrainConfig:
     backbone = BackboneConfig(
-        image_size=args.size, patch_size=args.size // 8, width=args.width, depth=args.depth,
+        image_size=args.size,
+        patch_size=args.size // 8,
+        width=args.width,
+        depth=args.depth,
         heads=args.width // 32,
-    )  # fmt: skip
-    data = DataConfig(dataset="synthetic", val_size=0, augment="flip", workers=args.workers,
-                      seed=seed)  # fmt: skip
+    )
+    data = DataConfig(
+        dataset="synthetic", val_size=0, augment="flip", workers=args.workers, seed=seed
+    )
     return TrainConfig(
         model=ModelConfig(backbone, AdapterConfig(spec=spec, routing=routing), tasks=tasks),
         data=data,
@@ -140,8 +144,10 @@ def run_seed(args, seed: int, base, done: dict, save) -> None:
 def summarise(per_seed: dict[str, dict[str, dict[str, float]]]) -> dict:
     """Mean and std over the seeds that finished every row; Δm per seed; ASE minus MoE."""
     complete = {s: rows for s, rows in per_seed.items() if len(rows) == len(VARIANTS) + 1}
-    deltas = {s: {n: delta_m(v, rows[REFERENCES]) for n, v in rows.items()}
-              for s, rows in complete.items()}  # fmt: skip
+    deltas = {
+        s: {n: delta_m(v, rows[REFERENCES]) for n, v in rows.items()}
+        for s, rows in complete.items()
+    }
     names = [REFERENCES, *VARIANTS]
     summary = {}
     for name in names:
@@ -150,13 +156,16 @@ def summarise(per_seed: dict[str, dict[str, dict[str, float]]]) -> dict:
         summary[name] = {key: _mean_std(values) for key, values in series.items()}
     minus = {
         f"{ase} - {MOE_ROW}": {
-            s: {key: (deltas[s][ase] - deltas[s][MOE_ROW]) if key == "delta_m"
+            s: {
+                key: (deltas[s][ase] - deltas[s][MOE_ROW])
+                if key == "delta_m"
                 else complete[s][ase][key] - complete[s][MOE_ROW][key]
-                for key in (*TASK_NAMES, "delta_m")}
+                for key in (*TASK_NAMES, "delta_m")
+            }
             for s in complete
         }
         for ase in ASE_ROWS
-    }  # fmt: skip
+    }
     return {"seeds": list(complete), "delta_m": deltas, "summary": summary, "ase_minus_moe": minus}
 
 
@@ -178,26 +187,44 @@ def _cell(stats: dict[str, float | None]) -> str:
 
 def markdown(report: dict) -> str:
     summary, keys = report["summary"], (*TASK_NAMES, "delta_m")
-    lines = [f"Mean ± std over seeds {', '.join(summary['seeds'])}:", "",
-             "| model | " + " | ".join(COLUMNS) + " | Δm % |", "|---" * 7 + "|"]  # fmt: skip
+    lines = [
+        f"Mean ± std over seeds {', '.join(summary['seeds'])}:",
+        "",
+        "| model | " + " | ".join(COLUMNS) + " | Δm % |",
+        "|---" * 7 + "|",
+    ]
     for name, stats in summary["summary"].items():
         lines.append(f"| {name} | " + " | ".join(_cell(stats[k]) for k in keys) + " |")
-    lines += ["", "Δm % per seed:", "", "| model | " + " | ".join(summary["seeds"]) + " |",
-              "|---" * (len(summary["seeds"]) + 1) + "|"]  # fmt: skip
+    lines += [
+        "",
+        "Δm % per seed:",
+        "",
+        "| model | " + " | ".join(summary["seeds"]) + " |",
+        "|---" * (len(summary["seeds"]) + 1) + "|",
+    ]
     for name in summary["summary"]:
         cells = " | ".join(f"{summary['delta_m'][s][name]:+.2f}" for s in summary["seeds"])
         lines.append(f"| {name} | {cells} |")
     for pair, by_seed in summary["ase_minus_moe"].items():
-        lines += ["", f"{pair}, per seed:", "", "| seed | " + " | ".join(COLUMNS) + " | Δm % |",
-                  "|---" * 7 + "|"]  # fmt: skip
+        lines += [
+            "",
+            f"{pair}, per seed:",
+            "",
+            "| seed | " + " | ".join(COLUMNS) + " | Δm % |",
+            "|---" * 7 + "|",
+        ]
         for seed, diff in by_seed.items():
             lines.append(f"| {seed} | " + " | ".join(f"{diff[k]:+.2f}" for k in keys) + " |")
     return "\n".join(lines)
 
 
 def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parent)  # fmt: skip
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent,
+    )
     return done.stdout.strip() or "unknown"
 
 

@@ -65,8 +65,9 @@ def free_port() -> int:
 async def burst(url: str, body: bytes, count: int, query: dict) -> list[int]:
     async def one(client: httpx.AsyncClient) -> int:
         headers = {"Content-Type": "image/jpeg"}
-        async with client.stream("POST", "/predict", params=query, content=body,
-                                 headers=headers) as answer:  # fmt: skip
+        async with client.stream(
+            "POST", "/predict", params=query, content=body, headers=headers
+        ) as answer:
             async for _ in answer.aiter_raw(1 << 20):
                 pass
             return answer.status_code
@@ -79,10 +80,26 @@ def start(args, env_extra: dict, flags: list[str]) -> tuple[subprocess.Popen, st
     port = free_port()
     env = {**os.environ, **env_extra}
     env = {k: v for k, v in env.items() if v != ""}
-    command = [sys.executable, "-m", "server", "--model-dir", str(args.model_dir), "--port",
-               str(port), "--providers", "cpu", "--memory-budget-mb", str(args.budget_mb),
-               "--max-queue", str(args.queue), "--timeout-s", "600", "--log-level", "warning",
-               *flags]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "--model-dir",
+        str(args.model_dir),
+        "--port",
+        str(port),
+        "--providers",
+        "cpu",
+        "--memory-budget-mb",
+        str(args.budget_mb),
+        "--max-queue",
+        str(args.queue),
+        "--timeout-s",
+        "600",
+        "--log-level",
+        "warning",
+        *flags,
+    ]
     process = subprocess.Popen(command, cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
@@ -113,9 +130,15 @@ def measure(args, name: str, body: bytes, small: bytes) -> dict:
             time.sleep(mark - waited)
             waited = mark
             settled[f"{mark}s"] = rss(process.pid) >> 20
-        return {"variant": name, "statuses": dict(Counter(statuses)), "burst_s": round(seconds, 1),
-                "idle_mib": idle >> 20, "peak_mib": peak >> 20, "after_mib": settled,
-                "after_30s_over_idle": round(rss(process.pid) / idle - 1, 3)}  # fmt: skip
+        return {
+            "variant": name,
+            "statuses": dict(Counter(statuses)),
+            "burst_s": round(seconds, 1),
+            "idle_mib": idle >> 20,
+            "peak_mib": peak >> 20,
+            "after_mib": settled,
+            "after_30s_over_idle": round(rss(process.pid) / idle - 1, 3),
+        }
     finally:
         process.terminate()
         process.wait()
@@ -134,8 +157,17 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.image.split("x"))
     body, small = photo_jpeg(width, height), photo_jpeg(640, 480)
-    print(json.dumps({"image": args.image, "jpeg_bytes": len(body), "burst": args.burst,
-                      "budget_mib": args.budget_mb, "format": args.format}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "image": args.image,
+                "jpeg_bytes": len(body),
+                "burst": args.burst,
+                "budget_mib": args.budget_mb,
+                "format": args.format,
+            }
+        )
+    )
     for _ in range(args.rounds):
         for name in args.variants.split(","):
             print(json.dumps(measure(args, name, body, small)), flush=True)

@@ -90,13 +90,19 @@ def ort_gemm(
     rng = np.random.default_rng(0)
     weight = onnx.numpy_helper.from_array(rng.normal(size=(k, n)).astype(np.float32), "w")
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemm",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [m, k])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [m, n])], [weight],
-    )  # fmt: skip
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [m, n])],
+        [weight],
+    )
     path = workdir / f"gemm-{m}x{k}x{n}.onnx"
-    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)],
-                                     ir_version=8), path)  # fmt: skip
+    onnx.save(
+        onnx.helper.make_model(
+            graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8
+        ),
+        path,
+    )
     gemm = session(path, threads, brief_spin=True)
     feeds = {"x": rng.normal(size=(m, k)).astype(np.float32)}
     return lambda: gemm.run(None, feeds), 2 * m * k * n / 1e9
@@ -126,15 +132,21 @@ def ab_run(name: str, threads: int, repeats: int, workdir: Path) -> dict:
     # The peak is the faster of the two GEMMs (on some rounds the model-shaped one wins)
     gemms = {key: float(np.median(rates[key])) for key in ("gemm", "ffn_gemm")}
     peak, round_peaks = max(gemms.values()), np.maximum(rates["gemm"], rates["ffn_gemm"])
-    result = {"size": name, "peak_gflops": peak, "gemm_gflops": gemms["gemm"],
-              "ffn_shape": ffn, "ffn_gflops": gemms["ffn_gemm"]}  # fmt: skip
+    result = {
+        "size": name,
+        "peak_gflops": peak,
+        "gemm_gflops": gemms["gemm"],
+        "ffn_shape": ffn,
+        "ffn_gflops": gemms["ffn_gemm"],
+    }
     for routing in ("ase", "none"):
         result[routing] = {
-            "ms": float(np.median(times[routing])), "gflop": gflop[routing],
+            "ms": float(np.median(times[routing])),
+            "gflop": gflop[routing],
             "gflops": float(np.median(rates[routing])),
             "share_of_peak": float(np.median(rates[routing])) / peak,
             "pairwise_share_of_peak": float(np.median(rates[routing] / round_peaks)),
-        }  # fmt: skip
+        }
     result["adapter_overhead"] = result["ase"]["ms"] / result["none"]["ms"] - 1
     result["pairwise_adapter_overhead"] = float(np.median(times["ase"] / times["none"]) - 1)
     return result
@@ -206,8 +218,11 @@ def bench_size(
             for tasks in TASK_COUNTS:
                 ms, others = quiet_median_ms(make(tasks), repeats, max_others)
                 rows.append(Row(name, routing, engine, tasks, ms, gflop[tasks], others))
-                print(f"{name} {routing} {engine} {tasks} tasks: {ms:.2f} ms, "
-                      f"others' CPU {_percent(others)}", flush=True)  # fmt: skip
+                print(
+                    f"{name} {routing} {engine} {tasks} tasks: {ms:.2f} ms, "
+                    f"others' CPU {_percent(others)}",
+                    flush=True,
+                )
             del make  # the session and its threads go before the next engine starts
     return rows
 
@@ -268,9 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         help="re-measure a block while other processes use more than this share of the CPU",
     )
     parser.add_argument(
-        "--ab", "--adapters-ab", action="store_true",
+        "--ab",
+        "--adapters-ab",
+        action="store_true",
         help="only ASE vs bare backbone vs the GEMM peak, taking turns (5 tasks, ORT dense)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", type=Path, help="with --ab: also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -280,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         torch_peak = gemm_peak_gflops(args.threads, args.repeats)
         print(f"torch fp32 GEMM {PEAK_SHAPE}, before the rounds: {torch_peak:.0f} GFLOP/s")
         with tempfile.TemporaryDirectory() as workdir:
-            results = [ab_run(name, args.threads, args.repeats, Path(workdir))
-                       for name in args.sizes]  # fmt: skip
+            results = [
+                ab_run(name, args.threads, args.repeats, Path(workdir)) for name in args.sizes
+            ]
         print(ab_markdown(results, args.repeats))
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))

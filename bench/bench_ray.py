@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 os.environ.update(  # before ray is imported: see tests/server/ray_cluster.py
-    RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+    RAY_USAGE_STATS_ENABLED="0",
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
     RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING="0",
-)  # fmt: skip
+)
 
 from bench.bench_server import load_level, start_server
 from bench.images import parse_size, photo_jpeg
@@ -57,8 +58,12 @@ def start_cluster(temp_dir: Path):
     import ray
     from ray.cluster_utils import Cluster
 
-    head = {"num_cpus": 1, "resources": {SLOT: 1}, "temp_dir": str(temp_dir),
-            "include_dashboard": False}  # fmt: skip
+    head = {
+        "num_cpus": 1,
+        "resources": {SLOT: 1},
+        "temp_dir": str(temp_dir),
+        "include_dashboard": False,
+    }
     cluster = Cluster(initialize_head=True, head_node_args=head)
     cluster.add_node(num_cpus=1, resources={SLOT: 1})
     ray.init(address=cluster.address, log_to_driver=False)
@@ -128,9 +133,12 @@ class Clock:
 
     def figures(self) -> dict[str, float]:
         first, last, count = self.times[0], self.times[-1], len(self.times)
-        return {"images_per_s": count / (last - self.started),
-                "after_first_images_per_s": (count - 1) / (last - first),
-                "first_after_s": first - self.started, "failed": self.failed}  # fmt: skip
+        return {
+            "images_per_s": count / (last - self.started),
+            "after_first_images_per_s": (count - 1) / (last - first),
+            "first_after_s": first - self.started,
+            "failed": self.failed,
+        }
 
 
 def batch_run(settings: Settings, images, output: Path, actors: int) -> dict[str, float]:
@@ -170,9 +178,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    settings = Settings(model_dir=args.model_dir, providers="cpu", threads=1, render_threads=1,
-                        memory_budget_mb=1024, log_level="warning")  # fmt: skip
+    settings = Settings(
+        model_dir=args.model_dir,
+        providers="cpu",
+        threads=1,
+        render_threads=1,
+        memory_budget_mb=1024,
+        log_level="warning",
+    )
     workdir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
+    # Cluster.add_node writes the head's address under Ray's default temp folder, which it
+    # does not create: make that default ours (workdir/ray) rather than assume /tmp/ray exists.
+    os.environ["RAY_TMPDIR"] = str(workdir)
     cluster = start_cluster(workdir / "ray")
     try:
         serve = serve_rounds(settings, args)
@@ -185,11 +202,15 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     report = {
         "serve_requests_per_s": {"runs": serve, "median": medians(serve)},
-        "batch": {"runs": batch, "median_images_per_s": medians(batch, "images_per_s"),
-                  "median_after_first_images_per_s": medians(batch, "after_first_images_per_s")},
-        "settings": {k: vars(args)[k] for k in ("requests", "concurrency", "image", "images",
-                                                "rounds")},
-    }  # fmt: skip
+        "batch": {
+            "runs": batch,
+            "median_images_per_s": medians(batch, "images_per_s"),
+            "median_after_first_images_per_s": medians(batch, "after_first_images_per_s"),
+        },
+        "settings": {
+            k: vars(args)[k] for k in ("requests", "concurrency", "image", "images", "rounds")
+        },
+    }
     text = json.dumps(report, indent=1, default=str)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

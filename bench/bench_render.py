@@ -57,9 +57,10 @@ PNG_LEVEL = 1
 def medians(calls: dict, repeats: int) -> dict[str, dict[str, float]]:
     """``{name: {"wall_ms": median, "cpu_ms": median}}`` of the calls run in turn."""
     timed = alternate_clocks(calls, repeats, warmup=1)
-    return {name: {f"{clock}_ms": round(float(np.median(values)), 3)
-                   for clock, values in both.items()}
-            for name, both in timed.items()}  # fmt: skip
+    return {
+        name: {f"{clock}_ms": round(float(np.median(values)), 3) for clock, values in both.items()}
+        for name, both in timed.items()
+    }
 
 
 def repeats_at(pixels: int, repeats: int) -> int:
@@ -115,8 +116,10 @@ def exactness(got, expected: np.ndarray) -> dict[str, float]:
     if isinstance(got, list):
         got = np.concatenate(got)
     difference = np.abs(got.astype(np.int16) - expected.astype(np.int16))
-    return {"equal_share": round(float((difference == 0).mean()), 6),
-            "max_difference": int(difference.max())}  # fmt: skip
+    return {
+        "equal_share": round(float((difference == 0).mean()), 6),
+        "max_difference": int(difference.max()),
+    }
 
 
 def restore_rows(model_maps: dict, sizes: list, repeats: int) -> list[dict]:
@@ -127,9 +130,16 @@ def restore_rows(model_maps: dict, sizes: list, repeats: int) -> list[dict]:
             timed = medians(calls, repeats_at(width * height, repeats))
             expected = calls["definition"]()
             for name, call in calls.items():
-                rows.append({"size": f"{width}x{height}", "kind": kind, "task": task,
-                             "variant": name, **timed[name],
-                             **exactness(call(), expected)})  # fmt: skip
+                rows.append(
+                    {
+                        "size": f"{width}x{height}",
+                        "kind": kind,
+                        "task": task,
+                        "variant": name,
+                        **timed[name],
+                        **exactness(call(), expected),
+                    }
+                )
             del expected
     return rows
 
@@ -199,8 +209,15 @@ def png_rows(model, model_maps: dict, sizes: list, repeats: int) -> list[dict]:
                 encoded = call()
                 if not np.array_equal(np.asarray(Image.open(io.BytesIO(encoded))), wire):
                     raise SystemExit(f"{name}: the {task.name} PNG decodes to other pixels")
-                rows.append({"size": f"{width}x{height}", "task": task.name, "encoder": name,
-                             **timed[name], "bytes": len(encoded)})  # fmt: skip
+                rows.append(
+                    {
+                        "size": f"{width}x{height}",
+                        "task": task.name,
+                        "encoder": name,
+                        **timed[name],
+                        "bytes": len(encoded),
+                    }
+                )
     return rows
 
 

@@ -95,8 +95,10 @@ class Connection:
         return cls(*await asyncio.open_connection(host, int(port)))
 
     async def post(self, target: str, body: bytes, content_type: str) -> tuple[int, dict, bytes]:
-        head = (f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}"
-                f"\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+        head = (
+            f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         self.writer.write(head.encode() + body)
         status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
         headers = {}
@@ -123,9 +125,16 @@ class Connection:
         self.writer.close()
 
 
-async def load_level(url: str, body: bytes, concurrency: int, requests: int, seconds: float,
-                     model: ModelAlone | None = None, target: str = "/predict",
-                     server_pid: int | None = None):  # fmt: skip
+async def load_level(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    requests: int,
+    seconds: float,
+    model: ModelAlone | None = None,
+    target: str = "/predict",
+    server_pid: int | None = None,
+):
     """One concurrency level; with ``model`` (concurrency 1), one model run before each request."""
     latencies, spans, payload_sizes, give_up = [], [], [], time.monotonic() + seconds
     budget = iter(range(requests))
@@ -159,12 +168,17 @@ async def load_level(url: str, body: bytes, concurrency: int, requests: int, sec
     names = spans[0] if spans else {}
     inside = {name: round(float(np.median([s[name] for s in spans])), 2) for name in names}
     own_work = [(s["total"] - s["inference"]) / s["inference"] for s in spans]
-    return {"concurrency": concurrency, "requests": len(latencies), "throughput_rps": throughput,
-            **percentiles(latencies), "server_timing_p50_ms": inside,
-            "in_request_overhead_p50": round(float(np.median(own_work)), 3),
-            "response_bytes": int(np.median(payload_sizes)),
-            "client_cpu_ms_per_request": round(client_cpu * 1000 / len(latencies), 2),
-            "server_cpu_ms_per_request": server_cpu}  # fmt: skip
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "throughput_rps": throughput,
+        **percentiles(latencies),
+        "server_timing_p50_ms": inside,
+        "in_request_overhead_p50": round(float(np.median(own_work)), 3),
+        "response_bytes": int(np.median(payload_sizes)),
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / len(latencies), 2),
+        "server_cpu_ms_per_request": server_cpu,
+    }
 
 
 def process_cpu_s(pid: int | None) -> float | None:
@@ -189,7 +203,7 @@ def overheads(first: dict, model_p50: float) -> dict[str, float]:
         "times_model": {
             "client": round(first["p50"] / model_p50, 2),
             "server": round(total / model_p50, 2),
-        },  # fmt: skip
+        },
     }
 
 
@@ -197,9 +211,22 @@ def start_server(model_dir: Path, threads: int, spin: str) -> tuple[subprocess.P
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "server", "--model-dir", str(model_dir), "--port", str(port),
-               "--providers", "cpu", "--threads", str(threads), "--log-level=warning",
-               "--ort-spin", spin]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "--model-dir",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--providers",
+        "cpu",
+        "--threads",
+        str(threads),
+        "--log-level=warning",
+        "--ort-spin",
+        spin,
+    ]
     process = subprocess.Popen(command, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -225,13 +252,15 @@ def main() -> None:
     parser.add_argument("--size", default="upload", choices=("upload", "model"), help="maps'")
     parser.add_argument("--max-side", type=int, help="maps' longest side (query max_side)")
     parser.add_argument("--format", default="json", choices=("json", "npz"))
-    parser.add_argument("--concurrency", default="1,4,16", help="levels; the first alternates "
-                        "with the model alone")  # fmt: skip
+    parser.add_argument(
+        "--concurrency", default="1,4,16", help="levels; the first alternates with the model alone"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
-        "--random-model", choices=("vits",),
+        "--random-model",
+        choices=("vits",),
         help="serve a random-weight ASE ViT-S/16 224 export instead of --model-dir (needs torch)",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     if args.random_model:
         with tempfile.TemporaryDirectory() as workdir:
@@ -269,11 +298,15 @@ def run(args: argparse.Namespace) -> None:
     target = predict_target(args)
     first, *others = (int(level) for level in args.concurrency.split(","))
     try:
-        levels = [asyncio.run(load_level(url, body, first, args.requests, args.seconds, model,
-                                         target, pid))]  # fmt: skip
-        levels += [asyncio.run(load_level(url, body, c, args.requests, args.seconds, None, target,
-                                          pid))
-                   for c in others]  # fmt: skip
+        levels = [
+            asyncio.run(
+                load_level(url, body, first, args.requests, args.seconds, model, target, pid)
+            )
+        ]
+        levels += [
+            asyncio.run(load_level(url, body, c, args.requests, args.seconds, None, target, pid))
+            for c in others
+        ]
     finally:
         if process:
             process.terminate()
@@ -282,9 +315,16 @@ def run(args: argparse.Namespace) -> None:
     overhead = overheads(levels[0], alone["p50"])
     model_name = f"random {args.random_model}" if args.random_model else str(args.model_dir)
     model_cpu = round(model.cpu_s * 1000 / len(model.times), 1)
-    results = {"model": model_name, "image": args.image, "jpeg_bytes": len(body), "query": target,
-               "model_alone_ms": alone, "model_alone_cpu_ms_per_run": model_cpu, "server": levels,
-               "overhead_at_c1": overhead}  # fmt: skip
+    results = {
+        "model": model_name,
+        "image": args.image,
+        "jpeg_bytes": len(body),
+        "query": target,
+        "model_alone_ms": alone,
+        "model_alone_cpu_ms_per_run": model_cpu,
+        "server": levels,
+        "overhead_at_c1": overhead,
+    }
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -71,9 +71,12 @@ class Served:
         self.name, self.http, self.grpc = name, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}"
         self.log = log
         self.process = subprocess.Popen(
-            command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            command,
+            cwd=REPO,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
 
     def wait_ready(self, model: str) -> None:
         give_up = time.monotonic() + READY_TIMEOUT_S
@@ -102,14 +105,36 @@ class Served:
 def start_servers(args: argparse.Namespace, logs: Path) -> list[Served]:
     ours_http, ours_grpc, triton_http, triton_grpc = (free_port() for _ in range(4))
     ours_command = [
-        sys.executable, "-m", "server", "--model-dir", str(args.model_dir), "--port",
-        str(ours_http), "--grpc-port", str(ours_grpc), "--providers", "cpu", "--log-level",
-        "warning", *args.server_flags.split()]  # fmt: skip
+        sys.executable,
+        "-m",
+        "server",
+        "--model-dir",
+        str(args.model_dir),
+        "--port",
+        str(ours_http),
+        "--grpc-port",
+        str(ours_grpc),
+        "--providers",
+        "cpu",
+        "--log-level",
+        "warning",
+        *args.server_flags.split(),
+    ]
     triton_command = [
-        str(TRITON_PYTHON), "-m", "bench.triton_reference", "--model-dir", str(args.model_dir),
-        "--http-port", str(triton_http), "--grpc-port", str(triton_grpc),
-        "--instances", str(args.triton_instances), "--threads", str(args.triton_threads),
-    ]  # fmt: skip
+        str(TRITON_PYTHON),
+        "-m",
+        "bench.triton_reference",
+        "--model-dir",
+        str(args.model_dir),
+        "--http-port",
+        str(triton_http),
+        "--grpc-port",
+        str(triton_grpc),
+        "--instances",
+        str(args.triton_instances),
+        "--threads",
+        str(args.triton_threads),
+    ]
     return [
         Served("ours", ours_command, ours_http, ours_grpc, logs / "ours.log"),
         Served("triton", triton_command, triton_http, triton_grpc, logs / "triton.log"),
@@ -169,8 +194,11 @@ def run_round(args, server: Served, model, image: bytes, concurrency: int, reque
         thread.join()
     wall = time.perf_counter() - started
     ms = np.asarray(latencies) * 1000
-    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
-            "throughput": requests / wall}  # fmt: skip
+    return {
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "throughput": requests / wall,
+    }
 
 
 def compare_level(args, servers: list[Served], model, image: bytes, concurrency: int) -> dict:
@@ -191,8 +219,10 @@ def summary(rounds: dict[str, list[dict]]) -> dict:
     """Each server's median over rounds, and the median of per-round ratios ours / Triton."""
     ours, triton = rounds["ours"], rounds["triton"]
     keys = ("p50", "p99", "throughput")
-    result = {name: {k: round(float(np.median([r[k] for r in rs])), 2) for k in keys}
-              for name, rs in rounds.items()}  # fmt: skip
+    result = {
+        name: {k: round(float(np.median([r[k] for r in rs])), 2) for k in keys}
+        for name, rs in rounds.items()
+    }
     result["ratio"] = {
         k: round(float(np.median([a[k] / b[k] for a, b in zip(ours, triton, strict=True)])), 3)
         for k in keys
@@ -231,8 +261,9 @@ def time_encoding(args: argparse.Namespace, width: int, height: int) -> dict[str
     image = photo_jpeg(width, height)
     inputs = (WireTensor("image", "BYTES", (1,), np.array([image], dtype=object)),)
     outputs = tuple(RequestedOutput(n, {"binary_data": True}) for n in state.model.task_names)
-    checked = interface.infer_request(WireRequest(state.model.name, "", None, inputs, outputs),
-                                      state.model)  # fmt: skip
+    checked = interface.infer_request(
+        WireRequest(state.model.name, "", None, inputs, outputs), state.model
+    )
 
     async def frame():
         state.batcher.start()
@@ -265,8 +296,9 @@ async def _never() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=REPO / "demo" / "model")
-    parser.add_argument("--image", action="append", help="WxH (repeatable); default 128x128, "
-                        "480x640")  # fmt: skip
+    parser.add_argument(
+        "--image", action="append", help="WxH (repeatable); default 128x128, 480x640"
+    )
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per server and level")
     parser.add_argument("--requests", type=int, default=64, help="calls per round")
@@ -276,8 +308,11 @@ def main() -> None:
     parser.add_argument("--triton-instances", type=int, default=1)
     parser.add_argument("--triton-threads", type=int, default=0, help="ORT threads (0: all)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--encoding", action="store_true", help="only time building the "
-                        "responses in this process (time_encoding), each --image")  # fmt: skip
+    parser.add_argument(
+        "--encoding",
+        action="store_true",
+        help="only time building the responses in this process (time_encoding), each --image",
+    )
     args = parser.parse_args()
     model = load_model_dir(args.model_dir)
     images = [parse_size(text) for text in (args.image or ["128x128", "480x640"])]
@@ -296,10 +331,13 @@ def main() -> None:
                 image = photo_jpeg(width, height)
                 for concurrency in levels:
                     rounds = compare_level(args, servers, model, image, concurrency)
-                    entry = {"image": f"{width}x{height}", "concurrency": concurrency,
-                             **summary(rounds), "rounds": rounds}  # fmt: skip
-                    print(json.dumps({k: v for k, v in entry.items() if k != "rounds"}),
-                          flush=True)  # fmt: skip
+                    entry = {
+                        "image": f"{width}x{height}",
+                        "concurrency": concurrency,
+                        **summary(rounds),
+                        "rounds": rounds,
+                    }
+                    print(json.dumps({k: v for k, v in entry.items() if k != "rounds"}), flush=True)
                     results.append(entry)
         finally:
             for server in servers:

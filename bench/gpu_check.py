@@ -77,9 +77,19 @@ SMALL_SIZES = {  # the rehearsal's stand-ins: the same code, seconds to export
     "vitb": BackboneConfig(image_size=32, patch_size=8, width=64, depth=2, heads=2),
 }
 PRECISIONS, GRAPHS = ("fp32", "fp16"), ("dense", "sparse")
-DEVICE_PACKAGES = ("numpy", "protobuf", "flatbuffers", "packaging", "onnx", "nvidia-cuda-runtime",
-                   "nvidia-cublas", "nvidia-cudnn-cu13", "nvidia-cufft", "nvidia-curand",
-                   "nvidia-cuda-nvrtc")  # fmt: skip
+DEVICE_PACKAGES = (
+    "numpy",
+    "protobuf",
+    "flatbuffers",
+    "packaging",
+    "onnx",
+    "nvidia-cuda-runtime",
+    "nvidia-cublas",
+    "nvidia-cudnn-cu13",
+    "nvidia-cufft",
+    "nvidia-curand",
+    "nvidia-cuda-nvrtc",
+)
 """onnxruntime-gpu's requirements (its wheel's METADATA, the cuda and cudnn extras included)."""
 
 
@@ -128,11 +138,15 @@ def export_job(spec: ModelSpec, precision: str, out: Path, threads: int, reuse: 
         export_model_dir(spec.build(), out, dispatch="auto", fp16=fp16, name=name)
     metadata = read_metadata(out)
     return {
-        "model": spec.name, "precision": precision, "dir": str(out),
-        "seconds": round(time.perf_counter() - started, 1), "reused": reused,
+        "model": spec.name,
+        "precision": precision,
+        "dir": str(out),
+        "seconds": round(time.perf_counter() - started, 1),
+        "reused": reused,
         "graphs": {mode: entry.sha256 for mode, entry in metadata.graphs.items()},
-        "provider_graph": dict(metadata.provider_graph), "exporter": dict(metadata.exporter),
-    }  # fmt: skip
+        "provider_graph": dict(metadata.provider_graph),
+        "exporter": dict(metadata.exporter),
+    }
 
 
 def export_all(specs: list[ModelSpec], work: Path, jobs: int, reuse: bool) -> list[dict]:
@@ -176,16 +190,22 @@ def check_model(spec: ModelSpec, exports: list[dict], plan: Plan, report: Report
     cases, merged = parity_cases(model.config.tasks, plan.parity_batch), model.merge()
     layouts = [(batch, tasks) for batch in BATCHES for tasks in TASK_COUNTS]
     facts = {
-        "cases": cases, "images": draw_images(model, cases, size, seed),
-        "tokens": metadata.adapters.tokens_per_stream, "size": size,
+        "cases": cases,
+        "images": draw_images(model, cases, size, seed),
+        "tokens": metadata.adapters.tokens_per_stream,
+        "size": size,
         "gflop": {layout: counted_gflop(merged, size, *layout) for layout in layouts},
-    }  # fmt: skip
+    }
     report.add("images", {"model": spec.name, "seed": seed, "cases": [c.name for c in cases]})
     for export in sorted(exports, key=lambda e: PRECISIONS.index(e["precision"])):
         files = read_metadata(Path(export["dir"])).graphs  # the graphs as its metadata names them
         for graph in GRAPHS:
-            label = {"model": spec.name, "precision": export["precision"], "graph": graph,
-                     "variant": "strict"}  # fmt: skip
+            label = {
+                "model": spec.name,
+                "precision": export["precision"],
+                "graph": graph,
+                "variant": "strict",
+            }
             try:
                 path = Path(export["dir"]) / files[graph].file
                 check_graph(path, label, facts, plan, report)
@@ -199,8 +219,10 @@ def choose_device(requested: str) -> str:
     usable = torch.cuda.is_available() and CUDA in ort.get_available_providers()
     if requested == "cuda" and not usable:
         providers = ort.get_available_providers()
-        raise SystemExit(f"--device cuda: torch sees CUDA {torch.cuda.is_available()}; "
-                         f"onnxruntime {ort.__version__}: {providers}")  # fmt: skip
+        raise SystemExit(
+            f"--device cuda: torch sees CUDA {torch.cuda.is_available()}; "
+            f"onnxruntime {ort.__version__}: {providers}"
+        )
     return "cuda" if requested == "cuda" or (requested == "auto" and usable) else "cpu"
 
 
@@ -218,20 +240,31 @@ def environment(device: str, small: bool) -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    info = {"device": device, "small": small, "python": sys.version.split()[0],
-            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-            "onnxruntime": ort.__version__, "onnxruntime_file": ort.__file__,
-            "onnxruntime_expected": ONNXRUNTIME_GPU_VERSION if device == "cuda" else None,
-            "providers": ort.get_available_providers(),
-            "packages": {name: version(name) for name in DEVICE_PACKAGES},
-            "carried": {wheel.project: version(wheel.project) for wheel in WHEELS},
-            "pydantic_file": pydantic.__file__}  # fmt: skip
+    info = {
+        "device": device,
+        "small": small,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "onnxruntime": ort.__version__,
+        "onnxruntime_file": ort.__file__,
+        "onnxruntime_expected": ONNXRUNTIME_GPU_VERSION if device == "cuda" else None,
+        "providers": ort.get_available_providers(),
+        "packages": {name: version(name) for name in DEVICE_PACKAGES},
+        "carried": {wheel.project: version(wheel.project) for wheel in WHEELS},
+        "pydantic_file": pydantic.__file__,
+    }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
         query = "name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.draw"
         try:
-            smi = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30)  # fmt: skip
+            smi = subprocess.run(
+                ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
         except (OSError, subprocess.TimeoutExpired) as error:
             info["nvidia_smi"] = str(error)
@@ -241,8 +274,10 @@ def environment(device: str, small: bool) -> dict:
 def reference_gemm(plan: Plan) -> dict:
     """torch GEMM rates: fp16 on the GPU (the reference), fp32 beside it; fp32 on a CPU."""
     dtypes = (torch.float16, torch.float32) if plan.device == "cuda" else (torch.float32,)
-    rates = {str(dtype).split(".")[-1]: gemm_tflops(plan.device, dtype, plan.gemm_size, 10)
-             for dtype in dtypes}  # fmt: skip
+    rates = {
+        str(dtype).split(".")[-1]: gemm_tflops(plan.device, dtype, plan.gemm_size, 10)
+        for dtype in dtypes
+    }
     return {"device": plan.device, "n": plan.gemm_size, "tflops": rates}
 
 
@@ -256,8 +291,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="export processes at a time")
     parser.add_argument("--repeats", type=int, help="timed runs per row (30 on CUDA, 3 small)")
     parser.add_argument("--work", type=Path, help="folder for the exports (default: a temp dir)")
-    parser.add_argument("--reuse-exports", action="store_true",
-                        help="keep model directories an earlier run left in --work")  # fmt: skip
+    parser.add_argument(
+        "--reuse-exports",
+        action="store_true",
+        help="keep model directories an earlier run left in --work",
+    )
     parser.add_argument("--budget-s", type=float, default=480, help="no timing starts after it")
     return parser.parse_args(argv)
 
@@ -265,9 +303,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace, work: Path) -> int:
     started, device = time.monotonic(), choose_device(args.device)
     small = args.small or device == "cpu"
-    plan = Plan(device, work, warmup=2 if small else 10,
-                repeats=args.repeats or (3 if small else 30), parity_batch=3 if small else 4,
-                gemm_size=1024 if small else 8192, deadline=started + args.budget_s)  # fmt: skip
+    plan = Plan(
+        device,
+        work,
+        warmup=2 if small else 10,
+        repeats=args.repeats or (3 if small else 30),
+        parity_batch=3 if small else 4,
+        gemm_size=1024 if small else 8192,
+        deadline=started + args.budget_s,
+    )
     if device == "cuda" and hasattr(ort, "preload_dlls"):
         try:  # the CUDA and cuDNN libraries torch loaded (it is imported first) serve ORT too
             ort.preload_dlls()
@@ -281,8 +325,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
     report.data["exports"] = export_all(specs, work, args.jobs, args.reuse_exports)
     report.save()
     for spec in specs:
-        check_model(spec, [e for e in report.data["exports"] if e["model"] == spec.name], plan,
-                    report)  # fmt: skip
+        check_model(
+            spec, [e for e in report.data["exports"] if e["model"] == spec.name], plan, report
+        )
     report.data["reference_gemm"]["tflops_end"] = reference_gemm(plan)["tflops"]
     report.data["seconds"] = round(time.monotonic() - started, 1)
     report.data["passed"] = report.passed

@@ -163,8 +163,7 @@ def error_lines(data: dict) -> list[str]:
 
 def tables(data: dict) -> str:
     """What the run prints last: parity, errors, then the speed table."""
-    parts = [*header(data), "", *parity_table(data), "", *error_lines(data), "",
-             *speed_table(data)]  # fmt: skip
+    parts = [*header(data), "", *parity_table(data), "", *error_lines(data), "", *speed_table(data)]
     return "\n".join(parts)
 
 

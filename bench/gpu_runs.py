@@ -115,8 +115,15 @@ def parity(cpu, target, label: dict, cases: list, drawn: list, tokens: int) -> l
         got = dict(zip(names, target.run(None, feeds), strict=True))
         result = compare(label["graph"], case, got, want, tolerance, tokens)
         same = np.array_equal(got["expert_tokens"], want["expert_tokens"])
-        rows.append({**label, **asdict(result), "passed": result.passed, "router_identical": same,
-                     "gating": label["variant"] == "strict"})  # fmt: skip
+        rows.append(
+            {
+                **label,
+                **asdict(result),
+                "passed": result.passed,
+                "router_identical": same,
+                "gating": label["variant"] == "strict",
+            }
+        )
     return rows
 
 
@@ -172,9 +179,20 @@ def timings(session, label: dict, facts: dict, plan: Plan, layouts: list) -> lis
         ms, fastest = median_ms(BoundRun(session, feeds, plan.device), plan.warmup, plan.repeats)
         host_ms, _ = median_ms(partial(session.run, None, feeds), plan.warmup, plan.repeats)
         gflop = facts["gflop"][(batch, tasks)]
-        rows.append({**label, "batch": batch, "tasks": tasks, "streams": batch * tasks,
-                     "tokens": batch * tasks * facts["tokens"], "ms": ms, "min_ms": fastest,
-                     "host_ms": host_ms, "gflop": gflop, "tflops": gflop / ms})  # fmt: skip
+        rows.append(
+            {
+                **label,
+                "batch": batch,
+                "tasks": tasks,
+                "streams": batch * tasks,
+                "tokens": batch * tasks * facts["tokens"],
+                "ms": ms,
+                "min_ms": fastest,
+                "host_ms": host_ms,
+                "gflop": gflop,
+                "tflops": gflop / ms,
+            }
+        )
     return rows
 
 

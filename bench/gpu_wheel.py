@@ -43,21 +43,43 @@ ONNXRUNTIME_GPU_VERSION = "1.31.1"
 """The onnxruntime-gpu release the GPU check installs; the Dockerfile and the compose GPU
 profile name the same one (tests/bench/test_gpu_wheel.py)."""
 WHEELS = (
-    Wheel("onnxruntime-gpu", ONNXRUNTIME_GPU_VERSION,
-          f"onnxruntime_gpu-{ONNXRUNTIME_GPU_VERSION}-cp312-cp312-manylinux_2_28_x86_64.whl",
-          "05d548956197b9d01f59b625de740e0d6be3593f874e241a12dc0362650ecdf7"),
-    Wheel("pydantic", "2.14.4", "pydantic-2.14.4-py3-none-any.whl",
-          "653a2ad9f6d8858529c77c72717d0ea991d6c6837fe683246b2f4b2bbfc3fadc"),
-    Wheel("pydantic-core", "2.50.5",
-          "pydantic_core-2.50.5-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
-          "470bbc2495367f60d3ca849a8039e4c164701d10637e7743f4427d92651bdb6d"),
-    Wheel("annotated-types", "0.8.0", "annotated_types-0.8.0-py3-none-any.whl",
-          "f072f4d804ea359e4eaf198b1af7a8b0943881a87f31bb764f8bf219bb9419e0"),
-    Wheel("typing-inspection", "0.4.5", "typing_inspection-0.4.5-py3-none-any.whl",
-          "bc210535442b39e1bf2805e0c7a17dfd6a4ace760c84c7f7d16245d23a6b1c39"),
-    Wheel("typing-extensions", "4.16.0", "typing_extensions-4.16.0-py3-none-any.whl",
-          "481caa481374e813c1b176ada14e97f1f67a4539ce9cfeb3f350d78d6370c2e8"),
-)  # fmt: skip
+    Wheel(
+        "onnxruntime-gpu",
+        ONNXRUNTIME_GPU_VERSION,
+        f"onnxruntime_gpu-{ONNXRUNTIME_GPU_VERSION}-cp312-cp312-manylinux_2_28_x86_64.whl",
+        "05d548956197b9d01f59b625de740e0d6be3593f874e241a12dc0362650ecdf7",
+    ),
+    Wheel(
+        "pydantic",
+        "2.14.4",
+        "pydantic-2.14.4-py3-none-any.whl",
+        "653a2ad9f6d8858529c77c72717d0ea991d6c6837fe683246b2f4b2bbfc3fadc",
+    ),
+    Wheel(
+        "pydantic-core",
+        "2.50.5",
+        "pydantic_core-2.50.5-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+        "470bbc2495367f60d3ca849a8039e4c164701d10637e7743f4427d92651bdb6d",
+    ),
+    Wheel(
+        "annotated-types",
+        "0.8.0",
+        "annotated_types-0.8.0-py3-none-any.whl",
+        "f072f4d804ea359e4eaf198b1af7a8b0943881a87f31bb764f8bf219bb9419e0",
+    ),
+    Wheel(
+        "typing-inspection",
+        "0.4.5",
+        "typing_inspection-0.4.5-py3-none-any.whl",
+        "bc210535442b39e1bf2805e0c7a17dfd6a4ace760c84c7f7d16245d23a6b1c39",
+    ),
+    Wheel(
+        "typing-extensions",
+        "4.16.0",
+        "typing_extensions-4.16.0-py3-none-any.whl",
+        "481caa481374e813c1b176ada14e97f1f67a4539ce9cfeb3f350d78d6370c2e8",
+    ),
+)
 """onnxruntime-gpu (its own requirements are the machine's: docs/benchmarks.md), then pydantic
 and its requirements (its METADATA's Requires-Dist). typing-extensions travels although the
 machine has one: pydantic 2.14.4 needs >= 4.16.0, and the machine's version is not known here."""
@@ -81,11 +103,27 @@ def download(destination: Path) -> list[Path]:
     """pip download of every wheel of WHEELS into ``destination``; fails unless each one's
     sha256 is the recorded one."""
     destination.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--python-version", "3.12", "--implementation", "cp",
-               "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_27_x86_64",
-               "--platform", "manylinux_2_17_x86_64", "-d", str(destination),
-               *(f"{wheel.project}=={wheel.version}" for wheel in WHEELS)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "cp",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--platform",
+        "manylinux_2_27_x86_64",
+        "--platform",
+        "manylinux_2_17_x86_64",
+        "-d",
+        str(destination),
+        *(f"{wheel.project}=={wheel.version}" for wheel in WHEELS),
+    ]
     subprocess.run(command, check=True)
     for wheel in WHEELS:
         if sha256(destination / wheel.file) != wheel.sha256:
@@ -96,10 +134,24 @@ def download(destination: Path) -> list[Path]:
 def traveling_tree_bytes(repo: Path) -> int:
     """Bytes of what a device call sends besides its carried paths: tracked files present in
     the working tree and untracked files git does not ignore."""
-    listed = subprocess.run(
-        ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True, capture_output=True,
-    ).stdout.decode().split("\0")  # fmt: skip
+    listed = (
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(repo),
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     paths = {repo / name for name in listed if name}
     return sum(path.lstat().st_size for path in paths if path.is_file() or path.is_symlink())
 
@@ -109,8 +161,10 @@ def part_bytes_beside(tree_bytes: int) -> int:
     spare (in bytes: whole MiB would waste up to one per part, and so cost a call)."""
     part = (CALL_LIMIT_MIB - MARGIN_MIB) * MIB - tree_bytes
     if part < 4 * MIB:
-        raise SystemExit(f"the working tree takes {tree_bytes / MIB:.1f} MiB of a call's "
-                         f"{CALL_LIMIT_MIB}: leave large files out of it first")  # fmt: skip
+        raise SystemExit(
+            f"the working tree takes {tree_bytes / MIB:.1f} MiB of a call's "
+            f"{CALL_LIMIT_MIB}: leave large files out of it first"
+        )
     return part
 
 
@@ -130,7 +184,7 @@ def split(wheels: list[Path], destination: Path, part_bytes: int) -> list[Path]:
     manifest = {
         "wheels": [{"file": w.name, "size": w.stat().st_size, "sha256": sha256(w)} for w in wheels],
         "parts": [{"file": p.name, "size": p.stat().st_size, "sha256": sha256(p)} for p in parts],
-    }  # fmt: skip
+    }
     for path in parts:
         (path.parent / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return parts
@@ -153,8 +207,11 @@ def receive(part_dir: Path, stash: Path) -> list[int]:
     for path in part_dir.iterdir():
         shutil.copyfile(path, stash / path.name)
     manifest, held, missing = held_parts(stash)
-    print(f"{len(manifest['wheels'])} wheels: holding parts {held} of {len(manifest['parts'])}; "
-          f"missing {missing}", flush=True)  # fmt: skip
+    print(
+        f"{len(manifest['wheels'])} wheels: holding parts {held} of {len(manifest['parts'])}; "
+        f"missing {missing}",
+        flush=True,
+    )
     return missing
 
 
@@ -202,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"no wheels in {args.source}: download them first")
         parts = split(wheels, args.destination, part_bytes)
         total = sum(wheel.stat().st_size for wheel in wheels)
-        print(f"{len(wheels)} wheels, {total / MIB:.1f} MiB; tree {tree / MIB:.1f} MiB + parts of "
-              f"{part_bytes / MIB:.2f} MiB: {len(parts)} device calls")  # fmt: skip
+        print(
+            f"{len(wheels)} wheels, {total / MIB:.1f} MiB; tree {tree / MIB:.1f} MiB + parts of "
+            f"{part_bytes / MIB:.2f} MiB: {len(parts)} device calls"
+        )
         for path in parts:
             print(f"  carry {path.parent}")
     elif args.verb == "receive":

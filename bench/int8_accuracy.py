@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = "ORT " + metadata.graphs["int8"].quantized_from
         classes = tuple(t for t in tasks if TASKS[t].kind == "classes")
         agreement = label_agreement(engines[fp32], engines["ORT int8"], loader, classes)
-    print(f"checkpoint {args.checkpoint} (step {payload.get('step')}), synthetic {args.split}, "
-          f"{args.count} scenes, {size} px")  # fmt: skip
+    print(
+        f"checkpoint {args.checkpoint} (step {payload.get('step')}), synthetic {args.split}, "
+        f"{args.count} scenes, {size} px"
+    )
     print(format_table(rows))
     reference = primary(rows["torch eager"])
     print("\n| engine | " + " | ".join(f"{t} (primary)" for t in tasks) + " |")
@@ -103,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, results in rows.items():
         cells = [f"{v:.2f} ({v - reference[t]:+.2f})" for t, v in primary(results).items()]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\nint8 vs " + fp32 + " label agreement: "
-          + ", ".join(f"{t} {share:.2%}" for t, share in agreement.items()))  # fmt: skip
+    print(
+        "\nint8 vs "
+        + fp32
+        + " label agreement: "
+        + ", ".join(f"{t} {share:.2%}" for t, share in agreement.items())
+    )
     return 0
 
 

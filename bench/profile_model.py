@@ -102,9 +102,11 @@ def compare_adapters(args: argparse.Namespace) -> int:
             profiles[routing] = (profile(graph, size, args.tasks, args.runs, args.threads), nodes)
     (ase, ase_nodes), (bare, bare_nodes) = profiles["ase"], profiles["none"]
     ase_ms, bare_ms = sum(ase.values()) / 1e3, sum(bare.values()) / 1e3
-    print(f"{args.size}, {args.tasks} tasks, kernels per run: ase {ase_ms:.2f} ms "
-          f"({ase_nodes.total()} nodes), none {bare_ms:.2f} ms ({bare_nodes.total()} nodes): "
-          f"+{ase_ms / bare_ms - 1:.1%}")  # fmt: skip
+    print(
+        f"{args.size}, {args.tasks} tasks, kernels per run: ase {ase_ms:.2f} ms "
+        f"({ase_nodes.total()} nodes), none {bare_ms:.2f} ms ({bare_nodes.total()} nodes): "
+        f"+{ase_ms / bare_ms - 1:.1%}"
+    )
     print("| op | ase ms (nodes) | none ms (nodes) | added ms |")
     print("| --- | --- | --- | --- |")
     added = sorted(set(ase) | set(bare), key=lambda op: bare.get(op, 0) - ase.get(op, 0))

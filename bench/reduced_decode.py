@@ -80,19 +80,24 @@ class Agreement:
         self.largest[name] = max(self.largest.get(name, 0), int(difference.max()))
 
     def report(self) -> dict[str, dict]:
-        return {name: {"equal_share": round(self.equal[name] / self.total[name], 6),
-                       "mean_difference": round(self.difference_sum[name] / self.total[name], 4),
-                       "max_difference": self.largest[name]}
-                for name in self.total}  # fmt: skip
+        return {
+            name: {
+                "equal_share": round(self.equal[name] / self.total[name], 6),
+                "mean_difference": round(self.difference_sum[name] / self.total[name], 4),
+                "max_difference": self.largest[name],
+            }
+            for name in self.total
+        }
 
 
 class Scores:
     """Per way and task, ``model/metrics.py``'s accumulator at the evaluation size."""
 
     def __init__(self, model) -> None:
-        self.metrics = {way: {t.name: task_metric(t.name, len(t.classes or ()) or None)
-                              for t in model.tasks}
-                        for way in WAYS}  # fmt: skip
+        self.metrics = {
+            way: {t.name: task_metric(t.name, len(t.classes or ()) or None) for t in model.tasks}
+            for way in WAYS
+        }
 
     def update(self, way: str, task, prediction: np.ndarray, labels) -> None:
         height, width = labels.image.shape[:2]
@@ -102,8 +107,9 @@ class Scores:
             values = maps.Raster(task.kind, prediction, width, height, np.float32).array()
         metric, target = self.metrics[way][task.name], getattr(labels, task.name)
         if isinstance(metric, NormalsMetrics):  # channels first, as the metric takes them
-            metric.update(values.transpose(2, 0, 1), target.transpose(2, 0, 1),
-                          valid=labels.normals_valid)  # fmt: skip
+            metric.update(
+                values.transpose(2, 0, 1), target.transpose(2, 0, 1), valid=labels.normals_valid
+            )
         else:
             metric.update(values, target)
 
@@ -141,18 +147,24 @@ def evaluate_size(model, runtime, size: tuple[int, int], count: int, eval_side: 
             agreement.update(task, predictions, width, height)
             for way, prediction in zip(WAYS, predictions, strict=True):
                 scores.update(way, task, prediction, truth)
-    return {"size": f"{width}x{height}", "scenes": count, "dct_scales": sorted(scales),
-            "jpeg_bytes_median": int(np.median(body_bytes)),
-            "eval_size": f"{eval_size[1]}x{eval_size[0]}",
-            "agreement_at_upload_size": agreement.report(), "metrics": scores.report(),
-            "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    return {
+        "size": f"{width}x{height}",
+        "scenes": count,
+        "dct_scales": sorted(scales),
+        "jpeg_bytes_median": int(np.median(body_bytes)),
+        "eval_size": f"{eval_size[1]}x{eval_size[0]}",
+        "agreement_at_upload_size": agreement.report(),
+        "metrics": scores.report(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=REPO / "demo" / "model")
-    parser.add_argument("--sizes", default="1920x1080:36,4032x3024:12",
-                        help="WIDTHxHEIGHT:SCENES, comma-separated")  # fmt: skip
+    parser.add_argument(
+        "--sizes", default="1920x1080:36,4032x3024:12", help="WIDTHxHEIGHT:SCENES, comma-separated"
+    )
     parser.add_argument("--eval-side", type=int, default=640, help="metrics' longest side")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -73,8 +73,7 @@ class Reference:
         parameters = request.parameters or {}
         wanted = request.requested_output_names or [s.name for s in output_specs(self.model)]
         tasks = [t for t in self.model.tasks if t.name in wanted] or list(self.model.tasks)
-        size = MapSize(model=parameters.get("size") == "model",
-                       max_side=parameters.get("max_side"))  # fmt: skip
+        size = MapSize(model=parameters.get("size") == "model", max_side=parameters.get("max_side"))
         images, map_size = self.prepare(request.data, MapRequest(tuple(tasks), size))
         outputs = self.run(images, tasks, map_size)
         return {name: value for name, value in outputs.items() if name in wanted}
@@ -124,10 +123,11 @@ def tensors(specs):
     from pytriton.model_config import Tensor
 
     return [
-        Tensor(name=s.name, dtype=DTYPES[s.datatype], shape=s.shape, optional=s.name in
-               (IMAGE, PIXELS))
+        Tensor(
+            name=s.name, dtype=DTYPES[s.datatype], shape=s.shape, optional=s.name in (IMAGE, PIXELS)
+        )
         for s in specs
-    ]  # fmt: skip
+    ]
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -137,17 +137,21 @@ def serve(args: argparse.Namespace) -> None:
     # The Python backend's stub links the system's libpython; this interpreter's own must win,
     # or a different patch release's stdlib meets its C core (seen: pyenv 3.11.7 over 3.11.2).
     libdir = sysconfig.get_config_var("LIBDIR")
-    os.environ["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, os.environ.get(
-        "LD_LIBRARY_PATH")) if p)  # fmt: skip
+    os.environ["LD_LIBRARY_PATH"] = ":".join(
+        p for p in (libdir, os.environ.get("LD_LIBRARY_PATH")) if p
+    )
     model = load_model_dir(args.model_dir)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     config = TritonConfig(
-        http_address="127.0.0.1", http_port=args.http_port,
-        grpc_address="127.0.0.1", grpc_port=args.grpc_port,
-        allow_metrics=False, log_verbose=0,
-    )  # fmt: skip
+        http_address="127.0.0.1",
+        http_port=args.http_port,
+        grpc_address="127.0.0.1",
+        grpc_port=args.grpc_port,
+        allow_metrics=False,
+        log_verbose=0,
+    )
     with Triton(config=config) as triton:
         triton.bind(
             model_name=model.name,
@@ -158,8 +162,7 @@ def serve(args: argparse.Namespace) -> None:
             strict=True,
         )
         triton.run()
-        print(f"ready http=127.0.0.1:{args.http_port} grpc=127.0.0.1:{args.grpc_port}",
-              flush=True)  # fmt: skip
+        print(f"ready http=127.0.0.1:{args.http_port} grpc=127.0.0.1:{args.grpc_port}", flush=True)
         stop.wait()
 
 
@@ -186,8 +189,10 @@ def time_alone(args: argparse.Namespace) -> None:
         reference.infer(request)
         times.append((time.perf_counter() - started) * 1000)
     p50, p99 = np.percentile(times, [50, 99])
-    print(f"{args.time_alone.name}: bound function alone p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-          f"({args.repeats} calls, threads={args.threads})")  # fmt: skip
+    print(
+        f"{args.time_alone.name}: bound function alone p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+        f"({args.repeats} calls, threads={args.threads})"
+    )
 
 
 def main() -> None:
@@ -197,8 +202,11 @@ def main() -> None:
     parser.add_argument("--grpc-port", type=int)
     parser.add_argument("--instances", type=int, default=1, help="model instances (in parallel)")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
-    parser.add_argument("--time-alone", type=Path, help="an image: time the bound function "
-                        "alone on it (no Triton) and exit")  # fmt: skip
+    parser.add_argument(
+        "--time-alone",
+        type=Path,
+        help="an image: time the bound function alone on it (no Triton) and exit",
+    )
     parser.add_argument("--repeats", type=int, default=30, help="with --time-alone")
     args = parser.parse_args()
     if args.time_alone is not None:

@@ -72,8 +72,10 @@ def calls(tasks: list[str]) -> list[Call]:
 def run_sequence(http_url: str, grpc_url: str, model: str, image: bytes, frames: np.ndarray):
     """Every step of the sequence, by name. ``frames``: uint8 (N, H, W, 3)."""
     http = httpclient.InferenceServerClient(http_url, network_timeout=120, connection_timeout=30)
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE),
-               ("grpc.max_send_message_length", MAX_MESSAGE)]  # fmt: skip
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+    ]
     grpc = grpcclient.InferenceServerClient(grpc_url, channel_args=options)
     clients = {"http": http, "grpc": grpc}
     try:
@@ -186,8 +188,9 @@ def _document_differences(a: dict, b: dict | None) -> list[str]:
     advertise binary_tensor_data. Names and versions may differ."""
     if b is None or set(a) - {"tasks"} != set(b) - {"tasks"}:
         return [f"keys {sorted(a)} vs {sorted(b or {})}"]
-    problems = [f"{key} differ" for key in ("inputs", "outputs", "http", "grpc")
-                if a.get(key) != b.get(key)]  # fmt: skip
+    problems = [
+        f"{key} differ" for key in ("inputs", "outputs", "http", "grpc") if a.get(key) != b.get(key)
+    ]
     if "extensions" in a and not all("binary_tensor_data" in d["extensions"] for d in (a, b)):
         problems.append("binary_tensor_data is not in both servers' extensions")
     return problems
@@ -227,8 +230,11 @@ def main() -> None:
         results[name] = run_sequence(http_url, grpc_url, args.model, image, frames)
         print(f"{name}: {len(results[name])} steps")
     first, *others = results
-    problems = [f"{other}: {p}" for other in others
-                for p in compare(results[first], results[other], args.atol)]  # fmt: skip
+    problems = [
+        f"{other}: {p}"
+        for other in others
+        for p in compare(results[first], results[other], args.atol)
+    ]
     print("\n".join(problems) or "no differences")
     sys.exit(1 if problems else 0)
 

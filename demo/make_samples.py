@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, help="also write prediction sheets")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    scenes = [SyntheticScenes(args.size, args.count, seed=SEED, split=SPLIT)[i]
-              for i in range(args.count)]  # fmt: skip
+    scenes = [
+        SyntheticScenes(args.size, args.count, seed=SEED, split=SPLIT)[i] for i in range(args.count)
+    ]
     for index, scene in enumerate(scenes):
         Image.fromarray(scene.image).save(args.out / f"scene_{index}.png")
     if args.checkpoint is None:
@@ -76,8 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         truth = {t: scene.normals if t == "normals" else getattr(scene, t) for t in TASK_NAMES}
         cells = [scene.image]
         for task in maps:
-            cells += [colourise(task, truth[task], dataset), colourise(task, maps[task][index],
-                                                                       dataset)]  # fmt: skip
+            cells += [
+                colourise(task, truth[task], dataset),
+                colourise(task, maps[task][index], dataset),
+            ]
         Image.fromarray(np.concatenate(cells, axis=1)).save(args.out / f"sheet_{index}.png")
 
 

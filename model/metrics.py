@@ -205,7 +205,7 @@ def thin(mask: np.ndarray) -> np.ndarray:
             p = np.pad(mask, 1).astype(np.uint8)
             # Neighbours P2..P9, clockwise from north.
             n = [p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:],
-                 p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]]  # fmt: skip
+                 p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]]  # fmt: skip  # 3x3 ring order
             count = sum(n)
             transitions = sum((n[i] == 0) & (n[(i + 1) % 8] == 1) for i in range(8))
             if step == 0:

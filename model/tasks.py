@@ -56,7 +56,7 @@ VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
-)  # fmt: skip
+)  # fmt: skip  # class names by id, ten a row
 
 SYNTHETIC_CLASSES = ("background", "person", "sphere", "box", "cylinder", "cone")
 SYNTHETIC_PALETTE = hex_palette("000000 dc143c 0080ff ffaa00 28c878 aa50ff")

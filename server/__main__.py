@@ -27,9 +27,11 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
     add_setting_flags(parser)
     parser.add_argument(
-        "--ray", metavar="ADDRESS", default=None,
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
         help="serve as Ray Serve replicas on this Ray cluster (e.g. auto, 10.0.0.5:6379)",
-    )  # fmt: skip
+    )
     return parser.parse_args(argv)
 
 

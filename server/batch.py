@@ -129,9 +129,11 @@ class MapWriter:
                 await asyncio.to_thread(write_atomically, targets[0], chunks)
                 return
             pngs = await render.each_task(
-                self.state.render_pool, prediction, self.tasks,
+                self.state.render_pool,
+                prediction,
+                self.tasks,
                 lambda task: render.task_png(prediction, task, self.look),
-            )  # fmt: skip
+            )
             for task, target in zip(self.tasks, targets, strict=True):
                 await asyncio.to_thread(write_atomically, target, [pngs[task.name]])
         finally:

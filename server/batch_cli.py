@@ -27,14 +27,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("output", type=Path, help="the folder the maps go to")
     parser.add_argument("--tasks", help="comma-separated task names (default: all)")
     parser.add_argument(
-        "--format", choices=FORMATS, default="png",
+        "--format",
+        choices=FORMATS,
+        default="png",
         help="png: one PNG per task (default); npz: one archive per image",
-    )  # fmt: skip
+    )
     parser.add_argument("--ray", metavar="ADDRESS", help="run on this Ray cluster (Ray Data)")
     parser.add_argument(
-        "--actors", type=int, default=0,
+        "--actors",
+        type=int,
+        default=0,
         help="with --ray: models in the actor pool (default: as many as the cluster fits)",
-    )  # fmt: skip
+    )
     add_setting_flags(parser)
     return parser.parse_args(argv)
 
@@ -60,8 +64,10 @@ class Progress:
         self.bar.close()
         elapsed = time.monotonic() - self.started
         written, skipped, failed = (self.counts[k] for k in ("written", "skipped", "failed"))
-        line = (f"{written} written, {skipped} skipped (already there), {failed} failed; "
-                f"{written} in {elapsed:.2f} s = {written / elapsed:.2f} images/s")  # fmt: skip
+        line = (
+            f"{written} written, {skipped} skipped (already there), {failed} failed; "
+            f"{written} in {elapsed:.2f} s = {written / elapsed:.2f} images/s"
+        )
         if self.first_written is not None:  # model loading and warm-up (or actors starting)
             line += f"; the first after {self.first_written - self.started:.2f} s"
         return line

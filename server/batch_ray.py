@@ -76,10 +76,14 @@ def run_on_ray(
     rows = [{"name": image.name, "path": image.path} for image in images]
     dataset = data.from_items(rows, override_num_blocks=math.ceil(len(rows) / rows_per_call))
     outcomes = dataset.map_batches(
-        ModelActor, fn_constructor_args=(job,), batch_size=rows_per_call, batch_format="numpy",
+        ModelActor,
+        fn_constructor_args=(job,),
+        batch_size=rows_per_call,
+        batch_format="numpy",
         compute=data.ActorPoolStrategy(size=actors or actors_that_fit(job)),
-        num_cpus=job.settings.ray_num_cpus, num_gpus=job.settings.ray_num_gpus,
-    )  # fmt: skip
+        num_cpus=job.settings.ray_num_cpus,
+        num_gpus=job.settings.ray_num_gpus,
+    )
     for batch in outcomes.iter_batches(batch_size=None, batch_format="numpy"):
         for name, status, message in zip(
             batch["name"], batch["status"], batch["message"], strict=True

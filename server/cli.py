@@ -25,8 +25,11 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 def checked_settings(args: argparse.Namespace) -> Settings | None:
     """The settings (flags over ``ASE_*``) and their model directory, checked, with logging set
     up; ``None``, after saying why on stderr, when either is bad."""
-    flags = {name: value for name in Settings.model_fields
-             if (value := getattr(args, name, None)) is not None}  # fmt: skip
+    flags = {
+        name: value
+        for name in Settings.model_fields
+        if (value := getattr(args, name, None)) is not None
+    }
     try:
         settings = Settings(**flags)
     except ValidationError as error:

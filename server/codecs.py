@@ -70,9 +70,10 @@ def open_upload(data: bytes, max_pixels: int) -> Upload:
         raise TooLarge("image_too_large", f"image rejected as too large: {error}") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise InvalidInput(
-            "invalid_image", "the body is not an image this server can read "
-            "(send JPEG, PNG, WebP, GIF, BMP or TIFF)"
-        ) from None  # fmt: skip
+            "invalid_image",
+            "the body is not an image this server can read "
+            "(send JPEG, PNG, WebP, GIF, BMP or TIFF)",
+        ) from None
     width, height = image.size
     if width * height > max_pixels:
         raise TooLarge(
@@ -170,12 +171,14 @@ def encode_png_bands(
         idat.append(compressor.compress(filtered.data))
     idat.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    return b"".join((
-        PNG_SIGNATURE,
-        _png_chunk(b"IHDR", header),
-        _png_chunk(b"IDAT", b"".join(idat)),
-        _png_chunk(b"IEND", b""),
-    ))  # fmt: skip
+    return b"".join(
+        (
+            PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", b"".join(idat)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
 
 
 def compressobj(level: int):
@@ -231,8 +234,11 @@ def stream_npz(entries: Iterable[NpzEntry]) -> Iterator[bytes]:
 
 
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": tuple(shape)}  # fmt: skip
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(shape),
+    }
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()

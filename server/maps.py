@@ -102,10 +102,13 @@ def _pil_reference(
 ) -> np.ndarray:
     """The definitions run by PIL and NumPy on whole float32 planes (small maps only)."""
     planes = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))
-                   .resize((width, height), Image.Resampling.BILINEAR))
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)).resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
         for plane in prediction
-    ]  # fmt: skip
+    ]
     values = np.clip(planes[0], 0.0, 1.0) if kind == "probability" else unit_vectors(planes)
     return to_uint8(kind, values) if dtype == np.uint8 else values
 

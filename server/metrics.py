@@ -48,10 +48,12 @@ class ServerMetrics:
         self._declare_batches()
         self._declare_routers()
         info = Gauge(
-            "ase_model_info", "the model being served (value 1)",
+            "ase_model_info",
+            "the model being served (value 1)",
             ["name", "version", "adapters", "routing", "provider"],
-            multiprocess_mode="livemax", registry=self.registry,
-        )  # fmt: skip
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
         spec, routing = model.adapters.spec, model.adapters.routing.value
         info.labels(model.name, model.version, spec, routing, provider).set(1)
 
@@ -65,24 +67,33 @@ class ServerMetrics:
             registry=r,
         )
         self.request_duration = Histogram(
-            "ase_request_duration_seconds", "whole request, first byte in to response out",
-            ["protocol", "endpoint"], buckets=REQUEST_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ase_request_duration_seconds",
+            "whole request, first byte in to response out",
+            ["protocol", "endpoint"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
         self.dropped = Counter(
-            "ase_requests_dropped", "queued requests dropped before the model ran them",
-            ["reason"], registry=r,
-        )  # fmt: skip
+            "ase_requests_dropped",
+            "queued requests dropped before the model ran them",
+            ["reason"],
+            registry=r,
+        )
 
     def _declare_batches(self) -> None:
         r = self.registry
         self.queue_wait = Histogram(
-            "ase_queue_wait_seconds", "time a request waited for its batch to start",
-            buckets=QUEUE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ase_queue_wait_seconds",
+            "time a request waited for its batch to start",
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
         self.inference = Histogram(
-            "ase_inference_duration_seconds", "one model call (a whole batch)",
-            buckets=INFERENCE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ase_inference_duration_seconds",
+            "one model call (a whole batch)",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "ase_batch_size", "images per model call", buckets=BATCH_BUCKETS, registry=r
         )
@@ -90,23 +101,29 @@ class ServerMetrics:
             "ase_batch_streams", "streams per model call", buckets=STREAM_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(
-            "ase_queue_depth", "requests waiting for a batch", multiprocess_mode="livesum",
+            "ase_queue_depth",
+            "requests waiting for a batch",
+            multiprocess_mode="livesum",
             registry=r,
-        )  # fmt: skip
+        )
 
     def _declare_routers(self) -> None:
         r = self.registry
         self.expert_tokens = Counter(
-            "ase_expert_tokens", "tokens each expert processed",
-            ["layer", "task", "expert", "kind"], registry=r,
-        )  # fmt: skip
+            "ase_expert_tokens",
+            "tokens each expert processed",
+            ["layer", "task", "expert", "kind"],
+            registry=r,
+        )
         self.stream_tokens = Counter(
             "ase_stream_tokens", "tokens through each layer per task", ["layer", "task"], registry=r
         )
         self.shared_gate_mass = Counter(
-            "ase_shared_gate_mass", "summed gate weight of the shared experts",
-            ["layer", "task"], registry=r,
-        )  # fmt: skip
+            "ase_shared_gate_mass",
+            "summed gate weight of the shared experts",
+            ["layer", "task"],
+            registry=r,
+        )
         self.task_requests = Counter(
             "ase_task_requests", "streams served per task", ["task"], registry=r
         )
@@ -138,9 +155,10 @@ class ServerMetrics:
                 continue
             self.task_requests.labels(task.name).inc(streams)
             layers = zip(
-                self._pending_tokens[task.id].tolist(), self._pending_mass[task.id].tolist(),
+                self._pending_tokens[task.id].tolist(),
+                self._pending_mass[task.id].tolist(),
                 strict=True,
-            )  # fmt: skip
+            )
             for layer, (counts, layer_mass) in enumerate(layers):
                 layer_tokens, mass_series, experts = self._router_children(task.name, layer, shared)
                 layer_tokens.inc(streams * tokens_per_stream)

@@ -110,9 +110,12 @@ class Prediction:
     def raster(self, task: TaskInfo) -> maps.Raster:
         plan = self.plan
         return maps.Raster(
-            task.kind, self.result.maps[task.name], plan.map_width, plan.map_height,
+            task.kind,
+            self.result.maps[task.name],
+            plan.map_width,
+            plan.map_height,
             plan.request.dtype(task),
-        )  # fmt: skip
+        )
 
 
 class Pipeline:
@@ -139,8 +142,11 @@ class Pipeline:
         cost for all of them (the frames themselves are counted: the caller holds them)."""
         count, height, width = frames.shape[:3]
         if width * height > self.max_pixels:  # as an upload's: each frame is an image
-            raise TooLarge("image_too_large", f"frames are {width}x{height} = {width * height} "
-                           f"pixels each; the limit is {self.max_pixels}")  # fmt: skip
+            raise TooLarge(
+                "image_too_large",
+                f"frames are {width}x{height} = {width * height} "
+                f"pixels each; the limit is {self.max_pixels}",
+            )
         map_width, map_height = request.size.resolve(width, height, self.model)
         cost = count * (frames[0].nbytes + map_bytes(request, map_width, map_height))
         return Plan(width, height, request, map_width, map_height, 1, cost)
@@ -166,9 +172,10 @@ class Pipeline:
         reason = "disconnected"  # also when this coroutine itself is cancelled
         try:
             done, _ = await asyncio.wait(
-                {job.future, watcher}, timeout=max(0.0, deadline - time.monotonic()),
+                {job.future, watcher},
+                timeout=max(0.0, deadline - time.monotonic()),
                 return_when=asyncio.FIRST_COMPLETED,
-            )  # fmt: skip
+            )
             if job.future.done():
                 return job.future.result()  # raises the job's error (504, 500) if it failed
             if watcher in done:
@@ -206,8 +213,11 @@ class Pipeline:
         if result is None:
             reservation.release()
             return None
-        timings = {"decode": decoded - admitted, "queue": admitted - started + result.queue_s,
-                   "inference": result.inference_s}  # fmt: skip
+        timings = {
+            "decode": decoded - admitted,
+            "queue": admitted - started + result.queue_s,
+            "inference": result.inference_s,
+        }
         return Prediction(plan, result, reservation, kept, timings)
 
     async def predict_frames(
@@ -233,27 +243,38 @@ class Pipeline:
             reservation.release()
             return None
         return [
-            Prediction(plan, result, reservation, kept, {
-                "decode": decoded - admitted, "queue": admitted - started + result.queue_s,
-                "inference": result.inference_s})
+            Prediction(
+                plan,
+                result,
+                reservation,
+                kept,
+                {
+                    "decode": decoded - admitted,
+                    "queue": admitted - started + result.queue_s,
+                    "inference": result.inference_s,
+                },
+            )
             for (kept, _), result in zip(tensors, results, strict=True)
-        ]  # fmt: skip
+        ]
 
     def _prepare_frames(self, frames: np.ndarray, plan: Plan) -> list[tuple]:
         kept = plan.request.keep_image
         return [
-            (resize_rgb(frame, plan.map_width, plan.map_height) if kept else None,
-             preprocess(frame, self.model))
+            (
+                resize_rgb(frame, plan.map_width, plan.map_height) if kept else None,
+                preprocess(frame, self.model),
+            )
             for frame in frames
-        ]  # fmt: skip
+        ]
 
 
 def map_bytes(request: MapRequest, width: int, height: int) -> int:
     """What the maps hold at their size and form (and the image, for overlays): the encoders
     work in bands, so this bounds every copy a response makes of them."""
     pixels = width * height
-    total = request.copies * sum(pixels * (3 if t.kind == "vector" else 1)
-                                 * request.dtype(t).itemsize for t in request.tasks)  # fmt: skip
+    total = request.copies * sum(
+        pixels * (3 if t.kind == "vector" else 1) * request.dtype(t).itemsize for t in request.tasks
+    )
     if request.keep_image:
         total += pixels * 3 * (1 + len(request.tasks))  # the image, and each task's overlay
     return total

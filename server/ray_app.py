@@ -84,8 +84,7 @@ async def _export_metrics(state, mirror: RegistryMirror) -> None:
 def deployment_options(settings: Settings) -> dict[str, Any]:
     """Serve's options for the replicas, from the settings."""
     return {
-        "ray_actor_options": {"num_cpus": settings.ray_num_cpus,
-                              "num_gpus": settings.ray_num_gpus},
+        "ray_actor_options": {"num_cpus": settings.ray_num_cpus, "num_gpus": settings.ray_num_gpus},
         "autoscaling_config": {
             "min_replicas": settings.ray_min_replicas,
             "initial_replicas": max(1, settings.ray_min_replicas),
@@ -96,7 +95,7 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
         "max_ongoing_requests": settings.ray_max_ongoing_requests,
         "max_queued_requests": settings.max_queue,
         "graceful_shutdown_timeout_s": settings.shutdown_timeout_s,
-    }  # fmt: skip
+    }
 
 
 def serve_on_ray(settings: Settings, address: str) -> int:

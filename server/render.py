@@ -83,8 +83,12 @@ def task_json(prediction: Prediction, task: TaskInfo, look: Look) -> dict:
     png = task_png(prediction, task, look)
     plan = prediction.plan
     planes = [3] if look.visualize or task.kind == "vector" else []
-    entry = {"kind": task.kind, "shape": [plan.map_height, plan.map_width, *planes],
-             "encoding": "png", "data": base64.b64encode(png).decode("ascii")}  # fmt: skip
+    entry = {
+        "kind": task.kind,
+        "shape": [plan.map_height, plan.map_width, *planes],
+        "encoding": "png",
+        "data": base64.b64encode(png).decode("ascii"),
+    }
     if task.kind == "classes":
         entry["classes"] = list(task.classes)
         entry["palette"] = [list(c) for c in task.palette]
@@ -103,9 +107,12 @@ def router_json(model: ModelDir, prediction: Prediction, task: str) -> dict:
 
 
 def npz_chunks(
-    model: ModelDir, prediction: Prediction, tasks: Iterable[TaskInfo], router_stats: bool,
+    model: ModelDir,
+    prediction: Prediction,
+    tasks: Iterable[TaskInfo],
+    router_stats: bool,
     look: Look | None = None,
-) -> Iterator[bytes]:  # fmt: skip
+) -> Iterator[bytes]:
     """The npz body, generated map band by map band (``codecs.stream_npz``); nothing runs
     until the first chunk is asked for, so all of it runs where the chunks are drawn. With
     ``look.visualize`` each task's entry is its uint8 RGB overlay (h, w, 3), not the map."""
@@ -121,9 +128,10 @@ def npz_chunks(
     if router_stats:
         for task in tasks:
             router = router_json(model, prediction, task.name)
-            for key, values in ((f"router_{task.name}", router["expert_tokens"]),
-                                (f"router_{task.name}_shared_gate_share",
-                                 router["shared_gate_share"])):  # fmt: skip
+            for key, values in (
+                (f"router_{task.name}", router["expert_tokens"]),
+                (f"router_{task.name}_shared_gate_share", router["shared_gate_share"]),
+            ):
                 array = np.asarray(values, np.float32)
                 entries.append(codecs.NpzEntry(key, array.shape, array.dtype, [array]))
     yield from codecs.stream_npz(entries)
@@ -140,9 +148,11 @@ def multipart_mixed(parts: Iterable[tuple[str, str, bytes]]) -> tuple[bytes, str
     chunks = []
     for name, content_type, payload in parts:
         extension = content_type.rsplit("/", 1)[-1]
-        head = (f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Disposition: inline; "
-                f'name="{name}"; filename="{name}.{extension}"\r\n'
-                f"Content-Length: {len(payload)}\r\n\r\n")  # fmt: skip
+        head = (
+            f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Disposition: inline; "
+            f'name="{name}"; filename="{name}.{extension}"\r\n'
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
         chunks += (head.encode("ascii"), payload, b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode("ascii"))
     return b"".join(chunks), f"multipart/mixed; boundary={boundary}"

@@ -231,8 +231,9 @@ def vector_rows(planes, bounds, weights, start, out, as_uint8):  # pragma: no co
 def _norms(x, y, z, out):  # pragma: no cover
     smallest = np.float32(1e-6)
     for column in range(out.shape[0]):
-        out[column] = max(np.sqrt(x[column] * x[column] + y[column] * y[column]
-                                  + z[column] * z[column]), smallest)  # fmt: skip
+        out[column] = max(
+            np.sqrt(x[column] * x[column] + y[column] * y[column] + z[column] * z[column]), smallest
+        )
 
 
 @numba.njit(**_JIT)

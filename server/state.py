@@ -54,10 +54,13 @@ def load_state(settings: Settings) -> ServerState:
     ]
     metrics = ServerMetrics(model, instances[0].provider)
     batcher = Batcher(
-        [instance.run for instance in instances], model, metrics,
-        max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
+        [instance.run for instance in instances],
+        model,
+        metrics,
+        max_batch=settings.max_batch,
+        max_wait_s=settings.max_wait_ms / 1000,
         max_queue=settings.max_queue,
-    )  # fmt: skip
+    )
     budget = MemoryBudget(budget_bytes(settings), max_waiting=settings.max_queue, heap=heap)
     pipeline = Pipeline(model, batcher, budget, settings.max_pixels)
     render_pool = ThreadPoolExecutor(

@@ -50,8 +50,13 @@ def run_readme_curl(server: ServerProcess, command: str) -> str:
 def test_predict_example_is_what_the_server_answers(demo_server):
     curl = next(block for block in code_blocks("sh") if "/predict" in block)
     answer = json.loads(run_readme_curl(demo_server, curl))
-    shown = json.loads(re.sub(r'"[^"]*\.\.\."|, \.\.\.', lambda m: '""' if m[0][0] == '"' else "",
-                              code_blocks("json")[0]))  # fmt: skip
+    shown = json.loads(
+        re.sub(
+            r'"[^"]*\.\.\."|, \.\.\.',
+            lambda m: '""' if m[0][0] == '"' else "",
+            code_blocks("json")[0],
+        )
+    )
     assert answer["model"] == shown["model"]
     assert answer["provider"] == shown["provider"] and answer["image"] == shown["image"]
     assert answer["tasks"].keys() == shown["tasks"].keys()
@@ -64,7 +69,7 @@ def test_predict_example_is_what_the_server_answers(demo_server):
     metrics = parse_metrics(
         subprocess.run(
             ["curl", "-s", f"{demo_server.url}/metrics"], capture_output=True, text=True, check=True
-        ).stdout  # fmt: skip
+        ).stdout
     )
     lines = re.findall(r"^(ase_expert_tokens_total)\{(.*)\} ([\d.]+)$", README, flags=re.M)
     assert lines, "the README shows no metric lines"
@@ -76,9 +81,11 @@ def test_predict_example_is_what_the_server_answers(demo_server):
 def test_error_example_is_the_servers_words(demo_server):
     with demo_server.client() as client:
         response = client.post(
-            "/predict", params={"tasks": "depth"}, content=(REPO / "demo/samples/scene_0.png")
-            .read_bytes(), headers={"Content-Type": "image/png"},
-        )  # fmt: skip
+            "/predict",
+            params={"tasks": "depth"},
+            content=(REPO / "demo/samples/scene_0.png").read_bytes(),
+            headers={"Content-Type": "image/png"},
+        )
     message = response.json()["error"]["message"]
     assert response.status_code == 422
     assert " ".join(message.split()) in " ".join(README.split())
@@ -87,8 +94,13 @@ def test_error_example_is_the_servers_words(demo_server):
 def make_serve_command(*variables: str) -> str:
     """The server command line ``make serve`` would run (a dry run: the venv build it may need
     first, and a parent make's directory lines, are other lines)."""
-    dry = subprocess.run(["make", "--dry-run", "--no-print-directory", "serve", *variables],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    dry = subprocess.run(
+        ["make", "--dry-run", "--no-print-directory", "serve", *variables],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return next(line for line in dry.splitlines() if " -m server " in line)
 
 
@@ -103,8 +115,10 @@ def test_tritonclient_example_prints_what_the_readme_shows(demo_server):
     example = next(block for block in code_blocks("python") if "tritonclient" in block)
     shown = README.split(example, 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     code = example.replace("127.0.0.1:8000", demo_server.url[7:]).replace(
-        "127.0.0.1:8001", demo_server.grpc)  # fmt: skip
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+        "127.0.0.1:8001", demo_server.grpc
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout == shown

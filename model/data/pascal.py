@@ -66,7 +66,7 @@ NORMALS_VALID_CLASSES = frozenset((
     310, 314, 315, 319, 323, 329, 330, 331, 336, 342, 345, 349, 350, 351, 352, 355, 357, 368,
     370, 371, 374, 379, 380, 383, 384, 397, 401, 403, 405, 407, 408, 411, 412, 413, 414, 417,
     419, 421, 423, 427, 429, 430, 432, 440, 441, 442, 443, 444, 446, 454, 457,
-))  # fmt: skip
+))  # fmt: skip  # class ids, rows as in the reference
 """``LabelMap`` values (1-based indices into the 459 PASCAL-Context classes) where the
 benchmark's normals are valid: the classes whose names are NYU class names ('unknown'
 excluded), plus 'tvmonitor'; e.g. person, chair, table, wall, floor, ceiling, window, sofa,

@@ -14,10 +14,16 @@ async def read_image_body(request: Request, limit: int) -> bytes:
     """The image bytes; 413 past ``limit`` bytes, 415 for a content type that is no image."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     multipart = content_type == "multipart/form-data"
-    if not (multipart or not content_type or content_type.startswith("image/")
-            or content_type == "application/octet-stream"):  # fmt: skip
-        message = (f"content type {content_type!r} is not an image: send image/jpeg, "
-                   "image/png, ... or multipart 'file'")  # fmt: skip
+    if not (
+        multipart
+        or not content_type
+        or content_type.startswith("image/")
+        or content_type == "application/octet-stream"
+    ):
+        message = (
+            f"content type {content_type!r} is not an image: send image/jpeg, "
+            "image/png, ... or multipart 'file'"
+        )
         raise UnsupportedMedia("unsupported_media_type", message)
     body = await read_body(request, limit)
     return await _multipart_file(request, body, limit) if multipart else body

@@ -122,9 +122,11 @@ async def predict(
     options = Options(format, visualize, alpha, router_stats, npz_normals)
     wanted = parse_tasks(tasks, state.model)
     ask = MapRequest(
-        wanted, MapSize(model=size == "model", max_side=max_side),
-        dtypes=map_dtypes(wanted, options), keep_image=visualize,
-    )  # fmt: skip
+        wanted,
+        MapSize(model=size == "model", max_side=max_side),
+        dtypes=map_dtypes(wanted, options),
+        keep_image=visualize,
+    )
     try:
         body = await read_image_body(request, state.settings.max_body_bytes)
     except ClientDisconnect:
@@ -161,12 +163,17 @@ def parse_tasks(tasks: str | None, model: ModelDir) -> tuple[TaskInfo, ...]:
         return tuple(model.tasks)
     names = [name.strip() for name in tasks.split(",")]
     if not any(names):
-        raise InvalidParameter("invalid_parameter", "tasks is empty: name at least one task "
-                               f"({', '.join(model.task_names)}), or omit it for all")  # fmt: skip
+        raise InvalidParameter(
+            "invalid_parameter",
+            "tasks is empty: name at least one task "
+            f"({', '.join(model.task_names)}), or omit it for all",
+        )
     unknown = [name for name in names if name not in model.task_names]
     if unknown:
-        raise InvalidParameter("unknown_task", f"unknown task(s) {unknown}; this model serves "
-                               f"{', '.join(model.task_names)}")  # fmt: skip
+        raise InvalidParameter(
+            "unknown_task",
+            f"unknown task(s) {unknown}; this model serves {', '.join(model.task_names)}",
+        )
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise InvalidParameter("duplicate_task", f"task(s) {repeated} requested more than once")
@@ -195,8 +202,11 @@ async def _respond(
         encoded = await render.each_task(
             state.render_pool, prediction, wanted, lambda t: encode(prediction, t, look)
         )
-    timings = {**prediction.timings, "postprocess": time.monotonic() - inferred,
-               "total": time.monotonic() - arrived}  # fmt: skip
+    timings = {
+        **prediction.timings,
+        "postprocess": time.monotonic() - inferred,
+        "total": time.monotonic() - arrived,
+    }
     milliseconds = {name: round(seconds * 1000, 3) for name, seconds in timings.items()}
     if options.format == "json":
         # orjson: 0.005 ms for a 128x128 five-task body where json.dumps took 0.16 ms
@@ -208,9 +218,12 @@ async def _respond(
     # The router counters are updated once the response has gone out (Starlette runs the
     # background after the last byte), not between the model's answer and the responses.
     return kind(
-        content, media_type=media_type, headers=_headers(state, prediction, milliseconds),
-        background=BackgroundTask(_flush_router, state), reservation=prediction.reservation,
-    )  # fmt: skip
+        content,
+        media_type=media_type,
+        headers=_headers(state, prediction, milliseconds),
+        background=BackgroundTask(_flush_router, state),
+        reservation=prediction.reservation,
+    )
 
 
 def _png_body(

@@ -26,8 +26,12 @@ MODEL = "/models/{model_name}"
 VERSION = "/models/{model_name}/versions/{model_version}"
 
 
-@router.get("", response_model=openapi.ServerMetadataResponse,
-            responses=openapi.error_responses(401), summary="server metadata")  # fmt: skip
+@router.get(
+    "",
+    response_model=openapi.ServerMetadataResponse,
+    responses=openapi.error_responses(401),
+    summary="server metadata",
+)
 async def server_metadata() -> dict:
     return interface.server_metadata(serving.server_version())
 
@@ -37,8 +41,12 @@ async def live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready", response_model=openapi.ReadyResponse,
-            responses={503: {"model": openapi.ReadyResponse}}, summary="readiness")  # fmt: skip
+@router.get(
+    "/health/ready",
+    response_model=openapi.ReadyResponse,
+    responses={503: {"model": openapi.ReadyResponse}},
+    summary="readiness",
+)
 async def ready(request: Request) -> JSONResponse:
     state: ServerState | None = request.app.state.server
     is_ready = state is not None and state.ready

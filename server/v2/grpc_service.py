@@ -100,9 +100,12 @@ class _Answering:
     trailing metadata, and tells ``observe`` how the call ended."""
 
     def __init__(
-        self, service: InferenceService, context: grpc.aio.ServicerContext, method: str,
+        self,
+        service: InferenceService,
+        context: grpc.aio.ServicerContext,
+        method: str,
         open_call: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.service, self.context, self.method, self.open_call = (
             service,
             context,

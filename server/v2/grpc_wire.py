@@ -32,13 +32,18 @@ from server.v2.tensors import (
 # datatype -> the InferTensorContents field that carries it explicitly (FP16: raw only).
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
     "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
     "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
-}  # fmt: skip
+}
 # A few hundred MiB: camera-size maps in FP32 are far past gRPC's 4 MiB default.
 MAX_MESSAGE_BYTES = 512 * 2**20
 

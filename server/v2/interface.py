@@ -177,8 +177,9 @@ def _the_input(inputs: Sequence[WireTensor]) -> tuple[bytes | None, np.ndarray |
     names = [tensor.name for tensor in inputs]
     unknown = sorted(set(names) - {IMAGE, PIXELS})
     if unknown:
-        raise bad_request(f"unexpected input(s) {unknown}; this model takes '{IMAGE}' or "
-                          f"'{PIXELS}'")  # fmt: skip
+        raise bad_request(
+            f"unexpected input(s) {unknown}; this model takes '{IMAGE}' or '{PIXELS}'"
+        )
     if len(inputs) != 1:
         raise bad_request(
             f"send exactly one input, '{IMAGE}' (BYTES [1], an encoded image file) or "
@@ -187,13 +188,17 @@ def _the_input(inputs: Sequence[WireTensor]) -> tuple[bytes | None, np.ndarray |
     tensor = inputs[0]
     if tensor.name == IMAGE:
         if tensor.datatype != "BYTES" or tensor.shape != (1,):
-            raise bad_request(f"input '{IMAGE}' must be BYTES of shape [1], got "
-                              f"{tensor.datatype} {list(tensor.shape)}")  # fmt: skip
+            raise bad_request(
+                f"input '{IMAGE}' must be BYTES of shape [1], got "
+                f"{tensor.datatype} {list(tensor.shape)}"
+            )
         return _file_bytes(tensor.data[0]), None
     shape = tensor.shape
     if tensor.datatype != "UINT8" or len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
-        raise bad_request(f"input '{PIXELS}' must be UINT8 [N, H, W, 3] RGB frames with N, H, "
-                          f"W >= 1, got {tensor.datatype} {list(shape)}")  # fmt: skip
+        raise bad_request(
+            f"input '{PIXELS}' must be UINT8 [N, H, W, 3] RGB frames with N, H, "
+            f"W >= 1, got {tensor.datatype} {list(shape)}"
+        )
     return None, tensor.data
 
 
@@ -211,12 +216,16 @@ def _file_bytes(element: bytes | str) -> bytes:
 
 def _request_options(parameters: dict) -> tuple[str, int | None, float | None]:
     if any(key in parameters for key in SEQUENCE_PARAMETERS):
-        raise bad_request("this model is not a sequence model: sequence_id, sequence_start and "
-                          "sequence_end are not supported")  # fmt: skip
+        raise bad_request(
+            "this model is not a sequence model: sequence_id, sequence_start and "
+            "sequence_end are not supported"
+        )
     unknown = sorted(set(parameters) - set(REQUEST_PARAMETERS))
     if unknown:
-        raise bad_request(f"unknown request parameter(s) {unknown}; this model takes "
-                          f"{', '.join(REQUEST_PARAMETERS[:2])}")  # fmt: skip
+        raise bad_request(
+            f"unknown request parameter(s) {unknown}; this model takes "
+            f"{', '.join(REQUEST_PARAMETERS[:2])}"
+        )
     size = parameters.get("size", "upload")
     if size not in SIZES:
         raise bad_request(f"parameter 'size' must be one of {', '.join(SIZES)}, got {size!r}")
@@ -243,8 +252,9 @@ def _outputs(wire: WireRequest, model: ModelDir, binary_default: bool) -> tuple[
     for requested in wire.outputs:
         where = f"output {requested.name!r}"
         if requested.name not in names:
-            raise bad_request(f"unexpected output {requested.name!r}; this model has "
-                              f"{', '.join(names)}")  # fmt: skip
+            raise bad_request(
+                f"unexpected output {requested.name!r}; this model has {', '.join(names)}"
+            )
         if requested.name in seen:
             raise bad_request(f"output {requested.name!r} requested more than once")
         extra = sorted(set(requested.parameters) - {"binary_data"})

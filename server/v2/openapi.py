@@ -89,15 +89,22 @@ REQUEST_PARAMETERS = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "size": {"enum": list(SIZES), "description": "upload: maps at the image's size; model: at "
-                 "the model's input size (with max_side: bounded by it)"},
-        "max_side": {"type": "integer", "minimum": 1, "maximum": MAX_SIDE,
-                     "description": "the maps' longest side at most this, aspect kept"},
+        "size": {
+            "enum": list(SIZES),
+            "description": "upload: maps at the image's size; model: at "
+            "the model's input size (with max_side: bounded by it)",
+        },
+        "max_side": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_SIDE,
+            "description": "the maps' longest side at most this, aspect kept",
+        },
         "binary_data_output": {"type": "boolean", "description": "outputs raw after the JSON"},
         "timeout": {**UINT64, "description": "microseconds; 0: the server's own deadline"},
         "priority": {**UINT64, "description": "accepted, no effect"},
     },
-}  # fmt: skip
+}
 TENSOR_PARAMETERS = {"type": "object", "additionalProperties": SCALAR}
 
 
@@ -112,22 +119,45 @@ def tensor_input(name: str, datatype: str, shape: dict, data: dict) -> dict:
 
 
 DIMENSION = {"type": "integer", "minimum": 1, "maximum": UINT64_MAX}
-IMAGE_INPUT = tensor_input(IMAGE, "BYTES", {"const": [1]}, {
-    "type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1,
-    "description": "one encoded image file (JPEG, PNG, ...) in base64",
-})  # fmt: skip
-PIXELS_INPUT = tensor_input(PIXELS, "UINT8", {
-    "type": "array", "prefixItems": [DIMENSION, DIMENSION, DIMENSION, {"const": 3}],
-    "items": False, "minItems": 4, "description": "[N, H, W, 3]",
-}, {
-    "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255},
-    "description": "N * H * W * 3 values, row-major",
-})  # fmt: skip
+IMAGE_INPUT = tensor_input(
+    IMAGE,
+    "BYTES",
+    {"const": [1]},
+    {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1},
+        "minItems": 1,
+        "maxItems": 1,
+        "description": "one encoded image file (JPEG, PNG, ...) in base64",
+    },
+)
+PIXELS_INPUT = tensor_input(
+    PIXELS,
+    "UINT8",
+    {
+        "type": "array",
+        "prefixItems": [DIMENSION, DIMENSION, DIMENSION, {"const": 3}],
+        "items": False,
+        "minItems": 4,
+        "description": "[N, H, W, 3]",
+    },
+    {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 0, "maximum": 255},
+        "description": "N * H * W * 3 values, row-major",
+    },
+)
 EXAMPLE = {  # two RGB pixels of one frame, the class map back as JSON
-    "inputs": [{"name": PIXELS, "datatype": "UINT8", "shape": [1, 1, 2, 3],
-                "data": [0, 128, 255, 255, 128, 0]}],
+    "inputs": [
+        {
+            "name": PIXELS,
+            "datatype": "UINT8",
+            "shape": [1, 1, 2, 3],
+            "data": [0, 128, 255, 255, 128, 0],
+        }
+    ],
     "outputs": [{"name": "semseg"}],
-}  # fmt: skip
+}
 
 
 def infer_request_schema(output_names: list[str] | None = None) -> dict[str, Any]:
@@ -141,21 +171,29 @@ def infer_request_schema(output_names: list[str] | None = None) -> dict[str, Any
         "additionalProperties": False,
         "properties": {
             "name": name,
-            "parameters": {"type": "object", "additionalProperties": False,
-                           "properties": {"binary_data": {"type": "boolean"}}},
+            "parameters": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"binary_data": {"type": "boolean"}},
+            },
         },
-    }  # fmt: skip
+    }
     return {
         "type": "object",
         "required": ["inputs"],
         "properties": {
             "id": {"type": "string"},
             "parameters": REQUEST_PARAMETERS,
-            "inputs": {"type": "array", "items": {"oneOf": [IMAGE_INPUT, PIXELS_INPUT]},
-                       "minItems": 1, "maxItems": 1, "description": "exactly one: image or pixels"},
+            "inputs": {
+                "type": "array",
+                "items": {"oneOf": [IMAGE_INPUT, PIXELS_INPUT]},
+                "minItems": 1,
+                "maxItems": 1,
+                "description": "exactly one: image or pixels",
+            },
             "outputs": {"type": "array", "items": output, "description": "omitted: every output"},
         },
-    }  # fmt: skip
+    }
 
 
 def infer_openapi(output_names: list[str] | None = None) -> dict[str, Any]:

@@ -158,8 +158,9 @@ def _input(entry: dict[str, Any], binary: memoryview) -> tuple[WireTensor, int]:
     if size is None:
         if "data" not in entry:
             raise bad_request(f"input {name!r} has neither 'data' nor binary_data_size")
-        return WireTensor(name, datatype, shape, from_list(name, datatype, shape, entry["data"]),
-                          parameters), 0  # fmt: skip
+        return WireTensor(
+            name, datatype, shape, from_list(name, datatype, shape, entry["data"]), parameters
+        ), 0
     if "data" in entry:
         raise bad_request(f"input {name!r} has both 'data' and binary_data_size")
     if size < 0 or size > len(binary):
@@ -192,8 +193,9 @@ def encode_response(response: WireResponse) -> tuple[bytes, dict[str, str]]:
         parameters = dict(tensor.parameters)
         if tensor.name in response.binary_outputs:
             chunks.append(raw_view(tensor))  # no copy: the join below is the only one
-            parameters["binary_data_size"] = chunks[-1].nbytes if isinstance(
-                chunks[-1], memoryview) else len(chunks[-1])  # fmt: skip
+            parameters["binary_data_size"] = (
+                chunks[-1].nbytes if isinstance(chunks[-1], memoryview) else len(chunks[-1])
+            )
         else:
             entry["data"] = _json_data(tensor)
         if parameters:

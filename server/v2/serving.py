@@ -91,9 +91,13 @@ async def start_grpc(state: ServerState):
         state.metrics.observe_request("grpc", method, status, seconds)
 
     service = grpc_service.InferenceService(
-        state.model, server_version(), infer_call, is_ready=lambda: state.ready,
-        api_key=api_key, observe=observe,
-    )  # fmt: skip
+        state.model,
+        server_version(),
+        infer_call,
+        is_ready=lambda: state.ready,
+        api_key=api_key,
+        observe=observe,
+    )
     server, port = grpc_service.create_server(service, settings.host, settings.grpc_port)
     if not port:
         raise RuntimeError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")

@@ -23,11 +23,20 @@ Parameter = bool | int | float | str
 DTYPES: dict[str, np.dtype] = {
     name: np.dtype(code)
     for name, code in (
-        ("BOOL", "?"), ("UINT8", "u1"), ("UINT16", "<u2"), ("UINT32", "<u4"), ("UINT64", "<u8"),
-        ("INT8", "i1"), ("INT16", "<i2"), ("INT32", "<i4"), ("INT64", "<i8"),
-        ("FP16", "<f2"), ("FP32", "<f4"), ("FP64", "<f8"),
+        ("BOOL", "?"),
+        ("UINT8", "u1"),
+        ("UINT16", "<u2"),
+        ("UINT32", "<u4"),
+        ("UINT64", "<u8"),
+        ("INT8", "i1"),
+        ("INT16", "<i2"),
+        ("INT32", "<i4"),
+        ("INT64", "<i8"),
+        ("FP16", "<f2"),
+        ("FP32", "<f4"),
+        ("FP64", "<f8"),
     )
-}  # fmt: skip
+}
 DATATYPES = (*DTYPES, "BYTES")
 LENGTH_PREFIX = struct.Struct("<I")
 

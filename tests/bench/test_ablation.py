@@ -15,14 +15,33 @@ from model.metrics import delta_m
 from model.tasks import TASK_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--steps", "2", "--backbone-steps", "2", "--size", "16", "--width", "32", "--depth", "1",
-        "--eval-images", "4", "--workers", "0"]  # fmt: skip
+TINY = [
+    "--steps",
+    "2",
+    "--backbone-steps",
+    "2",
+    "--size",
+    "16",
+    "--width",
+    "32",
+    "--depth",
+    "1",
+    "--eval-images",
+    "4",
+    "--workers",
+    "0",
+]
 ROWS = ["single-task refs", "lora", "moe 16/4/0/4", "ase 16/3/1/4", "ase 32/6/2/2"]
 
 
 def ablation(out: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "bench.ablation", "--out", str(out), *TINY, *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ablation", "--out", str(out), *TINY, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

@@ -22,8 +22,19 @@ def run_script(module: str, *args: str) -> dict:
 
 def test_bench_server_reports_every_level_against_the_model(tmp_path):
     out = tmp_path / "server.json"
-    printed = run_script("bench.bench_server", "--image", "96x160", "--requests", "4",
-                         "--seconds", "30", "--threads", "1", "--json", str(out))  # fmt: skip
+    printed = run_script(
+        "bench.bench_server",
+        "--image",
+        "96x160",
+        "--requests",
+        "4",
+        "--seconds",
+        "30",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+    )
     assert json.loads(out.read_text()) == printed
     assert [level["concurrency"] for level in printed["server"]] == [1, 4, 16]
     for level in printed["server"]:
@@ -40,9 +51,21 @@ def test_bench_server_reports_every_level_against_the_model(tmp_path):
 
 
 def test_bench_server_reads_streamed_npz_at_model_size():
-    printed = run_script("bench.bench_server", "--image", "300x200", "--format", "npz",
-                         "--size", "model", "--requests", "3", "--concurrency", "1",
-                         "--threads", "1")  # fmt: skip
+    printed = run_script(
+        "bench.bench_server",
+        "--image",
+        "300x200",
+        "--format",
+        "npz",
+        "--size",
+        "model",
+        "--requests",
+        "3",
+        "--concurrency",
+        "1",
+        "--threads",
+        "1",
+    )
     assert printed["query"] == "/predict?format=npz&size=model"
     (level,) = printed["server"]
     assert level["requests"] == 3 and level["response_bytes"] > 128 * 128 * 5
@@ -66,21 +89,41 @@ def test_bench_render_compares_every_path_on_the_same_maps():
     assert {row["encoder"] for row in png} == {"ours", "pil", "cv2", "zlib_ng", "fpng"}
     assert all(row["bytes"] > 0 for row in png)
     assert [row["size"] for row in printed["render"]] == sizes
-    assert all(row["in_turn"]["wall_ms"] > 0 and row["job_per_task"]["cpu_ms"] > 0
-               for row in printed["render"])  # fmt: skip
+    assert all(
+        row["in_turn"]["wall_ms"] > 0 and row["job_per_task"]["cpu_ms"] > 0
+        for row in printed["render"]
+    )
 
 
 def test_bench_model_ab_rounds_report_shares_of_the_peak(tmp_path):
     out = tmp_path / "ab.json"
-    done = subprocess.run([sys.executable, "-m", "bench.bench_model", "--ab", "--sizes", "demo",
-                           "--repeats", "2", "--threads", "1", "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=240)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_model",
+            "--ab",
+            "--sizes",
+            "demo",
+            "--repeats",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     [result] = json.loads(out.read_text())  # unrounded: the table's figures are rounded
     assert result["size"] == "demo"
     assert result["peak_gflops"] == max(result["gemm_gflops"], result["ffn_gflops"]) > 0
-    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()
-            if line.startswith("| demo |")]  # fmt: skip
+    rows = [
+        line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| demo |")
+    ]
     assert [row[2].strip() for row in rows] == ["ase", "none"]
     for row in rows:
         measured = result[row[2].strip()]
@@ -92,8 +135,15 @@ def test_bench_model_ab_rounds_report_shares_of_the_peak(tmp_path):
 
 
 def test_reduced_decode_compares_both_decodes_on_the_same_scenes():
-    printed = run_script("bench.reduced_decode", "--sizes", "200x150:1,800x600:2",
-                         "--eval-side", "96", "--threads", "1")  # fmt: skip
+    printed = run_script(
+        "bench.reduced_decode",
+        "--sizes",
+        "200x150:1,800x600:2",
+        "--eval-side",
+        "96",
+        "--threads",
+        "1",
+    )
     small, large = printed["rows"]
     assert small["dct_scales"] == [1] and large["dct_scales"] == [2]  # 256 px at least
     tasks = {"semseg", "parts", "saliency", "normals", "edges"}
@@ -108,10 +158,21 @@ def test_reduced_decode_compares_both_decodes_on_the_same_scenes():
 
 def test_bench_v2_encoding_times_every_form():
     done = subprocess.run(
-        [sys.executable, "-m", "bench.bench_v2", "--encoding", "--image", "64x48",
-         "--requests", "3"],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_v2",
+            "--encoding",
+            "--image",
+            "64x48",
+            "--requests",
+            "3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     size, _, printed = done.stdout.strip().partition(" ")
     assert size == "64x48"

@@ -33,8 +33,11 @@ def wheel_of_installed(project: str, folder: Path) -> Path:
     dist = importlib.metadata.distribution(project)
     files = [file for file in dist.files if file.suffix != ".pyc" and ".." not in file.parts]
     info = next(file.parent for file in files if file.parent.name.endswith(".dist-info"))
-    tag = next(line.split(": ")[1] for line in dist.read_text("WHEEL").splitlines()
-               if line.startswith("Tag: "))  # fmt: skip
+    tag = next(
+        line.split(": ")[1]
+        for line in dist.read_text("WHEEL").splitlines()
+        if line.startswith("Tag: ")
+    )
     path = folder / f"{info.name.removesuffix('.dist-info')}-{tag}.whl"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for file in files:
@@ -48,8 +51,16 @@ def split_carried_wheels(root: Path) -> list[Path]:
     wheels.mkdir()
     for project in CARRIED:
         wheel_of_installed(project, wheels)
-    command = [sys.executable, "-m", "bench.gpu_wheel", "split", str(wheels), str(root / "parts"),
-               "--part-mib", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "bench.gpu_wheel",
+        "split",
+        str(wheels),
+        str(root / "parts"),
+        "--part-mib",
+        "1",
+    ]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=60)
     return sorted((root / "parts").glob("part*"), key=lambda part: int(part.name[4:]))
 
@@ -67,13 +78,35 @@ def rehearsal(tmp_path_factory):
     *first, last = split_carried_wheels(root)
     stash, site, out = root / "stash", root / "site", root / "out"
     for part in first:  # the runbook's earlier calls, one part each
-        subprocess.run([sys.executable, "-m", "bench.gpu_wheel", "receive", str(part), str(stash)],
-                       cwd=REPO, check=True, capture_output=True, timeout=60)  # fmt: skip
-    env = {**without_pydantic(), "GPU_PYTHON": sys.executable, "GPU_STASH": str(stash),
-           "GPU_SITE": str(site)}  # fmt: skip
-    command = ["bash", "bench/gpu_device.sh", str(last), str(out), "--device", "cpu",
-               "--checkpoint", str(checkpoint), "--sizes", "vits", "--jobs", "2",
-               "--repeats", "1"]  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "bench.gpu_wheel", "receive", str(part), str(stash)],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    env = {
+        **without_pydantic(),
+        "GPU_PYTHON": sys.executable,
+        "GPU_STASH": str(stash),
+        "GPU_SITE": str(site),
+    }
+    command = [
+        "bash",
+        "bench/gpu_device.sh",
+        str(last),
+        str(out),
+        "--device",
+        "cpu",
+        "--checkpoint",
+        str(checkpoint),
+        "--sizes",
+        "vits",
+        "--jobs",
+        "2",
+        "--repeats",
+        "1",
+    ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((out / "gpu_check.json").read_text()), out, done.stdout, site
@@ -85,8 +118,13 @@ def test_pydantic_comes_from_the_carried_wheels_only(rehearsal):
     for project in CARRIED:
         assert data["environment"]["carried"][project] == importlib.metadata.version(project)
     assert f"pydantic {importlib.metadata.version('pydantic')} {site}" in stdout
-    hidden = subprocess.run([sys.executable, "-c", "import pydantic"], env=without_pydantic(),
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    hidden = subprocess.run(
+        [sys.executable, "-c", "import pydantic"],
+        env=without_pydantic(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "No module named 'pydantic'" in hidden.stderr  # the simulation hides the venv's
 
 
@@ -115,8 +153,11 @@ def test_timings_cover_batches_tasks_precisions_and_graphs(rehearsal):
     for model in ("demo", "vits"):
         for precision in ("fp32", "fp16"):
             for graph in ("dense", "sparse"):
-                rows = [r for r in strict if (r["model"], r["precision"], r["graph"]) ==
-                        (model, precision, graph)]  # fmt: skip
+                rows = [
+                    r
+                    for r in strict
+                    if (r["model"], r["precision"], r["graph"]) == (model, precision, graph)
+                ]
                 assert {(r["batch"], r["tasks"]) for r in rows} == LAYOUTS
                 assert all(r["ms"] > 0 and r["host_ms"] > 0 and r["gflop"] > 0 for r in rows)
                 gflop = {(r["batch"], r["tasks"]): r["gflop"] for r in rows}
@@ -141,13 +182,21 @@ def test_the_check_imports_nothing_the_gpu_machine_lacks(rehearsal):
     pydantic (the exporter's metadata schema needs it: it comes from the carried wheels)."""
     site = rehearsal[3]
     blocked = ("pydantic_settings", "fastapi", "starlette", "uvicorn", "orjson", "isal")
-    probe = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
-             "import bench.gpu_check, bench.gpu_wheel; "
-             "assert 'server' not in {m.split('.')[0] for m in sys.modules}")  # fmt: skip
+    probe = (
+        f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+        "import bench.gpu_check, bench.gpu_wheel; "
+        "assert 'server' not in {m.split('.')[0] for m in sys.modules}"
+    )
 
     def run(env: dict[str, str]) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     with_carried = run(without_pydantic(site))
     assert with_carried.returncode == 0, with_carried.stderr[-2000:]
@@ -163,10 +212,22 @@ def test_a_run_past_its_budget_or_with_a_broken_graph_says_so(tmp_path):
     skipped = timings(None, label, {"size": 32}, plan, [(16, 5), (1, 1)])  # nothing is run
     assert skipped == [{**label, "batch": 16, "tasks": 5, "skipped": "deadline"}]
     report = Report(tmp_path / "out", {"timing": skipped})
-    report.add("parity", {**label, "case": "one task", "map_error": {"semseg": 1e-5},
-                          "map_mean_error": {"semseg": 1e-6}, "label_agreement": {"semseg": 1.0},
-                          "tokens_moved": 0.0, "gate_mass_error": 0.0, "failures": [],
-                          "passed": True, "router_identical": True, "gating": True})  # fmt: skip
+    report.add(
+        "parity",
+        {
+            **label,
+            "case": "one task",
+            "map_error": {"semseg": 1e-5},
+            "map_mean_error": {"semseg": 1e-6},
+            "label_agreement": {"semseg": 1.0},
+            "tokens_moved": 0.0,
+            "gate_mass_error": 0.0,
+            "failures": [],
+            "passed": True,
+            "router_identical": True,
+            "gating": True,
+        },
+    )
     assert report.passed
     report.add("errors", {**label, "error": "CheckError: asked for CUDAExecutionProvider"})
     assert not report.passed

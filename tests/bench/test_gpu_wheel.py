@@ -26,8 +26,13 @@ MIB = 1 << 20
 
 
 def wheel_cli(*args: str, cwd: Path = REPO) -> str:
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_wheel.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_wheel.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -43,8 +43,9 @@ def build_triton_venv() -> None:
     """``make triton-venv`` with this venv's ONNX Runtime version (same kernels, same values)."""
     command = ["make", "-s", "triton-venv", f"TRITON_ORT={onnxruntime.__version__}"]
     try:
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                              timeout=VENV_BUILD_TIMEOUT_S)  # fmt: skip
+        done = subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=VENV_BUILD_TIMEOUT_S
+        )
         problem = None if done.returncode == 0 else (done.stdout + done.stderr)[-3000:]
     except subprocess.TimeoutExpired:
         problem = f"make triton-venv took over {VENV_BUILD_TIMEOUT_S} s"
@@ -60,10 +61,24 @@ def triton(tmp_path_factory):
     http_port, grpc_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("triton") / "triton.log"
     process = subprocess.Popen(
-        [str(TRITON_PYTHON), "-m", "bench.triton_reference", "--model-dir", "demo/model",
-         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--threads", "1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(TRITON_PYTHON),
+            "-m",
+            "bench.triton_reference",
+            "--model-dir",
+            "demo/model",
+            "--http-port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     ready = threading.Event()
     threading.Thread(target=_drain, args=(process, log, ready), daemon=True).start()
     try:
@@ -131,12 +146,16 @@ def test_outputs_equal_the_projects_post_processing(sequence):
         for name, (datatype, value) in expected.items():
             got_type, got_value = got[name]
             assert (got_type, got_value.dtype, got_value.shape) == (
-                datatype, value.dtype, value.shape), f"{call.name}/{name}"  # fmt: skip
+                datatype,
+                value.dtype,
+                value.shape,
+            ), f"{call.name}/{name}"
             if value.dtype == np.uint8:
                 np.testing.assert_array_equal(got_value, value, err_msg=f"{call.name}/{name}")
             else:
-                np.testing.assert_allclose(got_value, value, atol=1e-5, rtol=0,
-                                           err_msg=f"{call.name}/{name}")  # fmt: skip
+                np.testing.assert_allclose(
+                    got_value, value, atol=1e-5, rtol=0, err_msg=f"{call.name}/{name}"
+                )
 
 
 def expected_outputs(runtime, rgb_frames, names, parameters) -> dict:
@@ -234,11 +253,32 @@ def test_bench_v2_runs_both_servers_in_alternating_rounds(triton, tmp_path):
     it starts both servers itself, and its summary is what its rounds say."""
     out = tmp_path / "v2.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.bench_v2", "--image", "64x48", "--concurrency", "1,2",
-         "--rounds", "2", "--requests", "3", "--warmup", "1", "--triton-threads", "1",
-         "--server-flags", "--threads 1", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_v2",
+            "--image",
+            "64x48",
+            "--concurrency",
+            "1,2",
+            "--rounds",
+            "2",
+            "--requests",
+            "3",
+            "--warmup",
+            "1",
+            "--triton-threads",
+            "1",
+            "--server-flags",
+            "--threads 1",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
     assert [(r["image"], r["concurrency"]) for r in results] == [("64x48", 1), ("64x48", 2)]

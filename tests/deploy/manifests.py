@@ -47,8 +47,10 @@ def kubectl() -> str:
 def _rendered_text(overlay: str) -> str:
     result = subprocess.run(
         [kubectl(), "kustomize", str(DEPLOY / overlay)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, f"kubectl kustomize deploy/{overlay}: {result.stderr}"
     return result.stdout
 
@@ -100,8 +102,18 @@ def port_number(container: dict, port: int | str) -> int:
 
 
 QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|m)?$")
-FACTORS = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}  # fmt: skip
+FACTORS = {
+    None: 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 
 
 def quantity(value: str | int) -> float:

@@ -22,25 +22,42 @@ from tests.deploy.manifests import DEPLOY, OVERLAYS, of_kind, rendered
 from tests.monitoring.tooling import require_binary
 
 PROTOCOLS = ("v1", "v2", "grpc-v1", "grpc-v2")  # KServe's InferenceServiceProtocol values
-PREDICTOR_IMPLEMENTATIONS = ("model", "containers", "sklearn", "xgboost", "tensorflow",
-                             "pytorch", "triton", "onnx", "huggingface", "pmml", "lightgbm",
-                             "paddle")  # fmt: skip
+PREDICTOR_IMPLEMENTATIONS = (
+    "model",
+    "containers",
+    "sklearn",
+    "xgboost",
+    "tensorflow",
+    "pytorch",
+    "triton",
+    "onnx",
+    "huggingface",
+    "pmml",
+    "lightgbm",
+    "paddle",
+)
 KSERVE_CONTAINER = "kserve-container"  # the predictor container's name KServe looks for
 RAW_MODES = ("RawDeployment", "Standard")  # KServe 0.16 renamed the first to the second
 REQUIRED = {
     "InferenceService": ("spec.predictor",),
-    "ServingRuntime": ("spec.containers[].name", "spec.containers[].image",
-                       "spec.supportedModelFormats[].name"),
-    "RayService": ("spec.serveConfigV2", "spec.rayClusterConfig.headGroupSpec.rayStartParams",
-                   "spec.rayClusterConfig.headGroupSpec.template.spec.containers[].name",
-                   "spec.rayClusterConfig.workerGroupSpecs[].groupName",
-                   "spec.rayClusterConfig.workerGroupSpecs[].minReplicas",
-                   "spec.rayClusterConfig.workerGroupSpecs[].maxReplicas",
-                   "spec.rayClusterConfig.workerGroupSpecs[].rayStartParams",
-                   "spec.rayClusterConfig.workerGroupSpecs[].template.spec.containers[].name"),
+    "ServingRuntime": (
+        "spec.containers[].name",
+        "spec.containers[].image",
+        "spec.supportedModelFormats[].name",
+    ),
+    "RayService": (
+        "spec.serveConfigV2",
+        "spec.rayClusterConfig.headGroupSpec.rayStartParams",
+        "spec.rayClusterConfig.headGroupSpec.template.spec.containers[].name",
+        "spec.rayClusterConfig.workerGroupSpecs[].groupName",
+        "spec.rayClusterConfig.workerGroupSpecs[].minReplicas",
+        "spec.rayClusterConfig.workerGroupSpecs[].maxReplicas",
+        "spec.rayClusterConfig.workerGroupSpecs[].rayStartParams",
+        "spec.rayClusterConfig.workerGroupSpecs[].template.spec.containers[].name",
+    ),
     "ServiceMonitor": ("spec.selector", "spec.endpoints[].port"),
     "PodMonitor": ("spec.selector", "spec.podMetricsEndpoints[].port"),
-}  # fmt: skip
+}
 ADAPTER_VALUES = DEPLOY / "prometheus-adapter" / "values.yaml"
 ADAPTER_RULE_FIELDS = ("seriesQuery", "resources", "name", "metricsQuery")
 
@@ -222,8 +239,11 @@ def test_every_hpa_pods_metric_is_served_by_a_rule():
 
 def test_adapter_queries_are_promql(tmp_path):
     """The adapter's Go templates filled in as it fills them, checked by promtool."""
-    fill = {"<<.Series>>": "ase_queue_depth", "<<.GroupBy>>": "pod",
-            "<<.LabelMatchers>>": 'namespace="ase",pod=~"ase-server-a|ase-server-b"'}  # fmt: skip
+    fill = {
+        "<<.Series>>": "ase_queue_depth",
+        "<<.GroupBy>>": "pod",
+        "<<.LabelMatchers>>": 'namespace="ase",pod=~"ase-server-a|ase-server-b"',
+    }
     expressions = []
     for rule in adapter_rules():
         query = rule["metricsQuery"]
@@ -235,6 +255,10 @@ def test_adapter_queries_are_promql(tmp_path):
     rules = {"groups": [{"name": "adapter", "rules": records}]}
     path = tmp_path / "adapter_rules.yml"
     path.write_text(yaml.safe_dump(rules))
-    result = subprocess.run([require_binary("promtool"), "check", "rules", str(path)],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [require_binary("promtool"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

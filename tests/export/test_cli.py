@@ -61,8 +61,16 @@ def test_sparse_dispatch_without_an_expert_bank(tmp_path, capsys):
 def test_script_mode_check_and_determinism(ase_dir, tmp_path):
     """Same checkpoint, another process, another directory: identical bytes everywhere."""
     out = tmp_path / "again"
-    command = [sys.executable, "export/to_onnx.py", checkpoint_of(ase_dir), "-o", out, "--check",
-               "--name", "ase-tiny"]  # fmt: skip
+    command = [
+        sys.executable,
+        "export/to_onnx.py",
+        checkpoint_of(ase_dir),
+        "-o",
+        out,
+        "--check",
+        "--name",
+        "ase-tiny",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "FAIL" not in done.stdout and done.stdout.count(": ok") == 8  # 2 graphs x 4 cases

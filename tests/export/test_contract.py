@@ -86,8 +86,11 @@ def newer_schema(data):
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (short_palette, "needs one class name and one palette colour per channel (6), got 6 "
-                        "names and 5 colours"),
+        (
+            short_palette,
+            "needs one class name and one palette colour per channel (6), got 6 "
+            "names and 5 colours",
+        ),
         (palette_on_a_probability_task, "only 'classes' tasks have class names and a palette"),
         (colour_out_of_range, "tasks.1.palette.1.0: Input should be less than or equal to 255"),
         (no_graph_hash, "graphs.dense.sha256: Field required"),
@@ -103,7 +106,7 @@ def newer_schema(data):
         (unknown_key, "adapters.raw: Extra inputs are not permitted"),
         (newer_schema, "schema_version 2 is not supported"),
     ],
-)  # fmt: skip
+)
 def test_export_and_server_refuse_the_same_broken_metadata(fake_dir, tmp_path, damage, message):
     broken = tmp_path / "broken"
     shutil.copytree(fake_dir, broken)

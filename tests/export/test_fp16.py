@@ -19,8 +19,9 @@ def test_fp16_graphs_within_documented_tolerance(tmp_path):
     assert 0 < worst <= TOLERANCES["fp16"].map_atol  # really fp16: not bit-equal to fp32
     for entry in metadata.graphs.values():
         graph = onnx.load(str(model_dir / entry.file))
-        float_io = {v.type.tensor_type.elem_type for v in (*graph.graph.input[:1],
-                                                           *graph.graph.output)}  # fmt: skip
+        float_io = {
+            v.type.tensor_type.elem_type for v in (*graph.graph.input[:1], *graph.graph.output)
+        }
         assert float_io == {onnx.TensorProto.FLOAT}  # contract 3 dtypes kept
         weights = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
         assert sum(int(np.prod(t.dims)) for t in weights) > 10_000  # weights stored in fp16

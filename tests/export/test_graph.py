@@ -32,9 +32,16 @@ def test_metadata_follows_contract(ase_dir):
     metadata = read_metadata(ase_dir)
     assert metadata.io.outputs == (*TASK_NAMES, "expert_tokens", "shared_gate_mass")
     assert json.loads((ase_dir / "metadata.json").read_text())["adapters"] == {
-        "spec": "16/3/1/4", "experts": 16, "k": 3, "shared": 1, "rank": 4, "routing": "ase",
-        "layers": 2, "tokens_per_stream": 16, "shared_experts": [15],
-    }  # fmt: skip
+        "spec": "16/3/1/4",
+        "experts": 16,
+        "k": 3,
+        "shared": 1,
+        "rank": 4,
+        "routing": "ase",
+        "layers": 2,
+        "tokens_per_stream": 16,
+        "shared_experts": [15],
+    }
     assert metadata.provider_graph == {
         "CUDAExecutionProvider": "sparse",
         "CPUExecutionProvider": "sparse",  # tiny: N*r = 64 > d = 32, so dense has no edge

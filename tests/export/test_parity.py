@@ -26,10 +26,13 @@ def test_ase_dense_and_sparse_match_eager(ase_dir):
 def test_more_task_layouts(ase_dir):
     cases = [
         StreamCase("edges first", 2, ((1, "edges"), (0, "semseg"), (1, "normals"))),
-        StreamCase("one image all tasks backwards", 1,
-                   tuple((0, t) for t in ("edges", "normals", "saliency", "parts", "semseg"))),
+        StreamCase(
+            "one image all tasks backwards",
+            1,
+            tuple((0, t) for t in ("edges", "normals", "saliency", "parts", "semseg")),
+        ),
         StreamCase("batch of 5, one task", 5, tuple((i, "parts") for i in range(5))),
-    ]  # fmt: skip
+    ]
     assert_passes(ase_dir, cases)
 
 

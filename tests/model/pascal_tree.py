@@ -10,8 +10,15 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-FOLDERS = ("JPEGImages", "ImageSets/Context", "semseg/VOC12", "human_parts",
-           "pascal-context/trainval", "normals_distill", "sal_distill")  # fmt: skip
+FOLDERS = (
+    "JPEGImages",
+    "ImageSets/Context",
+    "semseg/VOC12",
+    "human_parts",
+    "pascal-context/trainval",
+    "normals_distill",
+    "sal_distill",
+)
 PART_DTYPE = [("part_name", "O"), ("mask", "O")]
 OBJECT_DTYPE = [("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")]
 NYU_SOME, OTHER_SOME = (3, 4, 6, 9, 457), (1, 2, 5, 7, 458)  # in / not in the valid 170
@@ -37,11 +44,19 @@ def _write_parts(path: Path, shape, rng: np.random.Generator, person: bool) -> N
     objects = []
     if person:
         parts = _blocks(rng, shape, range(7), 3)
-        rows = [{"part_name": name, "mask": (parts == i + 1).astype(np.uint8)}
-                for i, name in enumerate(PART_NAMES)]  # fmt: skip
+        rows = [
+            {"part_name": name, "mask": (parts == i + 1).astype(np.uint8)}
+            for i, name in enumerate(PART_NAMES)
+        ]
         mask = (parts > 0).astype(np.uint8)
-        objects.append({"class": "person", "class_ind": 15, "mask": mask,
-                        "parts": matlab_struct(PART_DTYPE, rows)})  # fmt: skip
+        objects.append(
+            {
+                "class": "person",
+                "class_ind": 15,
+                "mask": mask,
+                "parts": matlab_struct(PART_DTYPE, rows),
+            }
+        )
     anno = np.zeros((1, 1), dtype=[("imname", "O"), ("objects", "O")])
     anno[0, 0]["imname"] = path.stem
     anno[0, 0]["objects"] = matlab_struct(OBJECT_DTYPE, objects)

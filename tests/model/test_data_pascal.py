@@ -18,8 +18,16 @@ from tests.model.pascal_tree import matlab_struct
 H, W = 12, 16
 NYU_CLASS, OTHER_CLASS = 4, 300  # in / not in the references' normals_valid_classes
 PART_DTYPE = [("part_name", "O"), ("mask", "O")]
-FOLDERS = ("JPEGImages", "ImageSets/Context", "semseg/VOC12", "semseg/pascal-context",
-           "human_parts", "pascal-context/trainval", "normals_distill", "sal_distill")  # fmt: skip
+FOLDERS = (
+    "JPEGImages",
+    "ImageSets/Context",
+    "semseg/VOC12",
+    "semseg/pascal-context",
+    "human_parts",
+    "pascal-context/trainval",
+    "normals_distill",
+    "sal_distill",
+)
 OBJECT_DTYPE = [("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")]
 
 
@@ -68,9 +76,11 @@ def _write_image(root, image_id, semseg_folder, person: bool):
         "parts": matlab_struct(PART_DTYPE, []),
     }
     person_obj = {
-        "class": "person", "class_ind": 15, "mask": _box(0, H, 0, 8),
+        "class": "person",
+        "class_ind": 15,
+        "mask": _box(0, H, 0, 8),
         "parts": matlab_struct(PART_DTYPE, [{"part_name": n, "mask": m} for n, m in PERSON_PARTS]),
-    }  # fmt: skip
+    }
     _write_parts(root / "human_parts" / f"{image_id}.mat", [person_obj, dog] if person else [dog])
     label_map = np.full((H, W), NYU_CLASS, dtype=np.uint16)
     label_map[:, W // 2 :] = OTHER_CLASS  # one vertical boundary between columns W/2-1 and W/2
@@ -198,8 +208,9 @@ def _random_label_map(rng: np.random.Generator) -> np.ndarray:
     height, width = (int(v) for v in rng.integers(3, 48, size=2))
     coarse = rng.integers(1, 460, size=(max(height // 4, 1), max(width // 4, 1)))
     labels = np.kron(coarse, np.ones((4, 4), dtype=np.int64))[:height, :width]
-    labels = np.pad(labels, ((0, height - labels.shape[0]), (0, width - labels.shape[1])),
-                    mode="edge")  # fmt: skip
+    labels = np.pad(
+        labels, ((0, height - labels.shape[0]), (0, width - labels.shape[1])), mode="edge"
+    )
     specks = rng.random((height, width)) < 0.03
     labels[specks] = rng.integers(1, 460, size=int(specks.sum()))
     return labels.astype(np.uint16)

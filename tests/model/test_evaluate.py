@@ -70,15 +70,17 @@ def test_constant_predictors_match_hand_computed_scores(scenes):
     saliency = np.stack([s.saliency for s in scenes])
     assert constants["semseg"] == np.bincount(semseg[semseg != 255].ravel()).argmax()
 
-    background = evaluate(constant_predictor(constants, TASK_NAMES, "synthetic", 0.0), loader,
-                          TASK_NAMES, "synthetic")  # fmt: skip
+    background = evaluate(
+        constant_predictor(constants, TASK_NAMES, "synthetic", 0.0), loader, TASK_NAMES, "synthetic"
+    )
     labelled = semseg[semseg != 255]
     share = (labelled == constants["semseg"]).mean()  # IoU of the majority class, others 0
     assert background["semseg"]["mIoU"] == pytest.approx(100 * share / 6)
     assert background["saliency"]["maxF"] == 0.0 and background["edges"]["odsF"] == 0.0
 
-    foreground = evaluate(constant_predictor(constants, TASK_NAMES, "synthetic", 1.0), loader,
-                          TASK_NAMES, "synthetic")  # fmt: skip
+    foreground = evaluate(
+        constant_predictor(constants, TASK_NAMES, "synthetic", 1.0), loader, TASK_NAMES, "synthetic"
+    )
     precision = (saliency == 1).sum() / (saliency != 255).sum()  # recall is 1
     f = 1.3 * precision / (0.3 * precision + 1)
     assert foreground["saliency"]["maxF"] == pytest.approx(100 * f)
@@ -95,9 +97,22 @@ def test_cli_writes_table_json_and_delta_m(tmp_path, capsys):
     checkpoint = save_checkpoint(tmp_path / "ckpt.pt", ASEModel(config), step=3)
     reference = {"semseg": 20.0, "parts": 10.0, "saliency": 30.0, "normals": 40.0, "edges": 5.0}
     (tmp_path / "ref.json").write_text(json.dumps(reference))
-    report = main([str(checkpoint), "--data", "synthetic", "--split", "test", "--count", "4",
-                   "--baselines", "--reference", str(tmp_path / "ref.json"),
-                   "--json", str(tmp_path / "out.json")])  # fmt: skip
+    report = main(
+        [
+            str(checkpoint),
+            "--data",
+            "synthetic",
+            "--split",
+            "test",
+            "--count",
+            "4",
+            "--baselines",
+            "--reference",
+            str(tmp_path / "ref.json"),
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
     written = json.loads((tmp_path / "out.json").read_text())
     assert written["step"] == 3 and written["images"] == 4
     assert set(written["results"]) == set(TASK_NAMES) and len(written["baselines"]) == 2

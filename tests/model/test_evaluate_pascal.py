@@ -60,8 +60,10 @@ def reference_miou(predictions: list[np.ndarray], labels: list[np.ndarray], clas
     iou = []
     for c in range(classes):
         tp = sum(int(((p == c) & (t == c)).sum()) for p, t in zip(predictions, labels, strict=True))
-        fp = sum(int(((p == c) & (t != c) & (t != 255)).sum())
-                 for p, t in zip(predictions, labels, strict=True))  # fmt: skip
+        fp = sum(
+            int(((p == c) & (t != c) & (t != 255)).sum())
+            for p, t in zip(predictions, labels, strict=True)
+        )
         fn = sum(int(((p != c) & (t == c)).sum()) for p, t in zip(predictions, labels, strict=True))
         iou.append(tp / (tp + fp + fn) if tp + fp + fn else 0.0)
     return 100 * float(np.mean(iou))
@@ -103,8 +105,10 @@ def random_predictor(produced: list[dict[str, torch.Tensor]]):
 
     def predict(images):
         batch = images.shape[0]
-        out = {task: torch.randn(batch, SPEC.channels(task), SIZE, SIZE, generator=generator)
-               for task in ("semseg", "parts")}  # fmt: skip
+        out = {
+            task: torch.randn(batch, SPEC.channels(task), SIZE, SIZE, generator=generator)
+            for task in ("semseg", "parts")
+        }
         for task in ("saliency", "edges"):
             out[task] = torch.rand(batch, 1, SIZE, SIZE, generator=generator)
         normals = torch.randn(batch, 3, SIZE, SIZE, generator=generator)
@@ -123,17 +127,34 @@ def test_scores_at_original_size_match_the_reference_protocols(root):
     per_image = [{t: p[t][i].numpy() for t in p} for p in produced for i in range(len(p["semseg"]))]
     ids = list(IMAGES)
     sizes = [IMAGES[i][0] for i in ids]
-    restored = [{task: server_restore_size(("classes" if task in ("semseg", "parts") else
-                                            "vector" if task == "normals" else "probability"),
-                                           p[task], size[1], size[0])
-                 for task in p} for p, size in zip(per_image, sizes, strict=True)]  # fmt: skip
-    semseg = reference_miou([r["semseg"] for r in restored],
-                            [reference_semseg(root, i) for i in ids], 21)  # fmt: skip
+    restored = [
+        {
+            task: server_restore_size(
+                (
+                    "classes"
+                    if task in ("semseg", "parts")
+                    else "vector"
+                    if task == "normals"
+                    else "probability"
+                ),
+                p[task],
+                size[1],
+                size[0],
+            )
+            for task in p
+        }
+        for p, size in zip(per_image, sizes, strict=True)
+    ]
+    semseg = reference_miou(
+        [r["semseg"] for r in restored], [reference_semseg(root, i) for i in ids], 21
+    )
     parts = reference_miou([r["parts"] for r in restored], [s.parts for s in source], 7)
-    sal_iou, sal_f = reference_mti_saliency([r["saliency"] for r in restored],
-                                            [reference_saliency(root, i) for i in ids])  # fmt: skip
-    normals = reference_normals_error([r["normals"].transpose(2, 0, 1) for r in restored], ids,
-                                      root)  # fmt: skip
+    sal_iou, sal_f = reference_mti_saliency(
+        [r["saliency"] for r in restored], [reference_saliency(root, i) for i in ids]
+    )
+    normals = reference_normals_error(
+        [r["normals"].transpose(2, 0, 1) for r in restored], ids, root
+    )
     assert results["semseg"]["mIoU"] == pytest.approx(semseg)
     assert results["parts"]["mIoU"] == pytest.approx(parts)
     assert results["saliency"]["mti_mIoU"] == pytest.approx(sal_iou)
@@ -147,8 +168,12 @@ def test_hand_built_constant_predictions(root):
     and 0 on the two with some, so mIoU = 100/3; precision and recall are 0: F = 0."""
     constants = {"semseg": 0, "parts": 0, "normals": [0.0, 0.0, 1.0]}
     loader = eval_loader(PascalContext(root, "val"), SIZE, TASK_NAMES, batch_size=3)
-    results = evaluate(constant_predictor(constants, TASK_NAMES, "pascal_context", 0.0), loader,
-                       TASK_NAMES, "pascal_context")  # fmt: skip
+    results = evaluate(
+        constant_predictor(constants, TASK_NAMES, "pascal_context", 0.0),
+        loader,
+        TASK_NAMES,
+        "pascal_context",
+    )
     assert results["saliency"]["mti_mIoU"] == pytest.approx(100 / 3)
     assert results["saliency"]["mti_maxF"] == 0.0 and results["saliency"]["maxF"] == 0.0
     labels = np.concatenate([reference_semseg(root, i).ravel() for i in IMAGES])

@@ -61,8 +61,10 @@ def test_fresh_adapters_leave_the_frozen_backbone_unchanged():
 def test_merged_equals_unmerged(variant):
     model = tiny_model(variant).eval()
     merged = model.merge()
-    x, (stream_image, stream_task) = images(3), streams([(0, "semseg"), (2, "normals"),
-                                                        (1, "edges"), (0, "parts")])  # fmt: skip
+    x, (stream_image, stream_task) = (
+        images(3),
+        streams([(0, "semseg"), (2, "normals"), (1, "edges"), (0, "parts")]),
+    )
     before, after = model(x, stream_image, stream_task), merged(x, stream_image, stream_task)
     assert not any(isinstance(m, LoRALinear) for m in merged.modules())
     assert any(isinstance(m, LoRALinear) for m in model.modules())  # merge copied, not mutated
@@ -93,9 +95,15 @@ def test_each_tasks_output_ignores_the_other_streams(variant):
     alone = {t: model(x, *streams([(0, t), (1, t)])).maps[t] for t in ("semseg", "normals")}
     mixes = [
         [(0, "semseg"), (1, "semseg"), (0, "normals"), (1, "normals")],
-        [(1, "edges"), (0, "normals"), (0, "semseg"), (0, "saliency"), (1, "normals"),
-         (1, "semseg")],
-    ]  # fmt: skip
+        [
+            (1, "edges"),
+            (0, "normals"),
+            (0, "semseg"),
+            (0, "saliency"),
+            (1, "normals"),
+            (1, "semseg"),
+        ],
+    ]
     for pairs in mixes:
         out = model(x, *streams(pairs))
         assert set(out.maps) == {t for _, t in pairs}  # tasks nobody asked for are absent

@@ -29,13 +29,19 @@ def timm_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
         "head.bias": rand(10),
     }
     shapes = {
-        "norm1.weight": (WIDTH,), "norm1.bias": (WIDTH,),
-        "attn.qkv.weight": (3 * WIDTH, WIDTH), "attn.qkv.bias": (3 * WIDTH,),
-        "attn.proj.weight": (WIDTH, WIDTH), "attn.proj.bias": (WIDTH,),
-        "norm2.weight": (WIDTH,), "norm2.bias": (WIDTH,),
-        "mlp.fc1.weight": (4 * WIDTH, WIDTH), "mlp.fc1.bias": (4 * WIDTH,),
-        "mlp.fc2.weight": (WIDTH, 4 * WIDTH), "mlp.fc2.bias": (WIDTH,),
-    }  # fmt: skip
+        "norm1.weight": (WIDTH,),
+        "norm1.bias": (WIDTH,),
+        "attn.qkv.weight": (3 * WIDTH, WIDTH),
+        "attn.qkv.bias": (3 * WIDTH,),
+        "attn.proj.weight": (WIDTH, WIDTH),
+        "attn.proj.bias": (WIDTH,),
+        "norm2.weight": (WIDTH,),
+        "norm2.bias": (WIDTH,),
+        "mlp.fc1.weight": (4 * WIDTH, WIDTH),
+        "mlp.fc1.bias": (4 * WIDTH,),
+        "mlp.fc2.weight": (WIDTH, 4 * WIDTH),
+        "mlp.fc2.bias": (WIDTH,),
+    }
     for block in range(DEPTH):
         for name, shape in shapes.items():
             state[f"blocks.{block}.{name}"] = rand(*shape)

@@ -43,8 +43,19 @@ def _counted_by_hooks(model, images):
 def test_cli_draws_every_task_and_reports_what_the_routers_did(tmp_path):
     model = tiny_model("ase", spec="8/2/2/2").eval()  # 6 routed experts, k=2, 2 shared
     checkpoint = save_checkpoint(tmp_path / "ckpt.pt", model, step=2)
-    result = main([str(checkpoint), "--data", "synthetic", "--split", "val",
-                   "--count", str(COUNT), "--out", str(tmp_path / "figs")])  # fmt: skip
+    result = main(
+        [
+            str(checkpoint),
+            "--data",
+            "synthetic",
+            "--split",
+            "val",
+            "--count",
+            str(COUNT),
+            "--out",
+            str(tmp_path / "figs"),
+        ]
+    )
     for name in (*TASK_NAMES, "tasks"):
         with Image.open(tmp_path / "figs" / f"{name}.png") as image:
             assert image.format == "PNG" and image.width > 200 and image.height > 100

@@ -147,10 +147,24 @@ def test_missing_dataset_root_and_layout_file_are_named(tmp_path):
 
 def test_cli_runs_as_a_module(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "model.train", "--preset", "tiny", "--out", str(tmp_path),
-         "--single-steps", "2", "--multi-steps", "2"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "model.train",
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--single-steps",
+            "2",
+            "--multi-steps",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(tmp_path / "ckpt.pt")[1]["step"] == 4
 
@@ -160,10 +174,26 @@ def test_two_gloo_processes_train(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "model.train",
-         "--preset", "tiny", "--out", str(tmp_path), "--device", "cpu"],
-        cwd=REPO, capture_output=True, text=True, timeout=110, env=env,
-    )  # fmt: skip
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "model.train",
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [r for r in _log(tmp_path) if "loss" in r]
     assert records and all(r["world"] == 2 for r in records)

@@ -258,9 +258,13 @@ def test_builder_install_steps_replayed_in_a_fresh_venv(tmp_path):
         "sys.argv = ['server', '--help']; runpy.run_module('server', run_name='__main__')"
     )
     result = subprocess.run(
-        [str(python), "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(registry)},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [str(python), "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(registry)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--model-dir" in result.stdout
     runtime_leaves_the_install_untouched(venv, registry, tmp_path)

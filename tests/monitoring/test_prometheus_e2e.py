@@ -119,9 +119,12 @@ def png(seed: int) -> bytes:
 
 def predict(server: str, tasks: str, seed: int) -> dict:
     response = httpx.post(
-        f"{server}/predict", params={"tasks": tasks, "router_stats": "true"},
-        content=png(seed), headers={"content-type": "image/png"}, timeout=30,
-    )  # fmt: skip
+        f"{server}/predict",
+        params={"tasks": tasks, "router_stats": "true"},
+        content=png(seed),
+        headers={"content-type": "image/png"},
+        timeout=30,
+    )
     assert response.status_code == 200, response.text
     return response.json()["router"]
 
@@ -192,11 +195,15 @@ def test_all_rules_load_and_evaluate_cleanly(prometheus, traffic):
 def test_collapse_alert_pends_exactly_where_one_expert_takes_most_tokens(prometheus, traffic):
     """The fake router routes 16 tokens by patch colour, so some layers do collapse."""
     alerts = httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-    pending = {(a["labels"]["layer"], a["labels"]["task"])
-               for a in alerts if a["labels"]["alertname"] == "ASERouterCollapsed"}  # fmt: skip
+    pending = {
+        (a["labels"]["layer"], a["labels"]["task"])
+        for a in alerts
+        if a["labels"]["alertname"] == "ASERouterCollapsed"
+    }
     fractions = query(prometheus, "layer_task:ase_expert_token_fraction:max_rate5m")
-    collapsed = {(s["metric"]["layer"], s["metric"]["task"])
-                 for s in fractions if float(s["value"][1]) > 0.9}  # fmt: skip
+    collapsed = {
+        (s["metric"]["layer"], s["metric"]["task"]) for s in fractions if float(s["value"][1]) > 0.9
+    }
     assert pending == collapsed
     others = {a["labels"]["alertname"] for a in alerts} - {"ASERouterCollapsed"}
     assert not others, others
@@ -204,10 +211,14 @@ def test_collapse_alert_pends_exactly_where_one_expert_takes_most_tokens(prometh
 
 @pytest.mark.parametrize(
     "record",
-    [rule["record"] for path in RULE_FILES
-     for group in yaml.safe_load(path.read_text())["groups"]
-     for rule in group["rules"] if "record" in rule],
-)  # fmt: skip
+    [
+        rule["record"]
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    ],
+)
 def test_every_recording_rule_returns_data(prometheus, traffic, record):
     rule = next(
         rule
@@ -260,8 +271,10 @@ def test_raw_expert_counters_equal_routed_tokens(prometheus, traffic):
     total = traffic["total"]
     routed = 'sum by (layer, task, expert) (ase_expert_tokens_total{kind="routed"})'
     result = query(prometheus, routed)
-    got = {(r["metric"]["layer"], r["metric"]["task"], r["metric"]["expert"]): float(r["value"][1])
-           for r in result}  # fmt: skip
+    got = {
+        (r["metric"]["layer"], r["metric"]["task"], r["metric"]["expert"]): float(r["value"][1])
+        for r in result
+    }
     assert got == dict(total.tokens)
     assert len(got) == LAYERS * 5 * (EXPERTS - SHARED)
     shared = query(prometheus, 'ase_expert_tokens_total{kind="shared"}')
@@ -312,8 +325,10 @@ def test_balance_statistics_match_the_recorded_shares(prometheus, traffic):
         shares[(s["metric"]["layer"], s["metric"]["task"])].append(float(s["value"][1]))
 
     def recorded(name: str) -> dict[tuple[str, str], float]:
-        return {(s["metric"]["layer"], s["metric"]["task"]): float(s["value"][1])
-                for s in query(prometheus, name, at)}  # fmt: skip
+        return {
+            (s["metric"]["layer"], s["metric"]["task"]): float(s["value"][1])
+            for s in query(prometheus, name, at)
+        }
 
     balance = recorded("layer_task:ase_expert_load_balancedness:ratio_rate5m")
     cv = recorded("layer_task:ase_expert_load_cv:ratio_rate5m")

@@ -17,11 +17,19 @@ RULE_TESTS = sorted((MONITORING / "tests").glob("*.yml"))
 DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
 
 CONTRACT_METRICS = {
-    "ase_requests_total", "ase_request_duration_seconds", "ase_queue_wait_seconds",
-    "ase_inference_duration_seconds", "ase_batch_size", "ase_batch_streams", "ase_queue_depth",
-    "ase_model_info", "ase_expert_tokens_total", "ase_stream_tokens_total",
-    "ase_shared_gate_mass_total", "ase_task_requests_total",
-}  # fmt: skip
+    "ase_requests_total",
+    "ase_request_duration_seconds",
+    "ase_queue_wait_seconds",
+    "ase_inference_duration_seconds",
+    "ase_batch_size",
+    "ase_batch_streams",
+    "ase_queue_depth",
+    "ase_model_info",
+    "ase_expert_tokens_total",
+    "ase_stream_tokens_total",
+    "ase_shared_gate_mass_total",
+    "ase_task_requests_total",
+}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 METRIC_NAME = re.compile(r"\b((?:[a-z_]+:)?ase_[a-z_]+(?::[a-z0-9_]+)?|up)\b(?!\s*\()")
 
@@ -74,8 +82,10 @@ def test_ray_config_differs_only_in_the_server_job():
     """monitoring/prometheus-ray.yml (Ray Serve replicas, tests/server/test_ray_cluster.py) keeps
     prometheus.yml's intervals, labels, rules and jobs; its server job has the same name, so
     the rules' and dashboards' job selectors hold."""
-    plain, ray = (yaml.safe_load((MONITORING / name).read_text())
-                  for name in ("prometheus.yml", "prometheus-ray.yml"))  # fmt: skip
+    plain, ray = (
+        yaml.safe_load((MONITORING / name).read_text())
+        for name in ("prometheus.yml", "prometheus-ray.yml")
+    )
     assert {k: v for k, v in ray.items() if k != "scrape_configs"} == {
         k: v for k, v in plain.items() if k != "scrape_configs"
     }
@@ -153,10 +163,17 @@ def test_expert_load_dashboard_has_the_issue_panels():
     assert dashboard["title"] == "ASE expert load"
     exprs = " ".join(expr for _, expr in dashboard_targets(dashboard))
     for needed in (
-        "ase_expert_load_share", "balancedness", "_cv:", "entropy", "shared_gate_share",
-        "ase_expert_dead", "ase_requests_total", "ase_request_duration_seconds_bucket",
-        "ase_queue_depth", "ase_batch_size",
-    ):  # fmt: skip
+        "ase_expert_load_share",
+        "balancedness",
+        "_cv:",
+        "entropy",
+        "shared_gate_share",
+        "ase_expert_dead",
+        "ase_requests_total",
+        "ase_request_duration_seconds_bucket",
+        "ase_queue_depth",
+        "ase_batch_size",
+    ):
         assert needed in exprs, needed
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     assert {"task", "layer"} <= variables

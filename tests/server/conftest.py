@@ -95,8 +95,14 @@ def random_image(seed: int, height: int = 40, width: int = 56) -> np.ndarray:
     """A smooth random picture: colour gradients plus blocks, so that maps have structure."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    base = np.stack([np.sin(6 * x + rng.uniform(0, 6)), np.cos(5 * y + rng.uniform(0, 6)),
-                     np.sin(4 * (x + y) + rng.uniform(0, 6))], axis=-1)  # fmt: skip
+    base = np.stack(
+        [
+            np.sin(6 * x + rng.uniform(0, 6)),
+            np.cos(5 * y + rng.uniform(0, 6)),
+            np.sin(4 * (x + y) + rng.uniform(0, 6)),
+        ],
+        axis=-1,
+    )
     noise = rng.uniform(-0.3, 0.3, (height // 8 + 1, width // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)
     return np.clip((base + noise[:height, :width] + 1) * 127.5, 0, 255).astype(np.uint8)
 

@@ -84,7 +84,17 @@ class LocalCluster:
 
         ray.shutdown()
         self.cluster.shutdown()
+        os.environ.pop("RAY_TMPDIR", None)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def use_for_ray_defaults(temp_dir: Path) -> None:
+    """Ray's default temp folder becomes ``temp_dir/ray``, created here. ``Cluster.add_node``
+    writes the head's address to ``<default>/ray_current_cluster`` whatever temp dir the nodes
+    were given, and does not create the folder: left to its default (``/tmp/ray``) the fixture
+    would depend on an earlier Ray run having made it."""
+    os.environ["RAY_TMPDIR"] = str(temp_dir)
+    (temp_dir / "ray").mkdir(exist_ok=True)
 
 
 def start_cluster() -> LocalCluster:
@@ -94,12 +104,17 @@ def start_cluster() -> LocalCluster:
 
     # Short: Ray's Unix sockets live under it, and their paths may not pass 107 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    use_for_ray_defaults(temp_dir)
     head = {
-        "num_cpus": 1, "resources": {SLOT: 1}, "temp_dir": str(temp_dir),
-        "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port(),
+        "num_cpus": 1,
+        "resources": {SLOT: 1},
+        "temp_dir": str(temp_dir),
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+        "dashboard_port": free_port(),
+        "dashboard_agent_listen_port": free_port(),
         "_system_config": {"metrics_report_interval_ms": METRICS_REPORT_MS},
-    }  # fmt: skip
+    }
     local = LocalCluster(Cluster(initialize_head=True, head_node_args=head), temp_dir)
     local.add_worker()
     ray.init(address=local.address, log_to_driver=False)

@@ -20,8 +20,9 @@ def decode_png(data: str) -> np.ndarray:
 
 def predict(server, body: bytes, content_type: str = "image/png", **params):
     with server.client() as client:
-        return client.post("/predict", params=params, content=body,
-                           headers={"Content-Type": content_type})  # fmt: skip
+        return client.post(
+            "/predict", params=params, content=body, headers={"Content-Type": content_type}
+        )
 
 
 def test_probes_and_model_description(server):
@@ -60,8 +61,9 @@ def test_json_has_every_task_at_the_image_size(server):
 
 
 def test_requested_tasks_only_and_router_stats(server):
-    response = predict(server, image_bytes(random_image(2)), tasks="normals,semseg",
-                       router_stats="true")  # fmt: skip
+    response = predict(
+        server, image_bytes(random_image(2)), tasks="normals,semseg", router_stats="true"
+    )
     body = response.json()
     assert list(body["tasks"]) == ["semseg", "normals"]
     router = body["router"]["semseg"]
@@ -125,8 +127,10 @@ def test_exif_orientation_is_applied(server):
     stored = np.rot90(rgb, k=1)  # (48, 32, 3)
     rotated = predict(server, image_bytes(stored, exif=exif), tasks="semseg").json()
     assert rotated["image"] == {"width": 48, "height": 32}
-    assert np.array_equal(decode_png(rotated["tasks"]["semseg"]["data"]),
-                          decode_png(upright["tasks"]["semseg"]["data"]))  # fmt: skip
+    assert np.array_equal(
+        decode_png(rotated["tasks"]["semseg"]["data"]),
+        decode_png(upright["tasks"]["semseg"]["data"]),
+    )
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "I;16", "CMYK", "LA", "1"])
@@ -151,8 +155,16 @@ def test_openapi_documents_parameters_and_errors(server):
         served = client.get("/v1/models").json()["name"]
     operation = schema["paths"]["/predict"]["post"]
     parameters = {p["name"]: p for p in operation["parameters"]}
-    assert set(parameters) == {"tasks", "format", "visualize", "alpha", "router_stats", "size",
-                               "max_side", "npz_normals"}  # fmt: skip
+    assert set(parameters) == {
+        "tasks",
+        "format",
+        "visualize",
+        "alpha",
+        "router_stats",
+        "size",
+        "max_side",
+        "npz_normals",
+    }
     assert all(p.get("description") for p in parameters.values())
     assert {"400", "401", "413", "415", "422", "503", "504"} <= set(operation["responses"])
     assert "multipart/form-data" in operation["requestBody"]["content"]
@@ -165,7 +177,13 @@ def test_openapi_documents_parameters_and_errors(server):
     infer = schema["paths"]["/v2/models/{model_name}/infer"]["post"]
     body = infer["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["outputs"]["items"]["properties"]["name"]["enum"] == [
-        "semseg", "parts", "saliency", "normals", "edges", "expert_tokens", "shared_gate_mass"
-    ]  # fmt: skip
+        "semseg",
+        "parts",
+        "saliency",
+        "normals",
+        "edges",
+        "expert_tokens",
+        "shared_gate_mass",
+    ]
     model_name = infer["parameters"][0]["schema"]
     assert model_name["enum"] == [served]

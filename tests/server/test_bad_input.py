@@ -43,8 +43,14 @@ CASES = [
     ("truncated_jpeg", JPEG[: len(JPEG) // 2], "image/jpeg", {}, 400, "invalid_image"),
     ("empty_body", b"", "image/png", {}, 400, "empty_body"),
     # A format PIL can read but the server does not accept: only the promised decoders run.
-    ("ppm_not_accepted", b"P6\n4 4\n255\n" + b"\x80" * 48, "image/x-portable-pixmap", {}, 400,
-     "invalid_image"),
+    (
+        "ppm_not_accepted",
+        b"P6\n4 4\n255\n" + b"\x80" * 48,
+        "image/x-portable-pixmap",
+        {},
+        400,
+        "invalid_image",
+    ),
     ("bomb", png_header_only(30000, 30000), "image/png", {}, 413, "image_too_large"),
     ("over_pixel_setting", png_header_only(3000, 3000), "image/png", {}, 413, "image_too_large"),
     ("too_big_body", b"\x00" * 300_000, "image/png", {}, 413, "payload_too_large"),
@@ -61,9 +67,15 @@ CASES = [
     ("max_side_negative", GOOD, "image/png", {"max_side": "-4"}, 422, "invalid_parameter"),
     ("max_side_text", GOOD, "image/png", {"max_side": "big"}, 422, "invalid_parameter"),
     ("max_side_huge", GOOD, "image/png", {"max_side": "70000"}, 422, "invalid_parameter"),
-    ("bad_npz_normals", GOOD, "image/png", {"format": "npz", "npz_normals": "half"}, 422,
-     "invalid_parameter"),
-]  # fmt: skip
+    (
+        "bad_npz_normals",
+        GOOD,
+        "image/png",
+        {"format": "npz", "npz_normals": "half"},
+        422,
+        "invalid_parameter",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +87,28 @@ def limited_server(model_dir, logs):
     server.stop()
 
 
-@pytest.mark.parametrize(("body", "content_type", "query", "status", "code"),
-                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "content_type", "query", "status", "code"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
 def test_bad_input_is_a_clear_4xx_and_harmless(
     limited_server, body, content_type, query, status, code
 ):
     with limited_server.client() as client:
-        response = client.post("/predict", params=query, content=body,
-                               headers={"Content-Type": content_type})  # fmt: skip
+        response = client.post(
+            "/predict", params=query, content=body, headers={"Content-Type": content_type}
+        )
         assert response.status_code == status, response.text
         error = response.json()["error"]
         assert error["code"] == code and error["status"] == status
         assert len(error["message"]) > 20
-        after = client.post("/predict", params={"tasks": "semseg"}, content=GOOD,
-                            headers={"Content-Type": "image/png"})  # fmt: skip
+        after = client.post(
+            "/predict",
+            params={"tasks": "semseg"},
+            content=GOOD,
+            headers={"Content-Type": "image/png"},
+        )
         assert after.status_code == 200
 
 
@@ -120,8 +140,12 @@ def test_a_big_image_within_limits_still_works(limited_server):
     big = np.zeros((1200, 1600, 3), np.uint8)
     query = {"tasks": "semseg", "format": "npz"}
     with limited_server.client() as client:
-        response = client.post("/predict", params=query, content=image_bytes(big),
-                               headers={"Content-Type": "image/png"})  # fmt: skip
+        response = client.post(
+            "/predict",
+            params=query,
+            content=image_bytes(big),
+            headers={"Content-Type": "image/png"},
+        )
     assert response.status_code == 200
     assert np.load(io.BytesIO(response.content))["semseg"].shape == (1200, 1600)
 
@@ -133,9 +157,11 @@ def multipart_parts(response) -> dict[str, tuple[str, bytes]]:
     assert message.is_multipart()
     return {
         part.get_param("name", header="content-disposition"): (
-            part.get_content_type(), part.get_payload(decode=True))
+            part.get_content_type(),
+            part.get_payload(decode=True),
+        )
         for part in message.iter_parts()
-    }  # fmt: skip
+    }
 
 
 def png_pixels(data: bytes) -> np.ndarray:
@@ -143,8 +169,9 @@ def png_pixels(data: bytes) -> np.ndarray:
 
 
 def predict(client, **query):
-    response = client.post("/predict", params=query, content=GOOD,
-                           headers={"Content-Type": "image/png"})  # fmt: skip
+    response = client.post(
+        "/predict", params=query, content=GOOD, headers={"Content-Type": "image/png"}
+    )
     assert response.status_code == 200, response.text
     return response
 

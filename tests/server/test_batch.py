@@ -39,15 +39,21 @@ def run(model_dir: Path, *args: str) -> int:
 
 
 def files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def served(server, body: bytes, **params) -> httpx.Response:
     response = httpx.post(
-        f"{server.url}/predict", params=params, content=body, timeout=30,
+        f"{server.url}/predict",
+        params=params,
+        content=body,
+        timeout=30,
         headers={"content-type": "application/octet-stream"},
-    )  # fmt: skip
+    )
     assert response.status_code == 200, response.text
     return response
 
@@ -55,8 +61,17 @@ def served(server, body: bytes, **params) -> httpx.Response:
 def test_command_writes_the_servers_maps_and_reports_the_corrupt_image(
     model_dir, server, images, tmp_path
 ):
-    command = [sys.executable, "-m", "server", "predict-dataset", str(images),
-               str(tmp_path / "out"), "--model-dir", str(model_dir), *FLAGS]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "predict-dataset",
+        str(images),
+        str(tmp_path / "out"),
+        "--model-dir",
+        str(model_dir),
+        *FLAGS,
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr  # one image failed; the others are written
     assert "8 images: 7 written, 0 skipped (already there), 1 failed" in result.stdout

@@ -105,8 +105,10 @@ def test_stop_waits_for_every_instance(runtimes):
         instances = [Held(first), Held(second)]
         batcher = Batcher([i.run for i in instances], model, metrics, 1, 0.0, 4)
         batcher.start()
-        jobs = [batcher.submit(preprocessed(model, n), (0,), time.monotonic() + WAIT_S)
-                for n in range(2)]  # fmt: skip
+        jobs = [
+            batcher.submit(preprocessed(model, n), (0,), time.monotonic() + WAIT_S)
+            for n in range(2)
+        ]
         await asyncio.to_thread(inside.wait, WAIT_S)  # both calls have started
         stopping = asyncio.create_task(batcher.stop(WAIT_S))
         await asyncio.sleep(0)

@@ -29,8 +29,9 @@ def decode_png(data: str) -> np.ndarray:
 
 def post(server, body: bytes, content_type: str = "image/png", **params) -> httpx.Response:
     with server.client() as client:
-        return client.post("/predict", params=params, content=body,
-                           headers={"Content-Type": content_type})  # fmt: skip
+        return client.post(
+            "/predict", params=params, content=body, headers={"Content-Type": content_type}
+        )
 
 
 def smooth_photo(height: int, width: int) -> np.ndarray:
@@ -156,8 +157,9 @@ async def burst(url: str, body: bytes) -> list[tuple[int, int, bytes]]:
 
     async def one(client: httpx.AsyncClient) -> tuple[int, int, bytes]:
         headers = {"Content-Type": "image/jpeg"}
-        async with client.stream("POST", "/predict", params={"format": "npz"}, content=body,
-                                 headers=headers) as answer:  # fmt: skip
+        async with client.stream(
+            "POST", "/predict", params={"format": "npz"}, content=body, headers=headers
+        ) as answer:
             size, tail = 0, b""
             async for chunk in answer.aiter_bytes(1 << 20):
                 size, tail = size + len(chunk), (tail + chunk)[-22:]
@@ -171,8 +173,16 @@ def test_a_burst_of_39_megapixel_npz_requests_stays_in_its_budget(model_dir, log
     """16 at once, each 622 MB of maps at upload size: the budget admits one at a time, two
     wait, the rest are told to come back (503); none is over-admitted, RSS peaks within the
     budget and returns near idle after."""
-    server = start_server(model_dir, logs, "--memory-budget-mb", str(BUDGET_MB),
-                          "--max-queue", str(QUEUE), "--timeout-s", "300")  # fmt: skip
+    server = start_server(
+        model_dir,
+        logs,
+        "--memory-budget-mb",
+        str(BUDGET_MB),
+        "--max-queue",
+        str(QUEUE),
+        "--timeout-s",
+        "300",
+    )
     try:
         body = image_bytes(smooth_photo(5400, 7200), "JPEG", quality=90)
         small = image_bytes(smooth_photo(480, 640), "JPEG", quality=90)
@@ -218,8 +228,9 @@ def test_frames_are_served_together_and_each_equals_its_lone_answer(model_dir):
         pipeline = Pipeline(model, batcher, budget, 10**8)
         batcher.start()
         try:
-            predictions = await pipeline.predict_frames(batch, request, time.monotonic() + 60,
-                                                        asyncio.Event().wait)  # fmt: skip
+            predictions = await pipeline.predict_frames(
+                batch, request, time.monotonic() + 60, asyncio.Event().wait
+            )
             assert budget.in_use == pipeline.plan_frames(batch, request).cost_bytes
             predictions[0].reservation.release()
             assert budget.in_use == 0

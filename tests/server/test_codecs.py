@@ -86,8 +86,11 @@ def test_model_routes_different_images_differently(model_dir):
     session = ort.InferenceSession(str(model.graphs["dense"]), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     images = rng.normal(0, 1.5, (2, 3, 32, 32)).astype(np.float32)
-    feeds = {"images": images, "stream_image": np.array([0, 1, 0], np.int64),
-             "stream_task": np.array([4, 4, 0], np.int64)}  # fmt: skip
+    feeds = {
+        "images": images,
+        "stream_image": np.array([0, 1, 0], np.int64),
+        "stream_task": np.array([4, 4, 0], np.int64),
+    }
     outputs = dict(zip(model.outputs, session.run(None, feeds), strict=True))
     assert outputs["edges"].shape == (2, 1, 32, 32) and outputs["semseg"].shape == (1, 6, 32, 32)
     assert outputs["parts"].shape[0] == 0  # nobody asked for parts: its head ran on no stream

@@ -31,8 +31,10 @@ def demo_server(logs):
 
 @pytest.fixture(scope="module")
 def scenes():
-    return [SyntheticScenes(128, SAMPLE_COUNT, seed=SAMPLE_SEED, split=SAMPLE_SPLIT)[i]
-            for i in range(SAMPLE_COUNT)]  # fmt: skip
+    return [
+        SyntheticScenes(128, SAMPLE_COUNT, seed=SAMPLE_SEED, split=SAMPLE_SPLIT)[i]
+        for i in range(SAMPLE_COUNT)
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ async def post_all(url: str, bodies: list[bytes], tasks: list[str | None]) -> li
                 params={"tasks": t} if t else {},
                 content=b,
                 headers={"Content-Type": "image/png"},
-            )  # fmt: skip
+            )
             for b, t in zip(bodies, tasks, strict=True)
         ]
         return await asyncio.gather(*requests)
@@ -120,12 +120,19 @@ def test_client_that_leaves_costs_no_model_time(slower_server):
     body = image_bytes(random_image(1))
     port = int(server.url.rsplit(":", 1)[1])
     with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(httpx.post, f"{server.url}/predict?tasks=edges", content=body,
-                           headers={"Content-Type": "image/png"}, timeout=30)  # fmt: skip
+        busy = pool.submit(
+            httpx.post,
+            f"{server.url}/predict?tasks=edges",
+            content=body,
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
         time.sleep(0.2)  # the first request reaches the model (a ~1 s call)
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            head = (f"POST /predict?tasks=semseg HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+            head = (
+                f"POST /predict?tasks=semseg HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
             sock.sendall(head + body)
             wait_for(lambda: metric(server.metrics(), "ase_queue_depth") == 1)  # queued behind
         assert busy.result().status_code == 200

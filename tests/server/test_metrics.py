@@ -28,8 +28,11 @@ def expected_router(model_dir, bodies_and_tasks):
         names = tasks.split(",") if tasks else list(model.task_names)
         task_ids = sorted(model.task(n).id for n in names)
         image = preprocess(decode_image(body, 10**8), model)[None]  # (1, 3, H, W)
-        feeds = {"images": image, "stream_image": np.zeros(len(task_ids), np.int64),
-                 "stream_task": np.array(task_ids, np.int64)}  # fmt: skip
+        feeds = {
+            "images": image,
+            "stream_image": np.zeros(len(task_ids), np.int64),
+            "stream_task": np.array(task_ids, np.int64),
+        }
         outputs = dict(zip(model.outputs, session.run(None, feeds), strict=True))
         for row, task_id in enumerate(task_ids):
             name = model.tasks[task_id].name
@@ -112,5 +115,10 @@ def post_when_ready(url: str, body: bytes, tasks: str) -> httpx.Response:
 
 
 def httpx_post(url: str, body: bytes, tasks: str) -> httpx.Response:
-    return httpx.post(f"{url}/predict", params={"tasks": tasks}, content=body,
-                      headers={"Content-Type": "image/png"}, timeout=30)  # fmt: skip
+    return httpx.post(
+        f"{url}/predict",
+        params={"tasks": tasks},
+        content=body,
+        headers={"Content-Type": "image/png"},
+        timeout=30,
+    )

@@ -31,22 +31,34 @@ ACCEPTANCE = "Schema-valid request rejected"
 # What OpenAPI cannot express, so that a schema-valid request may still be refused: these
 # answers, and no others, may fail the acceptance check (and only that check). Each entry:
 # (operation, status, the native error code or a fragment of the V2 error message, why).
-V2_INFER = ("POST /v2/models/{model_name}/infer",
-            "POST /v2/models/{model_name}/versions/{model_version}/infer")  # fmt: skip
+V2_INFER = (
+    "POST /v2/models/{model_name}/infer",
+    "POST /v2/models/{model_name}/versions/{model_version}/infer",
+)
 ALLOWED = [
     ("POST /predict", 400, "invalid_image", "a body that is not an image: the schema says binary"),
     ("POST /predict", 400, "empty_body", "an empty body is valid binary"),
     ("POST /predict", 422, "duplicate_task", "repeated task names: a pattern cannot forbid them"),
-    *((op, 400, fragment, why) for op in V2_INFER for fragment, why in (
-        ("is not valid JSON", "an octet-stream body must start with the JSON header: the binary "
-         "extension's layout is beyond OpenAPI"),
-        ("must be a JSON object", "the same: an octet-stream body whose header is not an object"),
-        ("values given for shape", "V2 tensor content: data's length vs the shape's product"),
-        ("the file in base64", "an image input that is not base64"),
-        ("is not an image", "an image input that is not an image"),
-        ("more than once", "repeated output names: uniqueItems compares whole objects"),
-    )),
-]  # fmt: skip
+    *(
+        (op, 400, fragment, why)
+        for op in V2_INFER
+        for fragment, why in (
+            (
+                "is not valid JSON",
+                "an octet-stream body must start with the JSON header: the binary "
+                "extension's layout is beyond OpenAPI",
+            ),
+            (
+                "must be a JSON object",
+                "the same: an octet-stream body whose header is not an object",
+            ),
+            ("values given for shape", "V2 tensor content: data's length vs the shape's product"),
+            ("the file in base64", "an image input that is not base64"),
+            ("is not an image", "an image input that is not an image"),
+            ("more than once", "repeated output names: uniqueItems compares whole objects"),
+        )
+    ),
+]
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES_PER_OPERATION,
     deadline=None,

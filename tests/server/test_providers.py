@@ -67,8 +67,9 @@ def test_cuda_request_without_a_gpu_serves_the_dense_graph_on_the_cpu(tmp_path):
         with server.client() as client:
             model = client.get("/v1/models").json()
             png = image_bytes(random_image(0))
-            body = client.post("/predict?tasks=semseg", content=png,
-                               headers={"Content-Type": "image/png"}).json()  # fmt: skip
+            body = client.post(
+                "/predict?tasks=semseg", content=png, headers={"Content-Type": "image/png"}
+            ).json()
     finally:
         server.stop()
     assert model["providers"] == [CPU] and model["graph"] == "model.dense.onnx"

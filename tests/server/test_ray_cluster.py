@@ -44,9 +44,12 @@ class ServeApp:
 
     def predict(self, body: bytes, tasks: str, **params) -> httpx.Response:
         response = httpx.post(
-            f"{self.url}/predict", params={"tasks": tasks, **params}, content=body,
-            headers={"content-type": "image/png"}, timeout=60,
-        )  # fmt: skip
+            f"{self.url}/predict",
+            params={"tasks": tasks, **params},
+            content=body,
+            headers={"content-type": "image/png"},
+            timeout=60,
+        )
         assert response.status_code == 200, response.text
         self.streams_sent += len(tasks.split(","))
         return response
@@ -56,9 +59,17 @@ def settings_for(model_dir: Path, **changes):
     from server.settings import Settings
 
     return Settings(
-        model_dir=model_dir, providers="cpu", threads=1, render_threads=1, max_batch=MAX_BATCH,
-        max_wait_ms=50, memory_budget_mb=256, ray_num_cpus=0.5, log_level="warning", **changes,
-    )  # fmt: skip
+        model_dir=model_dir,
+        providers="cpu",
+        threads=1,
+        render_threads=1,
+        max_batch=MAX_BATCH,
+        max_wait_ms=50,
+        memory_budget_mb=256,
+        ray_num_cpus=0.5,
+        log_level="warning",
+        **changes,
+    )
 
 
 def pinned(settings) -> dict:
@@ -150,15 +161,23 @@ def test_deployment_options_come_from_the_settings(model_dir):
     from server.ray_app import deployment_options
     from server.settings import Settings
 
-    settings = Settings(model_dir=model_dir, ray_num_cpus=2.5, ray_num_gpus=1,
-                        ray_min_replicas=0, ray_max_replicas=6, ray_target_ongoing_requests=3,
-                        ray_max_ongoing_requests=12)  # fmt: skip
+    settings = Settings(
+        model_dir=model_dir,
+        ray_num_cpus=2.5,
+        ray_num_gpus=1,
+        ray_min_replicas=0,
+        ray_max_replicas=6,
+        ray_target_ongoing_requests=3,
+        ray_max_ongoing_requests=12,
+    )
     options = deployment_options(settings)
     assert options["ray_actor_options"] == {"num_cpus": 2.5, "num_gpus": 1}
     scaling = options["autoscaling_config"]
     assert (scaling["min_replicas"], scaling["initial_replicas"], scaling["max_replicas"]) == (
-        0, 1, 6,
-    )  # fmt: skip
+        0,
+        1,
+        6,
+    )
     assert scaling["target_ongoing_requests"] == 3 and options["max_ongoing_requests"] == 12
     assert options["max_queued_requests"] == settings.max_queue
     per_replica = settings.per_ray_actor()  # threads "one per core" become the reserved CPUs
@@ -225,8 +244,10 @@ ROUTED_EXPR = 'sum by (layer, task, expert) (ase_expert_tokens_total{kind="route
 
 
 def expert_sums(prometheus: str) -> dict[tuple[str, str, str], float]:
-    return {(r["metric"]["layer"], r["metric"]["task"], r["metric"]["expert"]): float(r["value"][1])
-            for r in query(prometheus, ROUTED_EXPR)}  # fmt: skip
+    return {
+        (r["metric"]["layer"], r["metric"]["task"], r["metric"]["expert"]): float(r["value"][1])
+        for r in query(prometheus, ROUTED_EXPR)
+    }
 
 
 def test_expert_counters_summed_over_replicas_equal_the_routed_tokens(app, prometheus):
@@ -252,9 +273,13 @@ def test_expert_counters_summed_over_replicas_equal_the_routed_tokens(app, prome
 def test_rules_and_dashboards_read_the_replicas(app, prometheus):
     """The project's rules, unchanged, evaluate on the replicas' renamed series."""
     settled(prometheus, app)
-    records = [rule["record"] for path in RULE_FILES
-               for group in yaml.safe_load(path.read_text())["groups"]
-               for rule in group["rules"] if "record" in rule]  # fmt: skip
+    records = [
+        rule["record"]
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    ]
     empty = [record for record in records if not query(prometheus, record)]
     assert not empty, f"recording rules without data: {empty}"
     for path in DASHBOARDS:
@@ -267,15 +292,31 @@ def test_rules_and_dashboards_read_the_replicas(app, prometheus):
 
 
 def outputs_of(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def predict_dataset(*args: str) -> subprocess.CompletedProcess:
     """One image per model call: float32 normals move by ~1e-6 with the batch's size, and the
     two runs batch differently (tests/server/test_batch.py)."""
-    command = [sys.executable, "-m", "server", "predict-dataset", *args, "--providers", "cpu",
-               "--threads", "1", "--max-batch", "1", "--log-level", "warning"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "predict-dataset",
+        *args,
+        "--providers",
+        "cpu",
+        "--threads",
+        "1",
+        "--max-batch",
+        "1",
+        "--log-level",
+        "warning",
+    ]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
 
 
@@ -288,9 +329,19 @@ def test_batch_prediction_on_ray_data_equals_the_plain_run(app, model_dir, tmp_p
     (images / "corrupt.png").write_bytes(image_bytes(random_image(99))[:200])
     model = ("--model-dir", str(model_dir))
     plain = predict_dataset(str(images), str(tmp_path / "plain"), "--format", "npz", *model)
-    on_ray = predict_dataset(str(images), str(tmp_path / "ray"), "--format", "npz", *model,
-                             "--ray", app.cluster.address, "--actors", "2",
-                             "--ray-num-cpus", "0.5")  # fmt: skip
+    on_ray = predict_dataset(
+        str(images),
+        str(tmp_path / "ray"),
+        "--format",
+        "npz",
+        *model,
+        "--ray",
+        app.cluster.address,
+        "--actors",
+        "2",
+        "--ray-num-cpus",
+        "0.5",
+    )
     for run in (plain, on_ray):
         assert run.returncode == 1, run.stderr[-3000:]  # one image failed, the rest written
         assert "12 written, 0 skipped (already there), 1 failed" in run.stdout, run.stdout
@@ -309,10 +360,15 @@ def test_removing_the_worker_node_leaves_the_service_answering(app):
     app.cluster.remove_worker()
     body = image_bytes(random_image(7))
     statuses = [
-        httpx.post(f"{app.url}/predict", params={"tasks": "semseg"}, content=body,
-                   headers={"content-type": "image/png"}, timeout=60).status_code
+        httpx.post(
+            f"{app.url}/predict",
+            params={"tasks": "semseg"},
+            content=body,
+            headers={"content-type": "image/png"},
+            timeout=60,
+        ).status_code
         for _ in range(10)
-    ]  # fmt: skip
+    ]
     assert statuses == [200] * 10
     assert set(replica_nodes().values()) == {app.cluster.cluster.head_node.node_id}
 
@@ -334,8 +390,11 @@ def settled_replicas() -> int | None:
 
 def test_bounded_load_scales_from_one_replica_to_two_and_back(app, model_dir):
     app.cluster.add_worker()  # the node removed above: room for a second replica again
-    deploy(settings_for(model_dir, ray_min_replicas=1, ray_max_replicas=2,
-                        ray_target_ongoing_requests=2))  # fmt: skip
+    deploy(
+        settings_for(
+            model_dir, ray_min_replicas=1, ray_max_replicas=2, ray_target_ongoing_requests=2
+        )
+    )
     wait_until(lambda: settled_replicas() == 1, 60, "one replica")
     stop_load, body = threading.Event(), image_bytes(random_image(3))
     give_up = time.monotonic() + 90
@@ -344,9 +403,14 @@ def test_bounded_load_scales_from_one_replica_to_two_and_back(app, model_dir):
         statuses = Counter()
         with httpx.Client(timeout=60) as client:
             while not stop_load.is_set() and time.monotonic() < give_up:
-                statuses[client.post(f"{app.url}/predict", params={"tasks": "semseg"},
-                                     content=body, headers={"content-type": "image/png"},
-                                     ).status_code] += 1  # fmt: skip
+                statuses[
+                    client.post(
+                        f"{app.url}/predict",
+                        params={"tasks": "semseg"},
+                        content=body,
+                        headers={"content-type": "image/png"},
+                    ).status_code
+                ] += 1
         return statuses
 
     with ThreadPoolExecutor(8) as pool:
@@ -363,10 +427,25 @@ def test_bounded_load_scales_from_one_replica_to_two_and_back(app, model_dir):
 def test_python_m_server_ray_serves_until_stopped(app, model_dir, tmp_path):
     """The one command: ``python -m server --ray ADDRESS`` deploys the application (here it
     replaces the tests' own), serves through Serve's proxy, and deletes it on SIGTERM."""
-    command = [sys.executable, "-m", "server", "--ray", app.cluster.address,
-               "--model-dir", str(model_dir), "--providers", "cpu", "--threads", "1",
-               "--ray-num-cpus", "0.5", "--ray-max-replicas", "1",
-               "--log-level", "warning"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "--ray",
+        app.cluster.address,
+        "--model-dir",
+        str(model_dir),
+        "--providers",
+        "cpu",
+        "--threads",
+        "1",
+        "--ray-num-cpus",
+        "0.5",
+        "--ray-max-replicas",
+        "1",
+        "--log-level",
+        "warning",
+    ]
     before = set(replica_nodes())
     log = (tmp_path / "ray-server.log").open("w")
     process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -377,9 +456,13 @@ def test_python_m_server_ray_serves_until_stopped(app, model_dir, tmp_path):
 
     try:
         wait_until(replaced, 90, "the command's own replica")
-        response = httpx.post(f"{app.url}/predict", params={"tasks": "edges", "format": "png"},
-                              content=image_bytes(random_image(5)),
-                              headers={"content-type": "image/png"}, timeout=60)  # fmt: skip
+        response = httpx.post(
+            f"{app.url}/predict",
+            params={"tasks": "edges", "format": "png"},
+            content=image_bytes(random_image(5)),
+            headers={"content-type": "image/png"},
+            timeout=60,
+        )
         assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
     finally:
         process.terminate()

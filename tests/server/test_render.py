@@ -56,8 +56,9 @@ def test_png_of_a_strided_view_and_of_a_smooth_map():
 def test_preprocess_equals_the_per_pixel_definition(shape):
     """The lookup-table normalisation gives the same float32 values as computing
     ``(resized / 255 - mean) / std`` for every pixel."""
-    model = SimpleNamespace(height=128, width=128, mean=(0.485, 0.456, 0.406),
-                            std=(0.229, 0.224, 0.225))  # fmt: skip
+    model = SimpleNamespace(
+        height=128, width=128, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    )
     rgb = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
     resized = Image.fromarray(rgb).resize((128, 128), Image.Resampling.BILINEAR)
     scaled = np.asarray(resized, dtype=np.float32) / 255.0  # (H, W, 3)

@@ -25,8 +25,9 @@ def random_sizes(count: int, seed: int) -> list[tuple[int, int, int, int]]:
     for _ in range(count):
         model_width, model_height = (int(v) for v in rng.integers(1, 24, 2))
         factors = rng.choice([0.3, 0.7, 1.0, 1.6, 3.3, 9.1], 2) * rng.uniform(0.8, 1.25, 2)
-        width, height = (max(1, round(s * f)) for s, f in zip((model_width, model_height),
-                                                             factors, strict=True))  # fmt: skip
+        width, height = (
+            max(1, round(s * f)) for s, f in zip((model_width, model_height), factors, strict=True)
+        )
         sizes.append((model_width, model_height, width, height))
     return sizes + [(1, 1, 5, 3), (7, 5, 1, 1), (3, 4, 3, 4), (16, 12, 1200, 37)]
 
@@ -48,8 +49,10 @@ def definition(kind: str, values: np.ndarray, width: int, height: int, dtype) ->
     if kind == "classes":
         ids = Image.fromarray(class_ids(values)).resize((width, height), Image.Resampling.NEAREST)
         return np.asarray(ids)
-    planes = [np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR))
-              for p in values]  # fmt: skip
+    planes = [
+        np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR))
+        for p in values
+    ]
     if kind == "probability":
         result = np.clip(planes[0], 0.0, 1.0)
     else:
@@ -59,9 +62,16 @@ def definition(kind: str, values: np.ndarray, width: int, height: int, dtype) ->
     return maps.to_uint8(kind, result) if dtype == np.uint8 else result
 
 
-@pytest.mark.parametrize(("kind", "dtype"), [("classes", np.uint8), ("probability", np.uint8),
-                           ("probability", np.float32), ("vector", np.uint8),
-                           ("vector", np.float32)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "dtype"),
+    [
+        ("classes", np.uint8),
+        ("probability", np.uint8),
+        ("probability", np.float32),
+        ("vector", np.uint8),
+        ("vector", np.float32),
+    ],
+)
 def test_rasters_equal_the_definition_at_random_sizes(kind, dtype):
     for index, (model_width, model_height, width, height) in enumerate(random_sizes(40, 7)):
         values = prediction(kind, model_width, model_height, seed=index)

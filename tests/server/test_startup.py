@@ -90,9 +90,12 @@ def test_empty_model_dir_exits_with_a_message(tmp_path):
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(("--max-batch", "0"), "max_batch"), (("--providers", "gpu"), "unknown provider"),
-     (("--port", "http"), "port")],
-)  # fmt: skip
+    [
+        (("--max-batch", "0"), "max_batch"),
+        (("--providers", "gpu"), "unknown provider"),
+        (("--port", "http"), "port"),
+    ],
+)
 def test_bad_setting_exits_with_a_message(model_dir, flags, message):
     result = run_server("--model-dir", str(model_dir), *flags)
     assert result.returncode == 2 and "bad setting" in result.stderr and message in result.stderr

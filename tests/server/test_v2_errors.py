@@ -30,8 +30,20 @@ INFER_GRPC = {"protocol": "grpc", "endpoint": "ModelInfer"}
 
 @pytest.fixture(scope="module")
 def limited(slow_model_dir, logs):
-    flags = ("--max-batch", "1", "--max-queue", "2", "--max-wait-ms", "0", "--timeout-s", "20",
-             "--max-body-bytes", str(MAX_BODY), "--max-pixels", str(MAX_PIXELS))  # fmt: skip
+    flags = (
+        "--max-batch",
+        "1",
+        "--max-queue",
+        "2",
+        "--max-wait-ms",
+        "0",
+        "--timeout-s",
+        "20",
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--max-pixels",
+        str(MAX_PIXELS),
+    )
     server = start_v2_server(slow_model_dir, logs, *flags)
     server.model = load_model_dir(slow_model_dir)
     yield server
@@ -51,8 +63,9 @@ def grpc_error(server, **call) -> tuple[str, str]:
 
 def failure(client, server, inputs, outputs=None, model=None, version="", **kwargs):
     with pytest.raises(InferenceServerException) as failed:
-        client.infer(model or server.model.name, inputs, model_version=version, outputs=outputs,
-                     **kwargs)  # fmt: skip
+        client.infer(
+            model or server.model.name, inputs, model_version=version, outputs=outputs, **kwargs
+        )
     return failed.value.status(), failed.value.message()
 
 
@@ -63,31 +76,86 @@ def both(module):
 # (name, the call for REST, the call for gRPC (None: not a gRPC error), status, gRPC code,
 # words of the message)
 CASES = [
-    ("unknown output", lambda s, m: {"inputs": [both(m)],
-                                     "outputs": [m.InferRequestedOutput("depth")]},
-     True, "400", "INVALID_ARGUMENT", "unexpected output 'depth'"),
-    ("unknown parameter", lambda s, m: {"inputs": [both(m)], "parameters": {"max-side": 3}},
-     True, "400", "INVALID_ARGUMENT", "unknown request parameter"),
-    ("not an image", lambda s, m: {"inputs": [image_input(m, b"plain text, no image" * 4)]},
-     True, "400", "INVALID_ARGUMENT", "not an image"),
-    ("unknown model", lambda s, m: {"inputs": [both(m)], "model": "nope"},
-     True, "404", "NOT_FOUND", "unknown model 'nope'"),
-    ("unknown version", lambda s, m: {"inputs": [both(m)], "version": "7"},
-     True, "404", "NOT_FOUND", "no version '7'"),
-    ("image over the pixel limit", lambda s, m: {"inputs": [image_input(
-        m, png_header_only(300, 300))]}, True, "413", "RESOURCE_EXHAUSTED", "the limit is 50000"),
-    ("frames over the pixel limit", lambda s, m: {"inputs": [pixels_input(
-        m, np.zeros((1, 250, 250, 3), np.uint8))]}, True, "413", "RESOURCE_EXHAUSTED",
-     "the limit is 50000"),
-    ("body over the limit", lambda s, m: {"inputs": [pixels_input(
-        m, np.zeros((3, 200, 200, 3), np.uint8))]}, False, "413", None, "limit"),
-    ("past the deadline", lambda s, m: {"inputs": [both(m)], "timeout": 1},  # microseconds
-     True, "504", "DEADLINE_EXCEEDED", "not served within"),
-]  # fmt: skip
+    (
+        "unknown output",
+        lambda s, m: {"inputs": [both(m)], "outputs": [m.InferRequestedOutput("depth")]},
+        True,
+        "400",
+        "INVALID_ARGUMENT",
+        "unexpected output 'depth'",
+    ),
+    (
+        "unknown parameter",
+        lambda s, m: {"inputs": [both(m)], "parameters": {"max-side": 3}},
+        True,
+        "400",
+        "INVALID_ARGUMENT",
+        "unknown request parameter",
+    ),
+    (
+        "not an image",
+        lambda s, m: {"inputs": [image_input(m, b"plain text, no image" * 4)]},
+        True,
+        "400",
+        "INVALID_ARGUMENT",
+        "not an image",
+    ),
+    (
+        "unknown model",
+        lambda s, m: {"inputs": [both(m)], "model": "nope"},
+        True,
+        "404",
+        "NOT_FOUND",
+        "unknown model 'nope'",
+    ),
+    (
+        "unknown version",
+        lambda s, m: {"inputs": [both(m)], "version": "7"},
+        True,
+        "404",
+        "NOT_FOUND",
+        "no version '7'",
+    ),
+    (
+        "image over the pixel limit",
+        lambda s, m: {"inputs": [image_input(m, png_header_only(300, 300))]},
+        True,
+        "413",
+        "RESOURCE_EXHAUSTED",
+        "the limit is 50000",
+    ),
+    (
+        "frames over the pixel limit",
+        lambda s, m: {"inputs": [pixels_input(m, np.zeros((1, 250, 250, 3), np.uint8))]},
+        True,
+        "413",
+        "RESOURCE_EXHAUSTED",
+        "the limit is 50000",
+    ),
+    (
+        "body over the limit",
+        lambda s, m: {"inputs": [pixels_input(m, np.zeros((3, 200, 200, 3), np.uint8))]},
+        False,
+        "413",
+        None,
+        "limit",
+    ),
+    (
+        "past the deadline",
+        lambda s, m: {"inputs": [both(m)], "timeout": 1},  # microseconds
+        True,
+        "504",
+        "DEADLINE_EXCEEDED",
+        "not served within",
+    ),
+]
 
 
-@pytest.mark.parametrize(("make", "on_grpc", "status", "code", "words"),
-                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("make", "on_grpc", "status", "code", "words"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
 def test_each_error_with_its_status_over_rest_and_grpc(limited, make, on_grpc, status, code, words):
     got = rest_error(limited, **make(limited, httpclient))
     assert got[0] == status and words in got[1], got
@@ -122,8 +190,9 @@ def test_media_types_and_encodings_that_are_no_request_are_415(limited):
 async def flood(server, count: int):
     """``count`` requests at once over REST and as many over gRPC (tritonclient's bodies and
     messages): (REST responses, gRPC outcomes: None for success, else the AioRpcError)."""
-    body, headers = http_body([image_input(httpclient, IMAGE)],
-                              [httpclient.InferRequestedOutput("edges")])  # fmt: skip
+    body, headers = http_body(
+        [image_input(httpclient, IMAGE)], [httpclient.InferRequestedOutput("edges")]
+    )
     message = grpc_message([image_input(grpcclient, IMAGE)], model=server.model.name)
     url = f"{server.url}/v2/models/{server.model.name}/infer"
 
@@ -157,7 +226,8 @@ def test_a_full_queue_is_503_with_retry_after_on_both(limited):
 
     def moved(labels, status):
         return metric(after, "ase_requests_total", **labels, status=status) - metric(
-            before, "ase_requests_total", **labels, status=status)  # fmt: skip
+            before, "ase_requests_total", **labels, status=status
+        )
 
     assert moved(INFER_REST, "503") == len(refused)  # counted by protocol and status
     assert moved(INFER_GRPC, "503") == len(unavailable)

@@ -47,8 +47,9 @@ CHANNEL = [("grpc.max_receive_message_length", MESSAGE), ("grpc.max_send_message
 
 @pytest.fixture(scope="module")
 def v2(model_dir, logs):
-    server = start_v2_server(model_dir, logs, "--max-batch", "8", "--max-wait-ms", "40",
-                             "--api-key", KEY)  # fmt: skip
+    server = start_v2_server(
+        model_dir, logs, "--max-batch", "8", "--max-wait-ms", "40", "--api-key", KEY
+    )
     server.model = load_model_dir(model_dir)
     yield server
     server.stop()
@@ -88,12 +89,14 @@ def infer(server, client: str, tensor, outputs=None, binary=True, **kwargs) -> d
     wanted = requested(client, outputs, binary)
     if client == "http":
         with httpclient.InferenceServerClient(server.url[7:], network_timeout=60) as http:
-            result = http.infer(server.model.name, [tensor], outputs=wanted, headers=http_key(),
-                                **kwargs)  # fmt: skip
+            result = http.infer(
+                server.model.name, [tensor], outputs=wanted, headers=http_key(), **kwargs
+            )
     elif client == "grpc":
         with grpcclient.InferenceServerClient(server.grpc, channel_args=CHANNEL) as grpc:
-            result = grpc.infer(server.model.name, [tensor], outputs=wanted, headers=grpc_key(),
-                                **kwargs)  # fmt: skip
+            result = grpc.infer(
+                server.model.name, [tensor], outputs=wanted, headers=grpc_key(), **kwargs
+            )
     else:
         result = asyncio.run(infer_async(server, client, tensor, wanted, **kwargs))
     return outputs_of(result)
@@ -107,8 +110,9 @@ async def infer_async(server, client: str, tensor, wanted, **kwargs):
         aio = grpcaio.InferenceServerClient(server.grpc, channel_args=CHANNEL)
         headers = grpc_key()
     try:
-        return await aio.infer(server.model.name, [tensor], outputs=wanted, headers=headers,
-                               **kwargs)  # fmt: skip
+        return await aio.infer(
+            server.model.name, [tensor], outputs=wanted, headers=headers, **kwargs
+        )
     finally:
         await aio.close()
 
@@ -122,8 +126,11 @@ def outputs_of(result) -> dict:
         datatype = entry["datatype"] if isinstance(entry, dict) else entry.datatype
         outputs[name] = (datatype, result.as_numpy(name))
         if name in ROUTER:
-            parameters = entry.get("parameters", {}) if isinstance(entry, dict) else {
-                key: value.string_param for key, value in entry.parameters.items()}  # fmt: skip
+            parameters = (
+                entry.get("parameters", {})
+                if isinstance(entry, dict)
+                else {key: value.string_param for key, value in entry.parameters.items()}
+            )
             tasks = parameters["tasks"]
     return {"outputs": outputs, "tasks": tasks}
 
@@ -131,8 +138,13 @@ def outputs_of(result) -> dict:
 def predict(server, body: bytes) -> dict:
     """/predict for the same upload: every task, router statistics, JSON (PNG maps)."""
     headers = {"Content-Type": "image/png", **HTTP_KEY}
-    response = httpx.post(f"{server.url}/predict", params={"router_stats": "true"}, content=body,
-                          headers=headers, timeout=60)  # fmt: skip
+    response = httpx.post(
+        f"{server.url}/predict",
+        params={"router_stats": "true"},
+        content=body,
+        headers=headers,
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -183,7 +195,8 @@ def test_metadata_and_health_with_every_client(v2):
         for tensor in document[key]:
             tensor["shape"] = [int(d) for d in tensor["shape"]]
     assert {k: document[k] for k in ("name", "versions", "platform", "inputs", "outputs")} == {
-        k: ours[k] for k in ("name", "versions", "platform", "inputs", "outputs")}  # fmt: skip
+        k: ours[k] for k in ("name", "versions", "platform", "inputs", "outputs")
+    }
 
     async def aio_metadata():
         aio = httpaio.InferenceServerClient(v2.url[7:])
@@ -272,8 +285,16 @@ async def concurrently(server, calls):
 
 
 def test_concurrent_clients_share_batches_and_get_their_own_answers(v2):
-    task_sets = [("semseg",), ("normals", "edges"), None, ("parts", *ROUTER), ("saliency",),
-                 ("semseg", "edges"), ("normals",), ("parts", "saliency")]  # fmt: skip
+    task_sets = [
+        ("semseg",),
+        ("normals", "edges"),
+        None,
+        ("parts", *ROUTER),
+        ("saliency",),
+        ("semseg", "edges"),
+        ("normals",),
+        ("parts", "saliency"),
+    ]
     calls = [(image_bytes(random_image(60 + i)), names) for i, names in enumerate(task_sets)]
     before = v2.metrics(**HTTP_KEY)
     together = asyncio.run(concurrently(v2, calls))
@@ -317,8 +338,12 @@ def test_api_key_over_rest_header_and_grpc_metadata(v2):
     assert answer.status_code == 401 and isinstance(answer.json()["error"], str)
 
 
-ROUTER_COUNTERS = ("ase_expert_tokens_total", "ase_stream_tokens_total",
-                   "ase_shared_gate_mass_total", "ase_task_requests_total")  # fmt: skip
+ROUTER_COUNTERS = (
+    "ase_expert_tokens_total",
+    "ase_stream_tokens_total",
+    "ase_shared_gate_mass_total",
+    "ase_task_requests_total",
+)
 
 
 def router_counters(values: dict) -> dict:
@@ -335,12 +360,16 @@ def test_metrics_by_protocol_and_router_counters_as_predicts(v2):
     its protocol, and each moves every router counter by the same amounts."""
     body = image_bytes(random_image(10))
     steps = {
-        "native": lambda: httpx.post(f"{v2.url}/predict", params={"tasks": "semseg,edges"},
-                                     content=body, headers={"Content-Type": "image/png",
-                                                            **HTTP_KEY}, timeout=60),
+        "native": lambda: httpx.post(
+            f"{v2.url}/predict",
+            params={"tasks": "semseg,edges"},
+            content=body,
+            headers={"Content-Type": "image/png", **HTTP_KEY},
+            timeout=60,
+        ),
         "v2": lambda: infer(v2, "http", image_input("http", body), ["semseg", "edges"]),
         "grpc": lambda: infer(v2, "grpc", image_input("grpc", body), ["edges", "semseg"]),
-    }  # fmt: skip
+    }
     deltas, requests = {}, {}
     for protocol, step in steps.items():
         before = v2.metrics(**HTTP_KEY)
@@ -350,19 +379,26 @@ def test_metrics_by_protocol_and_router_counters_as_predicts(v2):
         requests[protocol] = {
             labels: after[(name, labels)] - before.get((name, labels), 0.0)
             for (name, labels) in after
-            if name == "ase_requests_total" and dict(labels)["protocol"] == protocol
+            if name == "ase_requests_total"
+            and dict(labels)["protocol"] == protocol
             and dict(labels)["endpoint"] != "/metrics"  # the scrapes themselves
             and after[(name, labels)] != before.get((name, labels), 0.0)
-        }  # fmt: skip
+        }
     assert deltas["native"] == deltas["v2"] == deltas["grpc"]
-    task_requests = {dict(k[1])["task"]: v for k, v in deltas["v2"].items()
-                     if k[0] == "ase_task_requests_total" and v}  # fmt: skip
+    task_requests = {
+        dict(k[1])["task"]: v
+        for k, v in deltas["v2"].items()
+        if k[0] == "ase_task_requests_total" and v
+    }
     assert task_requests == {"semseg": 1.0, "edges": 1.0}
     assert requests["native"] == {
         frozenset({"protocol": "native", "endpoint": "/predict", "status": "200"}.items()): 1.0
     }
-    assert requests["v2"] == {frozenset({"protocol": "v2", "endpoint": "/v2/models/{model}/infer",
-                                         "status": "200"}.items()): 1.0}  # fmt: skip
+    assert requests["v2"] == {
+        frozenset(
+            {"protocol": "v2", "endpoint": "/v2/models/{model}/infer", "status": "200"}.items()
+        ): 1.0
+    }
     assert requests["grpc"] == {
         frozenset({"protocol": "grpc", "endpoint": "ModelInfer", "status": "200"}.items()): 1.0
     }

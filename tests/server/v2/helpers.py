@@ -68,8 +68,15 @@ def http_result(body: bytes, headers: dict[str, str]) -> httpclient.InferResult:
 
 def grpc_message(inputs, outputs=None, model="ase-demo", version="", **kwargs):
     """The ModelInferRequest tritonclient.grpc would send, through its wire bytes."""
-    options = dict(request_id="", sequence_id=0, sequence_start=False, sequence_end=False,
-                   priority=0, timeout=None, parameters=None)  # fmt: skip
+    options = dict(
+        request_id="",
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
+        parameters=None,
+    )
     options.update(kwargs)
     message = grpc_utils._get_inference_request(
         model_name=model, inputs=inputs, model_version=version, outputs=outputs, **options

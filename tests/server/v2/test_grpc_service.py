@@ -80,8 +80,9 @@ def test_probes_are_open_and_the_rest_needs_the_key(service):
 def test_camera_size_frames_pass_the_4_mib_default(service):
     frames = np.zeros((2, 1024, 1024, 3), np.uint8)  # 6 MiB in, 24 MiB of normals out
     outputs = [grpcclient.InferRequestedOutput("normals")]
-    result = client(service).infer(MODEL.name, [pixels_input(grpcclient, frames)],
-                                   outputs=outputs, headers={"x-api-key": KEY})  # fmt: skip
+    result = client(service).infer(
+        MODEL.name, [pixels_input(grpcclient, frames)], outputs=outputs, headers={"x-api-key": KEY}
+    )
     assert result.as_numpy("normals").shape == (2, 1024, 1024, 3)
 
 
@@ -92,8 +93,12 @@ def test_errors_carry_codes_and_retry_after(service):
         triton.infer("other", [pixels_input(grpcclient, frames)], headers=headers)
     assert error.value.status() == "StatusCode.NOT_FOUND"
     with pytest.raises(InferenceServerException, match="unexpected output") as error:
-        triton.infer(MODEL.name, [pixels_input(grpcclient, frames)], headers=headers,
-                     outputs=[grpcclient.InferRequestedOutput("depth")])  # fmt: skip
+        triton.infer(
+            MODEL.name,
+            [pixels_input(grpcclient, frames)],
+            headers=headers,
+            outputs=[grpcclient.InferRequestedOutput("depth")],
+        )
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
     with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:  # trailing metadata
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)

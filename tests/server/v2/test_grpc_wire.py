@@ -27,8 +27,9 @@ MODEL = demo_model()
 def test_image_and_parameters_from_tritonclients_message():
     upload = png_bytes(3)
     outputs = [grpcclient.InferRequestedOutput("edges"), grpcclient.InferRequestedOutput("parts")]
-    message = grpc_message([image_input(grpcclient, upload)], outputs, request_id="g-1",
-                           parameters={"max_side": 32})  # fmt: skip
+    message = grpc_message(
+        [image_input(grpcclient, upload)], outputs, request_id="g-1", parameters={"max_side": 32}
+    )
     request = infer_request(grpc_wire.from_infer_request(message), MODEL)
     assert request.image == upload and request.id == "g-1"
     assert [t.name for t in request.tasks] == ["parts", "edges"]
@@ -46,13 +47,17 @@ def test_pixel_frames_round_trip_through_raw_contents():
     result = grpc_result(grpc_wire.to_infer_response(infer_response(request, MODEL, computed)))
     response = result.get_response()
     assert (response.model_name, response.model_version) == (MODEL.name, MODEL.version)
-    assert [o.name for o in response.outputs] == [*MODEL.task_names, "expert_tokens",
-                                                  "shared_gate_mass"]  # fmt: skip
+    assert [o.name for o in response.outputs] == [
+        *MODEL.task_names,
+        "expert_tokens",
+        "shared_gate_mass",
+    ]
     for index, frame in enumerate(computed):
         for name, expected in frame.maps.items():
             np.testing.assert_array_equal(result.as_numpy(name)[index], expected)
-        np.testing.assert_array_equal(result.as_numpy("shared_gate_mass")[index],
-                                      frame.shared_gate_mass)  # fmt: skip
+        np.testing.assert_array_equal(
+            result.as_numpy("shared_gate_mass")[index], frame.shared_gate_mass
+        )
     assert result.as_numpy("semseg").dtype == np.uint8
     assert result.as_numpy("normals").shape == (2, 4, 6, 3)
     tasks = result.get_output("expert_tokens").parameters["tasks"].string_param

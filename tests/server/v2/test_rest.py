@@ -63,8 +63,10 @@ def test_requested_outputs_choose_tasks_order_and_form():
     request = parse(body, headers)
     assert [t.name for t in request.tasks] == ["semseg", "normals"]  # registry order
     assert [(c.name, c.binary) for c in request.outputs] == [
-        ("normals", False), ("expert_tokens", True), ("semseg", True),
-    ]  # fmt: skip
+        ("normals", False),
+        ("expert_tokens", True),
+        ("semseg", True),
+    ]
 
 
 def test_router_statistics_alone_compute_every_task():
@@ -86,8 +88,12 @@ def test_size_parameters_and_client_timeout():
 
 def test_whole_numbers_written_as_floats_are_integers():
     """JSON (and JSON Schema) has one number type: 3.0 is the integer 3."""
-    pixels = {"name": "pixels", "datatype": "UINT8", "shape": [1.0, 1, 2, 3.0],
-              "data": [0, 1.0, 2, 3, 4, 255.0]}  # fmt: skip
+    pixels = {
+        "name": "pixels",
+        "datatype": "UINT8",
+        "shape": [1.0, 1, 2, 3.0],
+        "data": [0, 1.0, 2, 3, 4, 255.0],
+    }
     body = orjson.dumps({"inputs": [pixels], "parameters": {"max_side": 8.0}})
     request = parse(body, {})
     assert request.pixels.shape == (1, 1, 2, 3) and request.pixels.dtype == np.uint8
@@ -137,8 +143,12 @@ def test_compressed_request_bodies():
         wire = parse_request(packed, {**headers, "Content-Encoding": encoding}, MODEL.name)
         assert wire.inputs[0].data[0] == png_bytes()
     with pytest.raises(V2Error) as error:
-        parse_request(gzip.compress(body), {**headers, "Content-Encoding": "gzip"}, MODEL.name,
-                      max_body_bytes=len(body) - 1)  # fmt: skip
+        parse_request(
+            gzip.compress(body),
+            {**headers, "Content-Encoding": "gzip"},
+            MODEL.name,
+            max_body_bytes=len(body) - 1,
+        )
     assert error.value.status == 413
 
 
@@ -152,8 +162,16 @@ def _binary(document: dict, raw: bytes) -> tuple[bytes, dict]:
 
 
 def _raw_image(size: int) -> dict:
-    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                        "parameters": {"binary_data_size": size}}]}  # fmt: skip
+    return {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"binary_data_size": size},
+            }
+        ]
+    }
 
 
 IMAGE_JSON = {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}
@@ -161,25 +179,55 @@ BAD_REQUESTS = {
     "not json": ((b"{inputs", {}), 400, "not valid JSON"),
     "no inputs": (_json({"outputs": []}), 400, "'inputs'"),
     "two inputs": (
-        _json({"inputs": [IMAGE_JSON, {**IMAGE_JSON, "name": "pixels"}]}), 400, "exactly one",
+        _json({"inputs": [IMAGE_JSON, {**IMAGE_JSON, "name": "pixels"}]}),
+        400,
+        "exactly one",
     ),
     "unknown input": (_json({"inputs": [{**IMAGE_JSON, "name": "img"}]}), 400, "unexpected"),
     "image shape": (_json({"inputs": [{**IMAGE_JSON, "shape": [1, 1]}]}), 400, "shape [1]"),
     "not base64": (_json({"inputs": [{**IMAGE_JSON, "data": ["%%"]}]}), 400, "base64"),
     "pixels float": (
-        _json({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 1, 1, 3],
-                           "data": [1.5, 2, 3]}]}),
-        400, "integers",
+        _json(
+            {
+                "inputs": [
+                    {
+                        "name": "pixels",
+                        "datatype": "UINT8",
+                        "shape": [1, 1, 1, 3],
+                        "data": [1.5, 2, 3],
+                    }
+                ]
+            }
+        ),
+        400,
+        "integers",
     ),
     "pixels range": (
-        _json({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 1, 1, 3],
-                           "data": [300, 2, 3]}]}),
-        400, "range",
+        _json(
+            {
+                "inputs": [
+                    {
+                        "name": "pixels",
+                        "datatype": "UINT8",
+                        "shape": [1, 1, 1, 3],
+                        "data": [300, 2, 3],
+                    }
+                ]
+            }
+        ),
+        400,
+        "range",
     ),
     "pixels layout": (
-        _json({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 3],
-                           "data": [1, 2, 3]}]}),
-        400, "[N, H, W, 3]",
+        _json(
+            {
+                "inputs": [
+                    {"name": "pixels", "datatype": "UINT8", "shape": [1, 3], "data": [1, 2, 3]}
+                ]
+            }
+        ),
+        400,
+        "[N, H, W, 3]",
     ),
     "count": (_json({"inputs": [{**IMAGE_JSON, "data": ["aGk=", "aGk="]}]}), 400, "2 values"),
     "datatype": (_json({"inputs": [{**IMAGE_JSON, "datatype": "STRING"}]}), 400, "datatype"),
@@ -187,57 +235,88 @@ BAD_REQUESTS = {
     "size": (_json({"inputs": [IMAGE_JSON], "parameters": {"size": "big"}}), 400, "'size'"),
     "max_side": (_json({"inputs": [IMAGE_JSON], "parameters": {"max_side": 0}}), 400, "1..65535"),
     "max_side big": (
-        _json({"inputs": [IMAGE_JSON], "parameters": {"max_side": 65536}}), 400, "1..65535",
+        _json({"inputs": [IMAGE_JSON], "parameters": {"max_side": 65536}}),
+        400,
+        "1..65535",
     ),
     "priority": (_json({"inputs": [IMAGE_JSON], "parameters": {"priority": -1}}), 400, "0.."),
     "timeout": (_json({"inputs": [IMAGE_JSON], "parameters": {"timeout": -5}}), 400, "0.."),
     "max_side type": (
-        _json({"inputs": [IMAGE_JSON], "parameters": {"max_side": "64"}}), 400, "integer",
+        _json({"inputs": [IMAGE_JSON], "parameters": {"max_side": "64"}}),
+        400,
+        "integer",
     ),
     "unknown parameter": (
-        _json({"inputs": [IMAGE_JSON], "parameters": {"max-side": 64}}), 400, "unknown",
+        _json({"inputs": [IMAGE_JSON], "parameters": {"max-side": 64}}),
+        400,
+        "unknown",
     ),
     "sequence": (
-        _json({"inputs": [IMAGE_JSON], "parameters": {"sequence_id": 3}}), 400, "sequence",
+        _json({"inputs": [IMAGE_JSON], "parameters": {"sequence_id": 3}}),
+        400,
+        "sequence",
     ),
     "sequence start": (
-        _json({"inputs": [IMAGE_JSON], "parameters": {"sequence_start": False}}), 400, "sequence",
+        _json({"inputs": [IMAGE_JSON], "parameters": {"sequence_start": False}}),
+        400,
+        "sequence",
     ),
     "unknown output": (
-        _json({"inputs": [IMAGE_JSON], "outputs": [{"name": "depth"}]}), 400, "unexpected",
+        _json({"inputs": [IMAGE_JSON], "outputs": [{"name": "depth"}]}),
+        400,
+        "unexpected",
     ),
     "repeated output": (
         _json({"inputs": [IMAGE_JSON], "outputs": [{"name": "edges"}, {"name": "edges"}]}),
-        400, "more than once",
+        400,
+        "more than once",
     ),
     "classification": (
-        _json({"inputs": [IMAGE_JSON],
-               "outputs": [{"name": "semseg", "parameters": {"classification": 3}}]}),
-        400, "not supported",
+        _json(
+            {
+                "inputs": [IMAGE_JSON],
+                "outputs": [{"name": "semseg", "parameters": {"classification": 3}}],
+            }
+        ),
+        400,
+        "not supported",
     ),
     "binary_data type": (
-        _json({"inputs": [IMAGE_JSON],
-               "outputs": [{"name": "semseg", "parameters": {"binary_data": "yes"}}]}),
-        400, "boolean",
+        _json(
+            {
+                "inputs": [IMAGE_JSON],
+                "outputs": [{"name": "semseg", "parameters": {"binary_data": "yes"}}],
+            }
+        ),
+        400,
+        "boolean",
     ),
     "header length": ((b"{}", {HEADER_LENGTH: "99"}), 400, HEADER_LENGTH),
     "left over": (
-        (b'{"inputs": []}xyz', {HEADER_LENGTH: "14"}), 400, "3 bytes of binary data after",
+        (b'{"inputs": []}xyz', {HEADER_LENGTH: "14"}),
+        400,
+        "3 bytes of binary data after",
     ),
     "short binary": (_binary(_raw_image(9), b"\x02\x00\x00\x00hi"), 400, "only 6 bytes"),
     "bad prefix": (_binary(_raw_image(6), b"\x09\x00\x00\x00hi"), 400, "4-byte"),
     "both data": (
-        _binary({"inputs": [{**IMAGE_JSON, "parameters": {"binary_data_size": 6}}]},
-                b"\x02\x00\x00\x00hi"),
-        400, "both",
+        _binary(
+            {"inputs": [{**IMAGE_JSON, "parameters": {"binary_data_size": 6}}]},
+            b"\x02\x00\x00\x00hi",
+        ),
+        400,
+        "both",
     ),
-    "no data": (_json({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}),
-                400, "neither"),
+    "no data": (
+        _json({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}),
+        400,
+        "neither",
+    ),
     "wrong model": (_json({"inputs": [IMAGE_JSON]}), 404, "unknown model"),
     "image upload": ((b"\x89PNG", {"Content-Type": "image/png"}), 415, "image"),
     "brotli": ((b"...", {"Content-Encoding": "br"}), 415, "encoding"),
     "not gzip": ((b"plain", {"Content-Encoding": "gzip"}), 400, "gzip"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
