@@ -122,8 +122,8 @@ def test_kernels_compile_where_numba_cannot_cache(tmp_path):
         "NUMBA_CACHE_DIR": "/proc/ase-no-cache",
     }
     out = tmp_path / "map.npy"
-    run = subprocess.run([sys.executable, "-c", UNCACHED_RUN, str(out)], env=env,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    command = [sys.executable, "-c", UNCACHED_RUN, str(out)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "cache: False" in run.stdout
     assert "WARNING server.resample: cannot cache function" in run.stdout
