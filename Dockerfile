@@ -64,9 +64,9 @@ ENV PATH=${VENV}/bin:${PATH} \
     ASE_MODEL_DIR=/opt/ase/models/demo
 WORKDIR /opt/ase
 USER ase
-# The kernels compiled now, into that cache: containers of this image load them (ready in 1.5 s
-# instead of 8 s on the build machine, docs/benchmarks.md); on another kind of CPU, or under an
-# emptyDir /tmp, numba compiles them again at start.
+# The kernels compiled now, into that cache: containers of this image load them and are ready
+# sooner (docs/benchmarks.md, time to ready); on another kind of CPU, or under an emptyDir /tmp,
+# numba compiles them again at start.
 RUN python -c "from server.maps import compile_kernels; compile_kernels()"
 EXPOSE 8000
 # Ready means the model is loaded and warmed; compose's depends_on waits on it.
