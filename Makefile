@@ -61,7 +61,7 @@ test: lint
 # checked, the Kubernetes security context, `down -v`. Starts containerd and dockerd itself
 # where no engine runs (as root: CI) and stops them after.
 compose-test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q -m container tests/container $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -m container --durations 5 tests/container $(PYTEST_ARGS)
 
 # A real Triton (tritonserver 2.51 with its Python backend, bundled by nvidia-pytriton) for the
 # Open Inference Protocol cross-check and benchmark (bench/triton_reference.py). pytriton pins

@@ -47,11 +47,11 @@ def scraped_since(stack: Stack, moment: float) -> bool:
     """Prometheus scraped every ase-server target, successfully, after ``moment`` (epoch s)."""
     targets = stack.targets("ase-server")
     return bool(targets) and all(
-        t["health"] == "up" and _epoch(t["lastScrape"]) > moment for t in targets
+        t["health"] == "up" and epoch(t["lastScrape"]) > moment for t in targets
     )
 
 
-def _epoch(rfc3339: str) -> float:
+def epoch(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
@@ -166,7 +166,7 @@ def test_api_key_guards_predict_and_metrics(keyed_stack):
 
 
 def test_prometheus_scrapes_with_the_key(keyed_stack):
-    started = _epoch(keyed_stack.inspect("prometheus", "{{.State.StartedAt}}"))
+    started = epoch(keyed_stack.inspect("prometheus", "{{.State.StartedAt}}"))
     wait_until(lambda: scraped_since(keyed_stack, started), SCRAPE_WAIT_S, "a scrape with the key")
     assert [t["lastError"] for t in keyed_stack.targets("ase-server")] == [""]
 

@@ -9,6 +9,7 @@ Deployment; deploy/kserve, the KServe runtime), so a change there is what runs h
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -76,51 +77,61 @@ def security_context(spec: dict, container: dict) -> dict:
     return spec.get("securityContext", {}) | container.get("securityContext", {})
 
 
-def run_as_manifest(path: str, spec: dict, container: dict, image: str) -> str:
-    """Starts the container as the manifest says; the URL of its HTTP port."""
+@dataclass(frozen=True)
+class ManifestRun:
+    """A container run as a manifest says."""
+
+    path: str
+    spec: dict  # the pod's
+    container: dict  # the manifest's
+    name: str  # Docker's
+    url: str  # its HTTP port
+
+    def logs(self) -> str:
+        logs = docker("logs", self.name, check=False)
+        return f"--- {self.name} ---\n{logs.stdout}{logs.stderr}"
+
+
+def run_as_manifest(path: str, image: str) -> ManifestRun:
+    """Starts the manifest's server container from ``image``, as the manifest says."""
+    spec = pod_spec(yaml.safe_load((REPO / path).read_text()))
+    container = next(c for c in spec["containers"] if c["name"] == MANIFESTS[path])
     http = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
-    port = free_port()
+    port, name = free_port(), f"{PROJECT}-{Path(path).parent.name}"
     command = container.get("command", [])
     entrypoint = ["--entrypoint", command[0]] if command else []
     arguments = [*command[1:], *container.get("args", [])]
-    flags = docker_run_flags(spec, container)
-    name = container_name(path)
+    publish = ["-p", f"127.0.0.1:{port}:{http}"]
     docker("rm", "-f", name, check=False)
-    docker(
-        "run",
-        "-d",
-        "--name",
-        name,
-        "-p",
-        f"127.0.0.1:{port}:{http}",
-        *flags,
-        *entrypoint,
-        image,
-        *arguments,
-    )
-    return f"http://127.0.0.1:{port}"
+    flags = docker_run_flags(spec, container)
+    docker("run", "-d", "--name", name, *publish, *flags, *entrypoint, image, *arguments)
+    return ManifestRun(path, spec, container, name, f"http://127.0.0.1:{port}")
 
 
-def container_name(path: str) -> str:
-    return f"{PROJECT}-{Path(path).parent.name}"
+@pytest.fixture(scope="module")
+def manifest_runs(images) -> dict[str, ManifestRun]:
+    """Every manifest's container, started together (each compiles its kernels at start)."""
+    image = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["server"]["image"]
+    runs = {}
+    try:
+        for path in sorted(MANIFESTS):
+            runs[path] = run_as_manifest(path, image)
+        yield runs
+    finally:
+        for run in runs.values():
+            docker("rm", "-f", run.name, check=False)
 
 
 @pytest.mark.parametrize("path", sorted(MANIFESTS))
-def test_image_serves_under_the_manifests_security_context(images, path):
-    spec = pod_spec(yaml.safe_load((REPO / path).read_text()))
-    container = next(c for c in spec["containers"] if c["name"] == MANIFESTS[path])
-    image = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["server"]["image"]
-    url, name = run_as_manifest(path, spec, container, image), container_name(path)
+def test_image_serves_under_the_manifests_security_context(manifest_runs, path):
+    run = manifest_runs[path]
     try:
-        probe = f"{url}{container['readinessProbe']['httpGet']['path']}"
+        probe = f"{run.url}{run.container['readinessProbe']['httpGet']['path']}"
         wait_until(lambda: httpx.get(probe, timeout=5).is_success, UP_TIMEOUT_S, probe)
         headers = {"Content-Type": "image/png"}
-        answer = httpx.post(f"{url}/predict", content=SAMPLE, headers=headers, timeout=60)
+        answer = httpx.post(f"{run.url}/predict", content=SAMPLE, headers=headers, timeout=60)
         assert answer.status_code == 200, answer.text
-        user = docker("exec", name, "id", "-u").stdout.strip()
-        assert user == str(security_context(spec, container)["runAsUser"])
+        user = docker("exec", run.name, "id", "-u").stdout.strip()
+        assert user == str(security_context(run.spec, run.container)["runAsUser"])
     except AssertionError as error:
-        logs = docker("logs", name, check=False)
-        raise AssertionError(f"{error}\n--- {name} ---\n{logs.stdout}{logs.stderr}") from None
-    finally:
-        docker("rm", "-f", name, check=False)
+        raise AssertionError(f"{error}\n{run.logs()}") from None
