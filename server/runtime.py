@@ -76,6 +76,11 @@ class ModelRuntime:
             )
         return session
 
+    def close(self) -> None:
+        """Let the session go (its weights and arenas): a retired version's memory goes back
+        even while something still refers to this runtime. It cannot run after this."""
+        self.session = None
+
     @property
     def provider(self) -> str:
         return self.providers[0]

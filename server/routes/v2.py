@@ -16,9 +16,8 @@ from fastapi.responses import JSONResponse, Response
 
 from server.routes.body import client_gone, read_body
 from server.routes.native import CLIENT_CLOSED
-from server.routes.ops import ready_state
+from server.routes.ops import app_state, ready_state
 from server.routes.responses import BudgetedResponse
-from server.state import ServerState
 from server.v2 import interface, openapi, rest, serving
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
@@ -48,26 +47,25 @@ async def live() -> dict:
     summary="readiness",
 )
 async def ready(request: Request) -> JSONResponse:
-    state: ServerState | None = request.app.state.server
-    is_ready = state is not None and state.ready
+    control = request.app.state.server
+    is_ready = control is not None and control.ready
     return JSONResponse({"ready": is_ready}, 200 if is_ready else 503)
 
 
 async def _metadata(request: Request, model_name: str, model_version: str) -> dict:
-    state = ready_state(request, need_warm=False)
-    interface.check_model(state.model, model_name, model_version)
-    return interface.model_metadata(state.model)
+    control = app_state(request.app, need_warm=False)
+    state = control.resolve(model_name, model_version)
+    return interface.model_metadata(state.model, control.versions(model_name))
 
 
 async def _ready(request: Request, model_name: str, model_version: str) -> JSONResponse:
-    state = ready_state(request, need_warm=False)
-    interface.check_model(state.model, model_name, model_version)
-    return JSONResponse({"name": model_name, "ready": state.ready}, 200 if state.ready else 503)
+    is_ready = app_state(request.app, need_warm=False).is_ready(model_name, model_version)
+    return JSONResponse({"name": model_name, "ready": is_ready}, 200 if is_ready else 503)
 
 
 def _model_routes(method: str, suffix: str, handler, summary: str, **documented) -> None:
-    """``handler(request, name, version)`` on both of the protocol's paths for it: the model's,
-    and one version's (the version may only be the served one)."""
+    """``handler(request, name, version)`` on both of the protocol's paths for it: the model's
+    (its highest version served), and one version's."""
 
     async def any_version(request: Request, model_name: str):
         return await handler(request, model_name, "")
@@ -82,7 +80,7 @@ def _model_routes(method: str, suffix: str, handler, summary: str, **documented)
 
 async def _infer(request: Request, model_name: str, model_version: str) -> Response:
     arrived = time.monotonic()
-    state = ready_state(request)
+    state = ready_state(request, model=model_name, version=model_version)
     limit = state.settings.max_body_bytes
     body = await read_body(request, limit)
     wire = rest.parse_request(body, request.headers, model_name, model_version, limit)

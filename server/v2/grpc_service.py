@@ -1,9 +1,11 @@
 """``inference.GRPCInferenceService`` on grpc.aio: the six RPCs of the protocol (ServerLive,
-ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer), over the functions of
-``grpc_wire`` and ``interface``. The request path comes in as one coroutine, ``infer``
-(a checked :class:`InferRequest` -> one :class:`FrameResult` per frame), so that this module
-knows nothing of batching or the model run. The other RPCs of tritonclient's service (model
-repository, shared memory, statistics, ...) answer UNIMPLEMENTED.
+ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer) and Triton's model
+repository extension (RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload), over the
+functions of ``grpc_wire``, ``interface`` and ``repository``. The models come in as ``Models``
+(which version a request names, the repository's control) and the request path as one
+coroutine, ``infer`` (the version and a checked :class:`InferRequest` -> one
+:class:`FrameResult` per frame), so that this module knows nothing of batching or the model run.
+The other RPCs of tritonclient's service (shared memory, statistics, ...) answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -12,20 +14,40 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from server.modeldir import ModelDir
-from server.v2 import grpc_wire, interface
+from server.v2 import grpc_wire, interface, repository
 from server.v2.errors import V2Error, from_serving_error, unavailable
 from server.v2.interface import FrameResult, InferRequest
 
-# The request path: a checked request and the call's context -> one FrameResult per frame.
-Infer = Callable[[InferRequest, grpc.aio.ServicerContext], Awaitable[Sequence[FrameResult]]]
+
+class Served(Protocol):
+    """A model version a request was given: its model directory, served as it names."""
+
+    model: ModelDir
+
+
+class Models(Protocol):
+    """The models behind the service (server/model_control.py's ``ModelControl``)."""
+
+    def resolve(self, name: str, version: str) -> Served: ...  # 404 / 503 as ServingError
+    def is_ready(self, name: str, version: str) -> bool: ...
+    def versions(self, name: str) -> list[str]: ...
+    async def index(self, ready_only: bool) -> list[dict[str, str]]: ...
+    async def load(self, name: str) -> None: ...
+    async def unload(self, name: str) -> None: ...
+
+
+# The request path: the version chosen, a checked request and the call's context -> one
+# FrameResult per frame.
+Infer = Callable[[Any, InferRequest, grpc.aio.ServicerContext], Awaitable[Sequence[FrameResult]]]
 # Each answered call, for the metrics: (RPC name, the HTTP status of the protocol's error
-# table, or 200; seconds).
-Observe = Callable[[str, int, float], None]
+# table, or 200; seconds; the model and version that answered, or empty strings).
+Observe = Callable[[str, int, float, str, str], None]
 # Errors of the request path -> the protocol's (default: server/errors.py's ServingError).
 Translate = Callable[[Exception], V2Error | None]
 
@@ -36,7 +58,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self,
-        model: ModelDir,
+        models: Models,
         server_version: str,
         infer: Infer,
         is_ready: Callable[[], bool],
@@ -44,7 +66,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         translate: Translate = from_serving_error,
         observe: Observe | None = None,
     ) -> None:
-        self.model, self.server_version = model, server_version
+        self.models, self.server_version = models, server_version
         self.infer, self.is_ready, self.translate = infer, is_ready, translate
         self.api_key = api_key.encode() if api_key else None
         self.observe = observe
@@ -59,8 +81,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         async with self._answering(context, "ModelReady"):
-            interface.check_model(self.model, request.name, request.version)
-            return service_pb2.ModelReadyResponse(ready=self.is_ready())
+            ready = self.models.is_ready(request.name, request.version)
+            return service_pb2.ModelReadyResponse(ready=ready and self.is_ready())
 
     async def ServerMetadata(self, request, context):
         async with self._answering(context, "ServerMetadata"):
@@ -69,17 +91,46 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         async with self._answering(context, "ModelMetadata"):
-            interface.check_model(self.model, request.name, request.version)
-            return grpc_wire.model_metadata(interface.model_metadata(self.model))
+            model = self.models.resolve(request.name, request.version).model
+            document = interface.model_metadata(model, self.models.versions(request.name))
+            return grpc_wire.model_metadata(document)
 
     async def ModelInfer(self, request, context):
-        async with self._answering(context, "ModelInfer"):
+        async with self._answering(context, "ModelInfer") as answering:
             if not self.is_ready():
                 raise unavailable("the model is loading or the server is shutting down")
-            checked = interface.infer_request(grpc_wire.from_infer_request(request), self.model)
-            frames = await self.infer(checked, context)
-            response = interface.infer_response(checked, self.model, frames)
+            served = self.models.resolve(request.model_name, request.model_version)
+            answering.model = served.model
+            wire = grpc_wire.from_infer_request(request)
+            checked = interface.infer_request(wire, served.model)
+            frames = await self.infer(served, checked, context)
+            response = interface.infer_response(checked, served.model, frames)
             return grpc_wire.infer_response_bytes(response)  # serialised (create_server)
+
+    async def RepositoryIndex(self, request, context):
+        async with self._answering(context, "RepositoryIndex"):
+            repository.check_repository_name(request.repository_name)
+            rows = await self.models.index(request.ready)
+            return service_pb2.RepositoryIndexResponse(
+                models=[service_pb2.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+            )
+
+    async def RepositoryModelLoad(self, request, context):
+        async with self._answering(context, "RepositoryModelLoad"):
+            repository.check_repository_name(request.repository_name)
+            repository.check_load_parameters(grpc_wire.parameters(request.parameters))
+            await self.models.load(request.model_name)
+            return service_pb2.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        async with self._answering(context, "RepositoryModelUnload"):
+            repository.check_repository_name(request.repository_name)
+            parameters = grpc_wire.parameters(request.parameters)
+            extra = sorted(set(parameters) - set(repository.UNLOAD_PARAMETERS))
+            if extra:
+                raise V2Error(400, f"unknown unload parameter(s) {extra}")
+            await self.models.unload(request.model_name)
+            return service_pb2.RepositoryModelUnloadResponse()
 
     def _answering(
         self, context: grpc.aio.ServicerContext, method: str, open_call: bool = False
@@ -113,13 +164,15 @@ class _Answering:
             open_call,
         )
         self.started = time.perf_counter()
+        self.model: ModelDir | None = None  # the version that answered, for the metrics
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> _Answering:
         if not self.open_call and not self.service.authorised(self.context):
             self._observed(401)
             await self.context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key: send x-api-key"
             )
+        return self
 
     async def __aexit__(self, kind, error, traceback) -> bool:
         if error is None:
@@ -140,7 +193,9 @@ class _Answering:
 
     def _observed(self, status: int) -> None:
         if self.service.observe is not None:
-            self.service.observe(self.method, status, time.perf_counter() - self.started)
+            model = (self.model.name, self.model.version) if self.model else ("", "")
+            seconds = time.perf_counter() - self.started
+            self.service.observe(self.method, status, seconds, *model)
 
 
 def _bearer(value: str) -> str | None:

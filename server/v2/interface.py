@@ -35,7 +35,7 @@ from server.v2.tensors import (
 IMAGE, PIXELS = "image", "pixels"
 SERVER_NAME = "ase-serve"
 PLATFORM = "onnx_onnxv1"  # the protocol's platform name for ONNX models
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 KIND_OUTPUTS = {  # task kind -> (datatype, dimensions after N)
     "classes": ("UINT8", [-1, -1]),
     "probability": ("FP32", [-1, -1]),
@@ -134,13 +134,13 @@ def server_metadata(version: str) -> dict:
     return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
 
 
-def model_metadata(model: ModelDir) -> dict:
-    """The protocol's model metadata, plus ``tasks`` (this server's own key: what each task
-    output means: kind, channels, class names and palette, as GET /models says), which clients
-    that do not know it ignore."""
+def model_metadata(model: ModelDir, versions: Sequence[str] | None = None) -> dict:
+    """The protocol's model metadata (``versions``: every version served, default the model's
+    own), plus ``tasks`` (this server's own key: what each task output means: kind, channels,
+    class names and palette, as GET /models says), which clients that do not know it ignore."""
     return {
         "name": model.name,
-        "versions": [model.version],
+        "versions": list(versions or [model.version]),
         "platform": PLATFORM,
         "inputs": [spec.describe() for spec in input_specs()],
         "outputs": [spec.describe() for spec in output_specs(model)],

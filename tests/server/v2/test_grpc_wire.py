@@ -102,7 +102,7 @@ def test_raw_and_contents_mixed_or_missing_are_400():
 
 def test_metadata_messages():
     server = grpc_wire.server_metadata(server_metadata("0.1.0"))
-    assert list(server.extensions) == ["binary_tensor_data"]
+    assert list(server.extensions) == ["binary_tensor_data", "model_repository"]
     document = model_metadata(MODEL)
     model = grpc_wire.model_metadata(document)
     assert (model.name, list(model.versions)) == (MODEL.name, [MODEL.version])
