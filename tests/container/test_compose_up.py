@@ -174,7 +174,8 @@ def test_prometheus_scrapes_with_the_key(keyed_stack):
 def test_mounted_model_directory_is_served(keyed_stack):
     headers = {"X-API-Key": keyed_stack.env["ASE_API_KEY"]}
     models = httpx.get(f"{keyed_stack.server}/v1/models", headers=headers, timeout=10).json()
-    assert models["name"] == "ase-mine"
+    assert models["default_model"] == "ase-mine"
+    assert [model["name"] for model in models["models"]] == ["ase-mine"]
     mounts = json.loads(keyed_stack.inspect("server", "{{json .Mounts}}"))
     mounted = {(m["Source"], m["Destination"], m["RW"]) for m in mounts}
     assert mounted == {(keyed_stack.env["ASE_MODEL_PATH"], "/models/user", False)}
