@@ -82,6 +82,13 @@ def test_missing_model_dir_exits_with_a_message(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
+def test_empty_model_dir_exits_with_a_message(tmp_path):
+    """What a container gets when its model mount names a host path that does not exist
+    (Compose v2 and `docker run -v` create it, empty)."""
+    result = run_server("--model-dir", str(tmp_path))
+    assert result.returncode == 2 and f"model directory {tmp_path} is empty" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
