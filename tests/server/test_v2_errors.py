@@ -269,17 +269,22 @@ def test_a_header_length_of_non_ascii_digits_is_400(limited):
 
 def test_a_client_leaving_mid_body_is_recorded_499_as_on_predict(limited):
     before = limited.metrics()
-    for path in (f"/v2/models/{limited.model.name}/infer", "/predict"):
+    infer = f"/v2/models/{limited.model.name}/infer"
+    for path in (infer, "/predict", "/v2/repository/index"):
         with socket.create_connection(limited.url.removeprefix("http://").split(":")) as sock:
-            head = f"POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n"
+            # a declared length within every route's limit (the repository's is 64 KiB)
+            head = f"POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 60000\r\n\r\n"
             sock.sendall(head.encode() + b"{" * 1000)
             time.sleep(0.2)  # the route is reading the body when the client goes
     labels = {**INFER_REST, "status": "499"}
+    index = {"protocol": "v2", "endpoint": "/v2/repository/index", "status": "499"}
 
     def settled() -> bool:
         after = limited.metrics()
-        return metric(after, "ase_requests_total", **labels) > metric(
-            before, "ase_requests_total", **labels
+        return all(
+            metric(after, "ase_requests_total", **wanted)
+            > metric(before, "ase_requests_total", **wanted)
+            for wanted in (labels, index)
         )
 
     give_up = time.monotonic() + 30
@@ -294,6 +299,11 @@ def test_a_client_leaving_mid_body_is_recorded_499_as_on_predict(limited):
         assert native - metric(before, "ase_requests_total", **PREDICT, status=status) == (
             status == "499"
         )
-    assert metric(after, "ase_requests_total", **INFER_REST, status="500") == metric(
-        before, "ase_requests_total", **INFER_REST, status="500"
+    for endpoint in (INFER_REST, {**index, "status": "500"}):
+        labelled = {**endpoint, "status": "500"}
+        assert metric(after, "ase_requests_total", **labelled) == metric(
+            before, "ase_requests_total", **labelled
+        )
+    assert metric(after, "ase_requests_total", **index) == 1 + metric(
+        before, "ase_requests_total", **index
     )
