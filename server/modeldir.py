@@ -117,6 +117,8 @@ def load_model_dir(
     path = Path(path)
     if not path.is_dir():
         raise ModelDirError(f"model directory {path} does not exist (set --model-dir)")
+    if not any(path.iterdir()):  # what Docker mounts for a host path that does not exist
+        raise ModelDirError(f"model directory {path} is empty: is the path mounted there right?")
     try:
         return ModelDir(path, read_metadata(path, verify_hashes), name, version)
     except MetadataError as error:

@@ -35,6 +35,9 @@ class ModelRuntime:
     def __init__(
         self, model: ModelDir, providers: list[str], threads: int = 0, spin: str = "brief"
     ) -> None:
+        # ONNX Runtime sends usage events to Microsoft on Linux unless told not to (in the
+        # image, where the user has no home, it also logs that it cannot keep a device id).
+        ort.disable_telemetry_events()
         self.model = model
         self._options = ort.SessionOptions()
         self._options.intra_op_num_threads = threads

@@ -105,6 +105,30 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(64, ge=1, description="requests allowed to wait; past it: 503")
     timeout_s: float = Field(30.0, gt=0, description="per-request deadline; past it: 504")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's head must arrive within this of the connection's start (or "
+        "of its first byte, on a kept-alive connection); past it: 408, closed",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a request's whole body must arrive within this of its head; past it: "
+        "408, closed",
+    )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a client that reads none of its response for this long is dropped, and "
+        "the response's memory released",
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="HTTP connections open at once per worker; past it a new one gets 503 with "
+        "Retry-After and is closed",
+    )
     max_body_bytes: int = Field(20 * 2**20, ge=1024, description="largest request body; 413")
     max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (w*h); 413")
     memory_budget_mb: int = Field(

@@ -16,8 +16,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from server import maps
 from server.batching import Batcher
 from server.budget import MemoryBudget, auto_budget_bytes, memory_limit_bytes
@@ -159,8 +157,5 @@ def warm_up(state: ServerState) -> float:
     started = time.perf_counter()
     for instance in state.instances:
         instance.warm_up(state.settings.max_batch)
-    for task in state.model.tasks:
-        prediction = np.zeros((task.channels, 2, 2), np.float32)
-        for dtype in (np.uint8, np.float32) if task.kind != "classes" else (np.uint8,):
-            maps.Raster(task.kind, prediction, 3, 3, dtype).array()
+    maps.compile_kernels()
     return time.perf_counter() - started

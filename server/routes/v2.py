@@ -9,20 +9,30 @@ request path. Errors under ``/v2`` are the protocol's ``{"error": "..."}`` (rout
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
+from server.budget import Hold
 from server.routes.body import client_gone, read_body
-from server.routes.native import CLIENT_CLOSED
+from server.routes.native import CLIENT_CLOSED, client_closed
 from server.routes.ops import app_state, ready_state
 from server.routes.responses import BudgetedResponse
+from server.state import ServerState
 from server.v2 import interface, openapi, rest, serving
+from server.v2.tensors import WireRequest
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 MODEL = "/models/{model_name}"
 VERSION = "/models/{model_name}/versions/{model_version}"
+INLINE_PARSE_BYTES = 1 << 16
+"""Bodies up to this size are parsed on the event loop (a thread hand-off costs more); larger
+ones, and every compressed one, in a thread: no request holds the loop for time that grows
+with what it sends."""
 
 
 @router.get(
@@ -81,15 +91,21 @@ def _model_routes(method: str, suffix: str, handler, summary: str, **documented)
 async def _infer(request: Request, model_name: str, model_version: str) -> Response:
     arrived = time.monotonic()
     state = ready_state(request, model=model_name, version=model_version)
-    limit = state.settings.max_body_bytes
-    body = await read_body(request, limit)
-    wire = rest.parse_request(body, request.headers, model_name, model_version, limit)
-    del body
-    checked = interface.infer_request(wire, state.model)
-    deadline = serving.deadline_for(state, checked, arrived)
-    done = await serving.infer(
-        state, checked, serving.REST_MAP_COPIES, deadline, lambda: client_gone(request)
-    )
+    # The body and what parsing it makes, reserved as they come, held until the maps are made.
+    hold = state.budget.hold()
+    try:
+        try:
+            wire = await _read_request(request, state, hold, model_name, model_version)
+        except ClientDisconnect:  # as /predict: recorded, never answered
+            return client_closed(request)
+        checked = interface.infer_request(wire, state.model)
+        del wire
+        deadline = serving.deadline_for(state, checked, arrived)
+        done = await serving.infer(
+            state, checked, serving.REST_MAP_COPIES, deadline, lambda: client_gone(request)
+        )
+    finally:
+        hold.release()
     if done is None:
         return Response(status_code=CLIENT_CLOSED)
     frames, reservation = done
@@ -100,7 +116,35 @@ async def _infer(request: Request, model_name: str, model_version: str) -> Respo
     except BaseException:
         reservation.release()
         raise
+    reservation.shrink_to(len(content))  # the body is what the response holds from here on
     return BudgetedResponse(content, headers=headers, reservation=reservation)
+
+
+async def _read_request(
+    request: Request, state: ServerState, hold: Hold, model_name: str, model_version: str
+) -> WireRequest:
+    """The body, read within the limits, inflated and parsed off the event loop when large,
+    each input checked against the model's before its data is read (interface.check_input)."""
+    limit = state.settings.max_body_bytes
+    headers = {key.lower(): value for key, value in request.headers.items()}
+    rest.check_content_type(headers.get("content-type", ""))
+    body = await read_body(request, limit, hold)
+    encoding = headers.pop("content-encoding", "")
+    if rest.is_encoded(encoding):
+        if rest.HEADER_LENGTH.lower() in headers:  # its inputs checked before the rest inflates
+            prefix = rest.json_length(headers, limit)
+            check = interface.check_input
+            await asyncio.to_thread(rest.check_inputs_first, body, encoding, prefix, check)
+        hold.grow_to(hold.nbytes + limit)  # the inflated body, at most the limit
+        body = await asyncio.to_thread(rest.decode_content, body, encoding, limit)
+    json_length = rest.json_length(headers, len(body))
+    hold.grow_to(hold.nbytes + rest.parse_bytes(len(body), json_length))
+    parse = functools.partial(
+        rest.parse_request, body, headers, model_name, model_version, limit, interface.check_input
+    )
+    if len(body) <= INLINE_PARSE_BYTES and not rest.is_encoded(encoding):
+        return parse()
+    return await asyncio.to_thread(parse)
 
 
 _model_routes(

@@ -94,8 +94,11 @@ async def start_grpc(control: ModelControl):
         is_ready=lambda: control.ready,
         api_key=api_key,
         observe=observe,
+        new_hold=control.shared.budget.hold,
     )
-    server, port = grpc_service.create_server(service, settings.host, settings.grpc_port)
+    server, port = grpc_service.create_server(
+        service, settings.host, settings.grpc_port, max_message_bytes=settings.max_body_bytes
+    )
     if not port:
         raise RuntimeError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")
     await server.start()
