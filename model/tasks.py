@@ -61,6 +61,11 @@ VOC_CLASSES = (
 SYNTHETIC_CLASSES = ("background", "person", "sphere", "box", "cylinder", "cone")
 SYNTHETIC_PALETTE = hex_palette("000000 dc143c 0080ff ffaa00 28c878 aa50ff")
 
+PHOTO_CLASSES = ("background", "person", "animal", "vehicle", "food")
+"""The real-photo set's semseg classes (``model/data/photos``): people from the person
+teachers, the rest from what a source names (the catalogue, Tux Paint's stamp folders)."""
+PHOTO_PALETTE = hex_palette("000000 dc143c f58230 0082c8 3cb44b")
+
 
 def voc_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
     """The PASCAL VOC colour map: class id bits spread over the high bits of R, G and B."""
@@ -135,6 +140,7 @@ DATASETS: dict[str, DatasetSpec] = {
     for spec in (
         DatasetSpec("pascal_context", VOC_CLASSES, voc_palette(len(VOC_CLASSES))),
         DatasetSpec("synthetic", SYNTHETIC_CLASSES, SYNTHETIC_PALETTE),
+        DatasetSpec("photos", PHOTO_CLASSES, PHOTO_PALETTE),
     )
 }
 
