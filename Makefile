@@ -19,12 +19,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # GRPC_PORT=8001: the Open Inference Protocol's gRPC service too (REST is always on PORT, /v2)
 GRPC_PORT ?=
-# The model `make serve` serves, and the sample images its page offers: the photo model
-# (MODEL_DIR=demo/model SAMPLES_DIR=demo/samples: the synthetic-scene demo)
-MODEL_DIR ?= demo/photo/model
-SAMPLES_DIR ?= demo/photo/samples
 
-.PHONY: test lint serve lock clean triton-venv mediapipe-venv teachers
+.PHONY: test compose-test lint serve lock clean triton-venv mediapipe-venv teachers
 
 # A venv from a lock: the lock's versions, then the project itself without dependencies;
 # `pip check` fails the install if the lock does not cover pyproject.toml. The full lock pins
@@ -62,6 +58,13 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The image for real (tests/container): the base images (local stand-ins made from Debian
+# packages where no registry has them), `docker compose build`, then server + Prometheus up and
+# checked, the Kubernetes security context, `down -v`. Starts containerd and dockerd itself
+# where no engine runs (as root: CI) and stops them after.
+compose-test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -m container --durations 5 tests/container $(PYTEST_ARGS)
 
 # A real Triton (tritonserver 2.51 with its Python backend, bundled by nvidia-pytriton) for the
 # Open Inference Protocol cross-check and benchmark (bench/triton_reference.py). pytriton pins
@@ -101,7 +104,7 @@ teachers: mediapipe-venv
 	$(VENV)/bin/python -m model.data.photos fetch --cache $(PHOTO_CACHE) --teachers-only
 
 serve: $(SERVE_VENV)/.installed
-	$(SERVE_VENV)/bin/python -m server --host $(HOST) --port $(PORT) --model-dir $(MODEL_DIR) --samples-dir $(SAMPLES_DIR) $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT))
+	$(SERVE_VENV)/bin/python -m server --host $(HOST) --port $(PORT) $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT))
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) $(LOCK_VENV) $(TRITON_VENV) $(MEDIAPIPE_VENV)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 
 from server.cli import add_setting_flags, checked_settings
+from server.limits import ConnectionLimits
 from server.settings import Settings
 
 log = logging.getLogger("server")
@@ -71,14 +72,21 @@ def uvicorn_options(settings: Settings) -> dict:
     ``asyncio.wait_for``, and ``int(0.5)`` would be 0, cancelling requests in flight at once.
     The event loop and HTTP parser are named, not "auto": the full install has uvloop and
     httptools (Ray's uvicorn[standard]), the serving install and the image do not, and the
-    tests must run the server the image runs."""
+    tests must run the server the image runs. The parser is h11 with the header, body and send
+    deadlines and the connection cap uvicorn lacks (server/limits.py)."""
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
+        max_connections=settings.max_connections,
+    )
     return dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         loop="asyncio",
-        http="h11",
+        http=limits.protocol(),
     )
 
 

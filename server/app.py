@@ -1,9 +1,10 @@
-"""The HTTP app: ``create_app(settings)`` builds it; its lifespan loads, warms and drains the model.
+"""The HTTP app: ``create_app(settings)`` builds it; its lifespan loads, warms and drains models.
 
-Start-up (server/state.py): read and check the model directory, open the ORT session, start the
-batcher, warm up in the background (``/readyz`` answers 503 until then), serve. On shutdown
-(SIGTERM) uvicorn stops accepting connections and waits for requests in flight; the lifespan
-then drains the batcher. Routes live beside their handlers in server/routes/.
+Start-up (server/model_control.py, server/state.py): find the repository's models, and for each
+version served open its ORT sessions, start its batcher and warm it up, in the background
+(``/readyz`` answers 503 until every one is done), serve. On shutdown (SIGTERM) uvicorn stops
+accepting connections and waits for requests in flight; the lifespan then drains every batcher.
+Routes live beside their handlers in server/routes/.
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ from fastapi.staticfiles import StaticFiles
 
 from server.errors import Unauthorized
 from server.metrics import mark_worker_dead
-from server.routes import native, ops, v2
+from server.model_control import ModelControl
+from server.routes import native, ops, repository, v2
 from server.routes.errors import add_error_handlers, error_response
+from server.routes.ops import SERVED
 from server.settings import Settings
-from server.state import ServerState, load_state, warm_up
 from server.v2 import openapi as v2_openapi
 from server.v2 import serving
 
 log = logging.getLogger("server.app")
-ROUTERS = (ops.router, native.router, v2.router)  # every front door's routes (server/routes/)
+# every front door's routes (server/routes/)
+ROUTERS = (ops.router, native.router, v2.router, repository.router)
 ENDPOINTS = ("/predict", "/healthz", "/readyz", "/v1/models", "/metrics", "/")
 OPEN_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")  # probes: no key
 
@@ -57,21 +60,24 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _openapi_for_model(app: FastAPI) -> Callable[[], dict]:
-    """``app.openapi`` with the served model's names (task names, model name and version, V2
-    outputs) patched in, once the lifespan has loaded the model; before that, the generic
-    document. Built once per app."""
+    """``app.openapi`` with the served models' names (task names, model names and versions, V2
+    outputs) patched in, once the lifespan has loaded them; before that, the generic document.
+    Built again whenever what is served changes."""
     generic = app.openapi
 
     def openapi() -> dict:
-        state: ServerState | None = app.state.server
-        if state is None:
+        control: ModelControl | None = app.state.server
+        if control is None or not control.serving:
             return generic()
-        if getattr(app.state, "model_openapi", None) is None:
+        built = getattr(app.state, "model_openapi", None)
+        if built is None or built[0] != control.generation:
             document = copy.deepcopy(generic())
-            native.describe_model(document, state.model)
-            v2_openapi.describe_model(document, state.model)
-            app.state.model_openapi = document
-        return app.state.model_openapi
+            models = [state.model for state in control.all_served()]
+            native.describe_model(document, models)
+            v2_openapi.describe_model(document, models)
+            repository.describe_control(document, control)
+            app.state.model_openapi = (control.generation, document)
+        return app.state.model_openapi[1]
 
     return openapi
 
@@ -84,37 +90,35 @@ def create_app_from_env() -> FastAPI:
 def _lifespan(settings: Settings):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await asyncio.to_thread(load_state, settings)
-        app.state.server = state
-        state.batcher.start()
-        grpc_server = None if settings.grpc_port is None else await serving.start_grpc(state)
-        warming = asyncio.create_task(_warm_up(state))
+        control = await asyncio.to_thread(ModelControl, settings)
+        app.state.server = control
+        grpc_server = None if settings.grpc_port is None else await serving.start_grpc(control)
+        warming = asyncio.create_task(_start_models(control))
         app.state.warming = warming  # a Ray Serve replica's first health check awaits it
         try:
             yield
         finally:
-            state.ready = False
             warming.cancel()
             if grpc_server is not None:  # no new calls; those in flight finish first
                 await grpc_server.stop(settings.shutdown_timeout_s)
-            await state.batcher.stop(settings.shutdown_timeout_s)
-            await asyncio.to_thread(state.render_pool.shutdown, True)
+            await control.stop(settings.shutdown_timeout_s)
             mark_worker_dead(os.getpid())
             log.info("drained and stopped")
 
     return lifespan
 
 
-async def _warm_up(state: ServerState) -> None:
-    try:
-        seconds = await asyncio.to_thread(warm_up, state)
-    except Exception:
-        # A model that cannot run a full batch will never serve: say why and exit, rather than
-        # answer /readyz 503 forever. Nothing was accepted yet, so nothing is lost.
-        log.critical("warm-up failed; the model cannot serve", exc_info=True)
+async def _start_models(control: ModelControl) -> None:
+    failures = await control.start()
+    if control.settings.model_control_mode == "none" and (failures or not control.serving):
+        # Nothing can change what this server serves: a model that cannot load will never
+        # serve, so say why and exit rather than run without it (Triton's exit-on-error).
+        # Nothing was accepted yet, so nothing is lost.
+        why = "; ".join(failures) or f"no model found in {control.repository.describe()}"
+        log.critical("a model cannot serve: %s", why)
         os._exit(3)
-    state.ready = True
-    log.info("warmed up in %.3f s; ready", seconds)
+    served = ", ".join(f"{s.name} {s.version}" for s in control.all_served())
+    log.info("ready: %s", served or "no model loaded yet")
 
 
 class _AccessMiddleware:
@@ -165,6 +169,7 @@ class _MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), [500]
+        served = scope.setdefault(SERVED, [])  # the versions the request chose (routes/ops.py)
 
         async def send_and_record(message) -> None:
             if message["type"] == "http.response.start":
@@ -174,11 +179,14 @@ class _MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            state: ServerState | None = scope["app"].state.server
-            if state is not None:
+            control: ModelControl | None = scope["app"].state.server
+            if control is not None:
                 protocol, endpoint = endpoint_label(scope["path"])
                 seconds = time.perf_counter() - started
-                state.metrics.observe_request(protocol, endpoint, status[0], seconds)
+                model = (served[0].name, served[0].version) if served else ("", "")
+                control.metrics.observe_request(protocol, endpoint, status[0], seconds, *model)
+            for state in served:  # the response is out: the version may be unloaded now
+                state.release()
 
 
 def endpoint_label(path: str) -> tuple[str, str]:
@@ -188,6 +196,8 @@ def endpoint_label(path: str) -> tuple[str, str]:
     if not path.startswith("/v2/"):
         return "native", path if path in ENDPOINTS else "other"
     parts = path.split("/")[2:]  # health/<probe> | models/<name>[/versions/<v>][/ready|/infer]
+    if parts[0] == "repository":
+        return "v2", repository.endpoint_label(parts[1:])
     if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
         return "v2", f"/v2/health/{parts[1]}"
     if parts[0] != "models" or len(parts) < 2:

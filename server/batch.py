@@ -1,5 +1,5 @@
 """Batch prediction: ``python -m server predict-dataset INPUT OUTPUT [--tasks ...]
-[--format png|npz] [--ray ADDRESS] [server flags]``.
+[--format png|npz] [--model NAME [--model-version V]] [--ray ADDRESS] [server flags]``.
 
 Every image under the folder INPUT (or listed in the file INPUT, one path a line, relative to
 the file's folder) goes through the model with the server's own code: the pipeline's stages
@@ -9,6 +9,10 @@ and batcher (server/pipeline.py, server/batching.py), the maps and encoders the 
 or one ``<name>.npz`` (the body of ``format=npz``). Each file is written under a temporary name
 and renamed, so a file that exists is complete: a rerun skips the images whose files all exist
 (resuming a stopped run). An image that cannot be read or served is reported and skipped.
+
+One model version does the work: ``--model`` names it in the repository (``--model-repository``,
+or ``--model-dir``'s repository of one, or the demo's), default the default model;
+``--model-version``, default the newest the version policy serves.
 
 Without ``--ray`` it runs here, in one process: up to ``max_queue`` images in flight, batched
 as the server batches requests. With ``--ray`` the images are spread over a Ray cluster's
@@ -29,6 +33,7 @@ from server import render
 from server.errors import ServingError
 from server.modeldir import ModelDir
 from server.pipeline import MapRequest
+from server.repository import pick_model
 from server.routes.native import Options, map_dtypes, parse_tasks
 from server.settings import Settings
 from server.state import ServerState, load_state, warm_up
@@ -51,6 +56,12 @@ class Job:
     output: Path
     tasks: str | None = None  # comma-separated, as /predict's query; None: all of the model's
     format: str = "png"
+    model: str | None = None  # the repository's model; None: the default model
+    version: str | None = None  # None: the newest the version policy serves
+
+    def model_dir(self) -> ModelDir:
+        """The model version that does the work, checked (``ModelDirError`` says why not)."""
+        return pick_model(self.settings, self.model, self.version)
 
     def task_names(self, model: ModelDir) -> list[str]:
         """Checked against the model: an unknown or repeated name raises ``InvalidParameter``."""
@@ -160,9 +171,12 @@ def write_atomically(target: Path, chunks: Iterable[bytes]) -> None:
 
 
 @asynccontextmanager
-async def running_state(settings: Settings) -> AsyncIterator[ServerState]:
-    """A server's state without HTTP: loaded, batching and warmed up; drained on exit."""
-    state = await asyncio.to_thread(load_state, settings)
+async def running_state(
+    settings: Settings, model: ModelDir | None = None
+) -> AsyncIterator[ServerState]:
+    """One model version's state without HTTP (default: the settings' default model): loaded,
+    batching and warmed up; drained on exit."""
+    state = await asyncio.to_thread(load_state, settings, model)
     state.batcher.start()
     try:
         await asyncio.to_thread(warm_up, state)
@@ -189,5 +203,5 @@ async def write_all(
 
 async def run_here(job: Job, images: list[Image], report: Callable[[Outcome], None]) -> None:
     """The plain run: one model in this process."""
-    async with running_state(job.settings) as state:
+    async with running_state(job.settings, job.model_dir()) as state:
         await write_all(MapWriter(state, job), images, report)

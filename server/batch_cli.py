@@ -1,7 +1,8 @@
 """``python -m server predict-dataset INPUT OUTPUT [--tasks ...] [--format png|npz]
-[--ray ADDRESS [--actors N]] [server flags]``: the command around server/batch.py, with a
-progress bar and a throughput summary. Exit status 0 when every image was written (or was
-already), 1 when some failed (each is named on stderr), 2 when the run could not start."""
+[--model NAME [--model-version V]] [--ray ADDRESS [--actors N]] [server flags]``: the command
+around server/batch.py, with a progress bar and a throughput summary. Exit status 0 when every
+image was written (or was already), 1 when some failed (each is named on stderr), 2 when the
+run could not start."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from server.batch import FORMATS, Job, Outcome, list_images, run_here
 from server.cli import add_setting_flags, checked_settings
 from server.errors import ServingError
-from server.modeldir import load_model_dir
+from server.modeldir import ModelDirError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -31,6 +32,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=FORMATS,
         default="png",
         help="png: one PNG per task (default); npz: one archive per image",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the repository's model to run (default: the default model)",
+    )
+    parser.add_argument(
+        "--model-version",
+        metavar="V",
+        help="its version (default: the newest the version policy serves)",
     )
     parser.add_argument("--ray", metavar="ADDRESS", help="run on this Ray cluster (Ray Data)")
     parser.add_argument(
@@ -78,11 +89,13 @@ def main(argv: list[str]) -> int:
     settings = checked_settings(args)
     if settings is None:
         return 2
-    job = Job(settings, args.output.resolve(), args.tasks, args.format)
+    job = Job(
+        settings, args.output.resolve(), args.tasks, args.format, args.model, args.model_version
+    )
     try:
-        names = job.task_names(load_model_dir(settings.model_dir))
+        names = job.task_names(job.model_dir())
         images = list_images(args.input)
-    except (ServingError, OSError) as error:
+    except (ServingError, ModelDirError, OSError) as error:
         print(f"error: {getattr(error, 'message', error)}", file=sys.stderr)
         return 2
     todo = [image for image in images if not job.done(image, names)]

@@ -33,7 +33,7 @@ class ModelActor:
     def __init__(self, job: Job) -> None:
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="ase-batch", daemon=True).start()
-        self._running = running_state(job.settings)
+        self._running = running_state(job.settings, job.model_dir())
         state = self._wait(self._running.__aenter__())
         self._writer = MapWriter(state, job)
 
@@ -71,7 +71,9 @@ def run_on_ray(
     context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
     if not images:
         return
-    job = Job(job.settings.per_ray_actor(), job.output, job.tasks, job.format)
+    job = Job(
+        job.settings.per_ray_actor(), job.output, job.tasks, job.format, job.model, job.version
+    )
     rows_per_call = ROWS_PER_CALL * job.settings.max_batch
     rows = [{"name": image.name, "path": image.path} for image in images]
     dataset = data.from_items(rows, override_num_blocks=math.ceil(len(rows) / rows_per_call))

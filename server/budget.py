@@ -61,6 +61,47 @@ class Reservation:
             self.released = True
             self.budget._give_back(self.nbytes)
 
+    def shrink_to(self, nbytes: int) -> None:
+        """Give back all but ``nbytes``: what the request holds once its maps are encoded (a
+        response body, a stream's band) rather than what it needed to make them."""
+        if not self.released and nbytes < self.nbytes:
+            given, self.nbytes = self.nbytes - max(nbytes, 0), max(nbytes, 0)
+            self.budget._give_back(given)
+
+
+class Hold:
+    """The memory a request's data holds as it arrives: its body while it is read, the copies
+    that parsing it makes; grown as they grow, never past the budget (503 when it is spent,
+    without waiting: see ``take_now``), released at once."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.nbytes = 0
+        self._parts: list[Reservation] = []
+
+    def grow_to(self, nbytes: int) -> None:
+        """Hold at least ``nbytes`` in all; 413 past the budget's capacity, 503 (``Retry-After``)
+        while the budget cannot hold them."""
+        if nbytes <= self.nbytes:
+            return
+        if nbytes > self.budget.capacity:
+            raise TooLarge(
+                "payload_too_large",
+                f"this request's data needs {nbytes >> 20} MiB of memory; the server's budget "
+                f"is {self.budget.capacity >> 20} MiB: send less",
+            )
+        part = self.budget.take_now(nbytes - self.nbytes)
+        if part is None:
+            raise overloaded("the memory budget is spent")
+        self._parts.append(part)
+        self.nbytes = nbytes
+
+    def release(self) -> None:
+        """Give everything back (idempotent)."""
+        parts, self._parts, self.nbytes = self._parts, [], 0
+        for part in parts:
+            part.release()
+
 
 @dataclass
 class _Waiter:
@@ -94,6 +135,22 @@ class MemoryBudget:
                 f"server's budget is {self.capacity >> 20} MiB: ask for smaller maps (max_side "
                 "or size=model) or send a smaller image",
             )
+        return await self._reserve(nbytes, deadline)
+
+    def hold(self) -> Hold:
+        """An empty :class:`Hold` for a request's data as it arrives."""
+        return Hold(self)
+
+    def take_now(self, nbytes: int) -> Reservation | None:
+        """``nbytes`` now if the budget has them, whoever waits, else ``None``: for data that is
+        arriving, which must not wait while it holds memory (bodies waiting for more budget
+        while holding theirs would wait on each other)."""
+        if self.in_use + nbytes > self.capacity:
+            return None
+        self._take(nbytes)
+        return Reservation(self, nbytes)
+
+    async def _reserve(self, nbytes: int, deadline: float) -> Reservation:
         if not self._waiting and self.in_use + nbytes <= self.capacity:
             self._take(nbytes)
             return Reservation(self, nbytes)

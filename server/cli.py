@@ -1,5 +1,5 @@
 """What the commands (``python -m server``, ``... predict-dataset``) share: every setting as a
-flag, and the settings and model directory checked before anything starts."""
+flag, and the settings and the models they name checked before anything starts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from server.modeldir import ModelDirError, load_model_dir
+from server.repository import repository_for, served_names
 from server.settings import Settings
 
 
@@ -23,8 +24,8 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def checked_settings(args: argparse.Namespace) -> Settings | None:
-    """The settings (flags over ``ASE_*``) and their model directory, checked, with logging set
-    up; ``None``, after saying why on stderr, when either is bad."""
+    """The settings (flags over ``ASE_*``) and their models, checked, with logging set up;
+    ``None``, after saying why on stderr, when either is bad."""
     flags = {
         name: value
         for name in Settings.model_fields
@@ -40,8 +41,37 @@ def checked_settings(args: argparse.Namespace) -> Settings | None:
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        load_model_dir(settings.model_dir)
+        check_models(settings)
     except ModelDirError as error:
         print(f"error: cannot serve: {error}", file=sys.stderr)
         return None
     return settings
+
+
+def check_models(settings: Settings) -> None:
+    """A lone ``--model-dir`` must load; a repository must exist, hold the models ``models``
+    names (and, in control mode none, at least one), and ``default_model`` among them.
+    The repository's models themselves are checked as they load (a broken one: the index)."""
+    repository = repository_for(settings)
+    if settings.model_dir is not None:
+        load_model_dir(settings.model_dir)
+    elif not repository.root.is_dir():
+        raise ModelDirError(
+            f"model repository {repository.root} does not exist (set --model-repository)"
+        )
+    found = repository.scan()
+    missing = [name for name in settings.model_names or [] if name not in found]
+    names = served_names(settings, found)
+    if missing or (not names and settings.model_control_mode == "none"):
+        raise ModelDirError(
+            f"model repository {repository.describe()} holds {', '.join(found) or 'no model'}"
+            f"{f', not {missing}' if missing else ''} (its layout: <name>/<version>/, each a "
+            "model directory)"
+        )
+    if settings.default_model and settings.default_model not in (
+        found if settings.model_control_mode == "explicit" else names
+    ):
+        raise ModelDirError(
+            f"default model {settings.default_model!r} is not served; the repository "
+            f"{repository.describe()} serves {', '.join(names) or 'none'}"
+        )

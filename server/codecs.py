@@ -10,32 +10,52 @@ Encoders take maps band by band (``server/maps.py``), so that no whole-size copy
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from isal import isal_zlib
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from server.errors import InvalidInput, TooLarge
 
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# EXIF orientation -> the stored (h, w, 3) pixels turned upright (views; PIL's Transpose).
+UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: a.transpose(1, 0, 2)[::-1],
+}
 DCT_SCALES = (8, 4, 2, 1)
+BAND_PIXELS = 1 << 20
+"""Pixels converted to RGB at a time (``decode``): a band's copies, not the image's, are extra."""
+JPEG_FILL = bytes(16)
+"""Bytes after a sequential JPEG's scan where its end marker was: the decoder's look-ahead
+past the last code (libjpeg reads up to 57 bits ahead); too few to stand in for a missing
+part of the scan (``_scan_must_end``)."""
+SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker; not stuffing, RSTn or fill
 
 
 @dataclass(frozen=True)
 class Upload:
-    """An upload whose header was read: ``width`` and ``height`` upright (after EXIF)."""
+    """An upload whose header was read: ``width`` and ``height`` upright (after ``orientation``,
+    EXIF's, 1 when absent or malformed), the bytes its decoder holds besides the pixels."""
 
     image: Image.Image
     width: int
     height: int
     body_bytes: int
+    orientation: int = 1
 
     @property
     def format(self) -> str:
@@ -57,6 +77,14 @@ class Upload:
     def scaled_size(self, scale: int) -> tuple[int, int]:
         """Upright size when decoded at ``1/scale`` (libjpeg rounds up)."""
         return -(-self.width // scale), -(-self.height // scale)
+
+    @property
+    def coefficient_bytes(self) -> int:
+        """A progressive (multi-scan) JPEG's DCT coefficients, which libjpeg holds for the whole
+        image at full size whatever the scale it outputs: 2 bytes per pixel per component."""
+        if self.format != "JPEG" or not self.image.info.get("progressive"):
+            return 0
+        return 2 * self.width * self.height * max(getattr(self.image, "layers", 3), 1)
 
 
 def open_upload(data: bytes, max_pixels: int) -> Upload:
@@ -82,32 +110,81 @@ def open_upload(data: bytes, max_pixels: int) -> Upload:
         )
     if width == 0 or height == 0:
         raise InvalidInput("invalid_image", f"image has zero size ({width}x{height})")
-    if _orientation(image) in TRANSPOSED_ORIENTATIONS:
+    orientation = _orientation(image)
+    if orientation in TRANSPOSED_ORIENTATIONS:
         width, height = height, width
-    return Upload(image, width, height, len(data))
+    if image.format == "JPEG":
+        image = _scan_must_end(image, data)
+    return Upload(image, width, height, len(data), orientation)
 
 
 def _orientation(image: Image.Image) -> int:
-    try:
-        return int(image.getexif().get(0x0112, 1))
-    except Exception:  # a malformed EXIF block: ImageOps.exif_transpose ignores it too
+    """EXIF's orientation: 1-8 as a number, else 1 (a string such as "6", a malformed block).
+    Read from the header only: a PNG's EXIF may follow its pixels, and PIL's ``getexif`` then
+    decodes the whole image to find it, before any limit is checked: such a PNG is upright."""
+    if image.format == "PNG" and "exif" not in image.info:
         return 1
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block
+        return 1
+    return orientation if type(orientation) is int and orientation in UPRIGHT else 1
+
+
+def _scan_must_end(image: Image.Image, data: bytes) -> Image.Image:
+    """A sequential JPEG whose header promises more rows than its scan holds is an error, not
+    grey rows: libjpeg fills what is missing once it meets the end marker (EOI). Such an image
+    is opened again on its bytes up to the marker, with ``JPEG_FILL`` in its place, so that a
+    scan that stops short leaves the decoder wanting data: the truncation PIL reports. A whole
+    scan decodes to the same pixels. Progressive files (many scans, read to EOI before any
+    output) are left as they are."""
+    if image.info.get("progressive"):
+        return image
+    start = image.fp.tell()  # PIL stops reading at the first scan's data
+    end = SCAN_END.search(data, start)
+    if end is None or data[end.start() + 1] != 0xD9:  # no marker, or more scans follow
+        return image
+    stripped = Image.open(io.BytesIO(data[: end.start()] + JPEG_FILL), formats=("JPEG",))
+    return stripped if stripped.size == image.size else image
 
 
 def decode(upload: Upload, scale: int = 1) -> np.ndarray:
-    """The upload's pixels -> RGB uint8 (h, w, 3), upright; JPEGs at ``1/scale`` in the DCT."""
+    """The upload's pixels -> RGB uint8 (h, w, 3), upright; JPEGs at ``1/scale`` in the DCT.
+
+    The decoded image is converted a band at a time into the array and then closed, so that
+    the memory held beyond the array is the decoder's image (``Plan.cost_bytes`` counts both).
+    """
     image = upload.image
     try:
         if scale > 1:
             stored = image.size
             image.draft(None, (stored[0] // scale, stored[1] // scale))
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return np.asarray(to_rgb(image), dtype=np.uint8)
+        rgb = rgb_array(image)
     except (OSError, ValueError, SyntaxError) as error:
         raise InvalidInput(
             "invalid_image", f"the image is truncated or corrupt ({error}); send the whole file"
         ) from None
+    finally:
+        image.close()  # its pixels and the body it read from
+    turn = UPRIGHT.get(upload.orientation)
+    return rgb if turn is None else np.ascontiguousarray(turn(rgb))
+
+
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """A loaded image of any mode -> RGB uint8 (h, w, 3), ``BAND_PIXELS`` at a time (rows, or
+    parts of a row for images wider than a band) so that no whole-image copy is made."""
+    width, height = image.size
+    out = np.empty((height, width, 3), np.uint8)
+    top = _grey_top(image)
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    columns = min(width, BAND_PIXELS)
+    for y in range(0, height, rows):
+        for x in range(0, width, columns):
+            box = (x, y, min(x + columns, width), min(y + rows, height))
+            band = image if box == (0, 0, width, height) else image.crop(box)
+            out[box[1] : box[3], box[0] : box[2]] = np.asarray(to_rgb(band, top))
+    return out
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
@@ -115,18 +192,32 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     return decode(open_upload(data, max_pixels))
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: 16/32-bit grey is scaled (not clipped), alpha is laid on white."""
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+def to_rgb(image: Image.Image, top: float | None = None) -> Image.Image:
+    """Any PIL mode -> RGB: 16/32-bit grey is scaled (not clipped) to white at ``top`` (default:
+    the image's own, ``_grey_top``), alpha is laid on white; an RGB image is itself."""
+    if _is_deep_grey(image):
         values = np.asarray(image, dtype=np.float64)
-        top = _value_range(image.mode, float(values.max(initial=0.0)))
+        top = _grey_top(image) if top is None else top
         grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     if image.mode == "P" and "transparency" in image.info or image.mode in ALPHA_MODES:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _is_deep_grey(image: Image.Image) -> bool:
+    return image.mode.startswith("I;16") or image.mode in ("I", "F")
+
+
+def _grey_top(image: Image.Image) -> float | None:
+    """The white level of a high-depth grey image (the whole image's, for every band of it);
+    ``None`` for other modes."""
+    if not _is_deep_grey(image):
+        return None
+    largest = image.getextrema()[1] if image.mode in ("I", "F") else 0.0
+    return _value_range(image.mode, float(largest))
 
 
 def _value_range(mode: str, largest: float) -> float:

@@ -80,6 +80,16 @@ class Raster:
         return self.rows(0, self.height)
 
 
+def compile_kernels() -> None:
+    """Every map kernel once, for each kind and output type (compiled, or loaded from numba's
+    cache): the server's warm-up runs it, and so does the image build (Dockerfile), which keeps
+    what numba compiled in its cache directory for the containers to load."""
+    for kind, channels in (("classes", 2), ("probability", 1), ("vector", 3)):
+        prediction = np.zeros((channels, 2, 2), np.float32)
+        for dtype in (np.uint8,) if kind == "classes" else (np.uint8, np.float32):
+            Raster(kind, prediction, 3, 3, dtype).array()
+
+
 def restore_size(kind: str, prediction: np.ndarray, width: int, height: int) -> np.ndarray:
     """A stream's prediction (C, H, W) -> its values at ``width`` x ``height``: uint8 ids
     (classes), float32 [0, 1] (probability) or float32 unit vectors (h, w, 3) (vector)."""

@@ -32,10 +32,14 @@ class ModelDirError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelDir:
-    """A checked model directory: its metadata, typed all the way down, and where it lies."""
+    """A checked model directory: its metadata, typed all the way down, and where it lies; and
+    what the repository serves it as (server/repository.py): a name (its folder's; a lone
+    ``--model-dir``: the metadata's) and a version (its version folder's number, else 1)."""
 
     path: Path
     metadata: Metadata
+    served_name: str | None = None  # None: the metadata's name
+    served_version: str = "1"
 
     @property
     def graphs(self) -> dict[str, Path]:
@@ -44,10 +48,16 @@ class ModelDir:
 
     @property
     def name(self) -> str:
-        return self.metadata.name
+        return self.served_name or self.metadata.name
 
     @property
     def version(self) -> str:
+        """The version requests name (the protocol's): the repository's, not the export's."""
+        return self.served_version
+
+    @property
+    def checkpoint(self) -> str:
+        """The export's own version, ``<step>-<sha8 of the checkpoint>`` (metadata.json)."""
         return self.metadata.version
 
     @property
@@ -99,12 +109,17 @@ class ModelDir:
         return self.graphs.get(variant) or next(iter(self.graphs.values()))
 
 
-def load_model_dir(path: Path, verify_hashes: bool = True) -> ModelDir:
-    """Read ``metadata.json`` and check it (schema, registry, graph files and their hashes)."""
+def load_model_dir(
+    path: Path, verify_hashes: bool = True, name: str | None = None, version: str = "1"
+) -> ModelDir:
+    """Read ``metadata.json`` and check it (schema, registry, graph files and their hashes);
+    served as ``name`` (default: the metadata's) and ``version``."""
     path = Path(path)
     if not path.is_dir():
         raise ModelDirError(f"model directory {path} does not exist (set --model-dir)")
+    if not any(path.iterdir()):  # what Docker mounts for a host path that does not exist
+        raise ModelDirError(f"model directory {path} is empty: is the path mounted there right?")
     try:
-        return ModelDir(path=path, metadata=read_metadata(path, verify_hashes))
+        return ModelDir(path, read_metadata(path, verify_hashes), name, version)
     except MetadataError as error:
         raise ModelDirError(str(error)) from None

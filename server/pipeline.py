@@ -31,7 +31,15 @@ from server.errors import InvalidParameter, TooLarge, deadline_exceeded
 from server.modeldir import ModelDir, TaskInfo
 
 DECODE_BYTES_PER_PIXEL = 8
-"""Peak bytes per decoded pixel: PIL's 4-byte RGBX buffer, the 3-byte RGB array, slack."""
+"""Peak bytes per decoded pixel: PIL's 4-byte RGBX buffer and the 3-byte RGB array (the
+decode), or the array and PIL's copy of it that the resize reads (the preprocess), and slack."""
+BAND_BYTES_PER_PIXEL = 16
+"""Per pixel of one band (``codecs.BAND_PIXELS``): its crop, its conversion and its bytes."""
+DECODE_BYTES_PER_LINE = 40
+"""Per row and per column of the decoded image, what grows with its sides rather than its
+area, which only counts for extreme shapes (1 x 39,000,000): PIL's row table (8 bytes a row,
+for each image it holds), the decoder's row buffers (up to 16 bytes a column) and the resize's
+filter weights (16 bytes per source row and column)."""
 DCT_MARGIN = 2
 """JPEGs are decoded in the DCT domain down to at least this multiple of the model's input,
 then resized exactly: the model sees an image averaged over at least 2x2 decoded pixels."""
@@ -133,8 +141,8 @@ class Pipeline:
         if request.keep_image:  # the overlay shows the image at map size: decode at least that
             need_width, need_height = max(need_width, width), max(need_height, height)
         scale = upload.dct_scale(need_width, need_height)
-        decoded = np.prod(upload.scaled_size(scale)) * DECODE_BYTES_PER_PIXEL
-        cost = int(decoded) + map_bytes(request, width, height)
+        decoded = decode_bytes(*upload.scaled_size(scale)) + upload.coefficient_bytes
+        cost = decoded + map_bytes(request, width, height)
         return Plan(upload.width, upload.height, request, width, height, scale, cost, upload)
 
     def plan_frames(self, frames: np.ndarray, request: MapRequest) -> Plan:
@@ -266,6 +274,13 @@ class Pipeline:
             )
             for frame in frames
         ]
+
+
+def decode_bytes(width: int, height: int) -> int:
+    """The most an image decoded at ``width`` x ``height`` holds at once, through preprocess."""
+    pixels = width * height
+    band = min(pixels, codecs.BAND_PIXELS) * BAND_BYTES_PER_PIXEL
+    return pixels * DECODE_BYTES_PER_PIXEL + band + (width + height) * DECODE_BYTES_PER_LINE
 
 
 def map_bytes(request: MapRequest, width: int, height: int) -> int:

@@ -24,8 +24,11 @@ class ErrorResponse(BaseModel):
 
 
 class ModelRef(BaseModel):
+    """The model version that answered."""
+
     name: str
-    version: str
+    version: str = Field(description="the repository's version (a number, as Triton's)")
+    checkpoint: str = Field(description="the export's own version: <step>-<sha8 of checkpoint>")
 
 
 class ImageSize(BaseModel):
@@ -90,9 +93,12 @@ class TaskDescription(BaseModel):
     palette: list[list[int]] | None = Field(None, description="RGB per class (GET /models)")
 
 
-class ModelsResponse(BaseModel):
+class ModelDescription(BaseModel):
+    """One model version served."""
+
     name: str
-    version: str
+    version: str = Field(description="the repository's version (a number, as Triton's)")
+    checkpoint: str = Field(description="the export's own version: <step>-<sha8 of checkpoint>")
     dataset: str | None = Field(
         None, description="the class lists' dataset: 'synthetic' (the demo) or another"
     )
@@ -105,6 +111,13 @@ class ModelsResponse(BaseModel):
     providers: list[str] = Field(description="execution providers actually in use")
     graph: str = Field(description="the graph file served")
     max_batch: int
+
+
+class ModelsResponse(BaseModel):
+    default_model: str | None = Field(
+        description="the model /predict runs without ?model= (null: none is served now)"
+    )
+    models: list[ModelDescription] = Field(description="every model version ready, by name")
 
 
 class HealthResponse(BaseModel):
@@ -122,6 +135,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 ERROR_DESCRIPTIONS = {
     400: "invalid_image (not an image, truncated, corrupt), empty_body, bad_multipart",
     401: "unauthorized: missing or wrong X-API-Key",
+    404: "unknown_model, unknown_version: the message names the models and versions served",
     413: "payload_too_large (body over the size limit), image_too_large (pixel limit)",
     415: "unsupported_media_type: send image/*, application/octet-stream or multipart 'file'",
     422: "unknown_task, duplicate_task, invalid_parameter (a bad value, an empty tasks list)",

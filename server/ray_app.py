@@ -4,10 +4,13 @@
 Each replica is one whole server: ``__serve_build_asgi_app__`` builds the same FastAPI app as
 ``python -m server`` (``server.app.create_app``: every router in ``ROUTERS``, the middlewares,
 the error handlers), and Serve runs its lifespan once in that replica, so each replica loads
-its own ServerState (ORT session, batcher, memory budget, pipeline, render pool) and batches
-the requests Serve routes to it. Serve's proxy takes HTTP on each node and routes each request
-to a replica; the autoscaler adds and removes replicas on the requests they hold
-(``target_ongoing_requests``). A replica counts as started once its first health check has
+its own models (per version: ORT sessions, batcher, pipeline; one memory budget and render
+pool) and batches the requests Serve routes to it. Which models: the repository's, as the
+plain server's settings say (``--models NAME`` serves only that one, ``--default-model`` picks
+the one ``/predict`` runs without ``?model=``); in ``none`` or ``poll`` mode only, as a load
+call through Serve's proxy would reach one replica. Serve's proxy takes HTTP on each node and
+routes each request to a replica; the autoscaler adds and removes replicas on the requests they
+hold (``target_ongoing_requests``). A replica counts as started once its first health check has
 passed, which waits for the warm-up; later checks are the ``/readyz`` probe's test. Metrics:
 server/ray_metrics.py.
 """
@@ -58,22 +61,22 @@ class ASEServer:
         warming = self.app.state.warming
         if warming is not None and not warming.done():
             await asyncio.shield(warming)
-        state = app_state(self.app)  # raises Unavailable: loading, or shutting down
+        control = app_state(self.app)  # raises Unavailable: loading, or shutting down
         if self._mirror_task is None:
             replica = serve.get_replica_context().replica_id.unique_id
-            mirror = RegistryMirror(state.metrics.registry, replica)
-            self._mirror_task = asyncio.create_task(_export_metrics(state, mirror))
+            mirror = RegistryMirror(control.metrics.registry, replica)
+            self._mirror_task = asyncio.create_task(_export_metrics(control, mirror))
 
     async def __del__(self) -> None:
         if self._mirror_task is not None:
             self._mirror_task.cancel()
 
 
-async def _export_metrics(state, mirror: RegistryMirror) -> None:
+async def _export_metrics(control, mirror: RegistryMirror) -> None:
     """Every ``METRICS_EXPORT_S``: the batches' router statistics into the counters (on the
     event loop, as ``/metrics`` does), then the registry to Ray (in a thread)."""
     while True:
-        state.batcher.flush_router()
+        control.flush_router()
         try:
             await asyncio.to_thread(mirror.export)
         except Exception:  # a metrics hiccup must not stop the exports that follow
@@ -104,6 +107,11 @@ def serve_on_ray(settings: Settings, address: str) -> int:
     Serve's proxies stay)."""
     import ray
 
+    if settings.model_control_mode == "explicit":
+        log.error(
+            "--ray serves in model control mode none or poll: a load call would reach one replica"
+        )
+        return 2
     ray.init(address=address, logging_level=settings.log_level.upper())
     serve.start(http_options={"host": settings.host, "port": settings.port})
     stop = threading.Event()  # set by a signal, even one that comes while the app deploys

@@ -137,6 +137,22 @@ def npz_chunks(
     yield from codecs.stream_npz(entries)
 
 
+NPZ_STREAM_BYTES = 64 * maps.BAND_PIXELS
+"""What a streamed npz holds between its chunks: the band being made (float32 values and their
+float64 sums), its bytes in the archive and the chunk they are joined into."""
+
+
+def npz_held_bytes(prediction: Prediction) -> int:
+    """The memory a streamed npz response holds while it is sent: a band at a time, each map's
+    horizontal pass at the model's height (maps.Raster), and the image kept for overlays."""
+    plan, model_height = prediction.plan, max(m.shape[-2] for m in prediction.result.maps.values())
+    passes = sum(
+        m.shape[0] * model_height * plan.map_width * 4 for m in prediction.result.maps.values()
+    )
+    image = 0 if prediction.image is None else prediction.image.nbytes
+    return NPZ_STREAM_BYTES + passes + image
+
+
 def multipart_mixed(parts: Iterable[tuple[str, str, bytes]]) -> tuple[bytes, str]:
     """``(name, content type, bytes)`` parts -> a ``multipart/mixed`` body and its media type.
     Each part's ``Content-Disposition`` names it (``name="semseg"; filename="semseg.png"``);

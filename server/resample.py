@@ -19,6 +19,7 @@ order, so every value is equal, not close (tests/server/test_resample.py holds t
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -26,9 +27,31 @@ import numba
 import numpy as np
 
 KINDS = ("classes", "probability", "vector")
-# error_model "numpy": a float division by zero gives inf or nan as in NumPy, where Python's
-# model branches to raise ZeroDivisionError, which keeps loops from running in SIMD registers.
-_JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
+log = logging.getLogger(__name__)
+
+
+def _cache_probe():  # pragma: no cover (never called: decorating it is the check)
+    return 0
+
+
+def jit_options() -> dict:
+    """numba's options for every kernel. error_model "numpy": a float division by zero gives inf
+    or nan as in NumPy, where Python's model branches to raise ZeroDivisionError, which keeps
+    loops from running in SIMD registers. cache: numba keeps what it compiles in
+    NUMBA_CACHE_DIR, else next to this file (__pycache__), else in the user's cache directory,
+    and raises at decoration when none is writable (a non-root user, a read-only filesystem);
+    then the kernels are compiled at every start instead, which only delays readiness. The
+    image points NUMBA_CACHE_DIR at /tmp, writable wherever it runs (Dockerfile)."""
+    options = {"nogil": True, "cache": True, "error_model": "numpy"}
+    try:
+        numba.njit(**options)(_cache_probe)
+    except RuntimeError as error:  # "cannot cache function ...: no locator available ..."
+        log.warning("%s: compiling the map kernels at every start (NUMBA_CACHE_DIR)", error)
+        options["cache"] = False
+    return options
+
+
+_JIT = jit_options()
 
 
 @dataclass(frozen=True)

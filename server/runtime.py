@@ -35,6 +35,9 @@ class ModelRuntime:
     def __init__(
         self, model: ModelDir, providers: list[str], threads: int = 0, spin: str = "brief"
     ) -> None:
+        # ONNX Runtime sends usage events to Microsoft on Linux unless told not to (in the
+        # image, where the user has no home, it also logs that it cannot keep a device id).
+        ort.disable_telemetry_events()
         self.model = model
         self._options = ort.SessionOptions()
         self._options.intra_op_num_threads = threads
@@ -75,6 +78,11 @@ class ModelRuntime:
                 f"{GRAPH_INPUTS} and {self.model.outputs}"
             )
         return session
+
+    def close(self) -> None:
+        """Let the session go (its weights and arenas): a retired version's memory goes back
+        even while something still refers to this runtime. It cannot run after this."""
+        self.session = None
 
     @property
     def provider(self) -> str:

@@ -10,8 +10,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.repository import VersionPolicy
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = REPO_ROOT / "demo" / "model"
+DEMO_REPOSITORY = REPO_ROOT / "demo" / "models"  # its models are links to demo/ folders
 DEMO_SAMPLES_DIR = REPO_ROOT / "demo" / "samples"
 
 PROVIDER_ALIASES = {
@@ -24,7 +27,48 @@ PROVIDER_ALIASES = {
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ASE_", extra="forbid", frozen=True)
 
-    model_dir: Path = Field(DEMO_MODEL_DIR, description="exported model directory (contract 3)")
+    model_dir: Path | None = Field(
+        None,
+        description="one exported model directory (contract 3), served as a repository of one "
+        "(its metadata's name, version 1); with neither this nor model_repository: the demo "
+        "repository, demo/models",
+    )
+    model_repository: Path | None = Field(
+        None,
+        description="a model repository in Triton's layout: DIR/<name>/<version>/ each a "
+        "model directory (a bare DIR/<name>/ is version 1)",
+    )
+    model_control_mode: Literal["none", "explicit", "poll"] = Field(
+        "none",
+        description="none: the models found at start; explicit: loaded and unloaded through "
+        "the repository API (/v2/repository, gRPC); poll: the repository watched, changes "
+        "applied (Triton's --model-control-mode)",
+    )
+    repository_poll_s: float = Field(
+        15.0, gt=0, le=3600, description="poll mode: seconds between looks at the repository"
+    )
+    model_version_policy: str = Field(
+        "latest:1",
+        description="versions served of each model: latest:N (the N highest), all, or "
+        "specific:V[,V...] (Triton's version_policy)",
+    )
+    models: str | None = Field(
+        None,
+        description="the repository's models loaded at start, comma-separated (default: all; "
+        "Triton's --load-model); in none and poll modes the only ones served",
+    )
+    default_model: str | None = Field(
+        None,
+        description="the model /predict serves without ?model= (default: the first served, "
+        "by name)",
+    )
+    model_memory_mb: int = Field(
+        0,
+        ge=0,
+        description="memory for the weights of every model version loaded, MiB per worker; a "
+        "load past it fails (0: the memory limit less memory_budget_mb, at least a quarter "
+        "of the limit)",
+    )
     samples_dir: Path = Field(
         DEMO_SAMPLES_DIR, description="sample images offered by the page (may be absent)"
     )
@@ -61,6 +105,30 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(64, ge=1, description="requests allowed to wait; past it: 503")
     timeout_s: float = Field(30.0, gt=0, description="per-request deadline; past it: 504")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's head must arrive within this of the connection's start (or "
+        "of its first byte, on a kept-alive connection); past it: 408, closed",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a request's whole body must arrive within this of its head; past it: "
+        "408, closed",
+    )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a client that reads none of its response for this long is dropped, and "
+        "the response's memory released",
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="HTTP connections open at once per worker; past it a new one gets 503 with "
+        "Retry-After and is closed",
+    )
     max_body_bytes: int = Field(20 * 2**20, ge=1024, description="largest request body; 413")
     max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (w*h); 413")
     memory_budget_mb: int = Field(
@@ -144,6 +212,32 @@ class Settings(BaseSettings):
     @classmethod
     def _no_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is None or value.get_secret_value() else None
+
+    @field_validator("model_version_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        return str(VersionPolicy.parse(value))
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: str | None) -> str | None:
+        names = [name.strip() for name in (value or "").split(",") if name.strip()]
+        return ",".join(names) or None
+
+    @model_validator(mode="after")
+    def _one_repository(self) -> Settings:
+        if self.model_dir is not None and self.model_repository is not None:
+            raise ValueError("set model_dir (one model) or model_repository, not both")
+        if self.model_control_mode == "explicit" and self.workers > 1:
+            raise ValueError(
+                "model_control_mode explicit needs workers 1: a load call reaches one worker"
+            )
+        return self
+
+    @property
+    def model_names(self) -> list[str] | None:
+        """The ``models`` setting as a list; None: every model."""
+        return self.models.split(",") if self.models else None
 
     @model_validator(mode="after")
     def _replica_range(self) -> Settings:

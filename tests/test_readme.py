@@ -25,7 +25,7 @@ def code_blocks(language: str) -> list[str]:
 
 def test_make_targets_and_presets_exist():
     makefile = (REPO / "Makefile").read_text()
-    for target in set(re.findall(r"\bmake (\w+)", README)):
+    for target in set(re.findall(r"\bmake ([\w-]+)", README)):
         assert re.search(rf"^{target}:", makefile, flags=re.M), f"make {target} is not a target"
     for name in re.findall(r"--preset ([\w-]+)", README):
         assert name in PRESETS, f"README names an unknown preset {name!r}"

@@ -13,8 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from server import errors
+from server.routes.native import client_closed
 from server.v2 import rest
 from server.v2.errors import V2Error, from_serving_error
 
@@ -82,6 +84,12 @@ def add_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         body = error_body(code, message, error.status_code)
         return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, error: ClientDisconnect) -> Response:
+        """A client gone while any route read its body: recorded (499, or 408 past the body's
+        deadline), never answered, no traceback; /predict and V2 infer catch it themselves."""
+        return client_closed(request)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> Response:

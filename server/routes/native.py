@@ -1,6 +1,7 @@
-"""The native front door: ``POST /predict`` and ``GET /v1/models``.
+"""The native front door: ``POST /predict[?model=NAME[&version=V]]`` and ``GET /v1/models``.
 
-It only translates: query and body -> ``MapRequest`` and the upload, the pipeline's
+It only translates: query and body -> ``MapRequest`` and the upload (the model version chosen
+by ``model`` and ``version``: server/model_control.py), the pipeline's
 ``Prediction`` -> JSON, PNG or a streamed npz. The memory a request reserved is given back once
 its response has been sent, or the client has gone (``server/routes/responses.py``).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -21,11 +23,12 @@ from starlette.requests import ClientDisconnect
 
 from server import render
 from server.errors import InvalidParameter
+from server.limits import TIMED_OUT
 from server.modeldir import ModelDir, TaskInfo
 from server.pipeline import MapRequest, MapSize, Prediction
 from server.protocol import ModelsResponse, OutputFormat, PredictResponse, error_responses
 from server.routes.body import client_gone, read_image_body
-from server.routes.ops import ready_state
+from server.routes.ops import app_state, ready_state
 from server.routes.responses import BudgetedResponse, BudgetedStream
 from server.state import ServerState
 
@@ -49,6 +52,8 @@ SIZE_HELP = (
     "model's input size (the scale to the upload is in the response: maps.scale, X-Map-Scale)"
 )
 MAX_SIDE_HELP = "maps scaled so that their longest side is at most this (aspect kept)"
+MODEL_HELP = "the model to run (GET /v1/models lists them); omitted: the default model"
+VERSION_HELP = "the model's version; omitted: its highest version served"
 NPZ_NORMALS_HELP = (
     "format=npz only: normals as float32 unit vectors, or uint8 like the PNG's; ignored with "
     "other formats and with visualize (which send uint8 pictures)"
@@ -94,13 +99,17 @@ class Options:
 
 @router.get("/v1/models", response_model=ModelsResponse, responses=error_responses(401, 503))
 async def models(request: Request) -> dict:
-    return describe(ready_state(request, need_warm=False))
+    control = app_state(request.app, need_warm=False)
+    return {
+        "default_model": control.default_name(),
+        "models": [describe(state) for state in control.all_served()],
+    }
 
 
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses={**BINARY_RESPONSES, **error_responses(400, 401, 413, 415, 422, 503, 504)},
+    responses={**BINARY_RESPONSES, **error_responses(400, 401, 404, 413, 415, 422, 503, 504)},
     openapi_extra=REQUEST_BODY,
     summary="dense maps for one image",
 )
@@ -116,9 +125,11 @@ async def predict(
     npz_normals: Annotated[
         Literal["float32", "uint8"], Query(description=NPZ_NORMALS_HELP)
     ] = "float32",
+    model: Annotated[str | None, Query(description=MODEL_HELP)] = None,
+    version: Annotated[str | None, Query(description=VERSION_HELP)] = None,
 ) -> Response:
     arrived = time.monotonic()
-    state = ready_state(request)
+    state = ready_state(request, model=model, version=version)
     options = Options(format, visualize, alpha, router_stats, npz_normals)
     wanted = parse_tasks(tasks, state.model)
     ask = MapRequest(
@@ -127,13 +138,17 @@ async def predict(
         dtypes=map_dtypes(wanted, options),
         keep_image=visualize,
     )
-    try:
-        body = await read_image_body(request, state.settings.max_body_bytes)
-    except ClientDisconnect:
-        return Response(status_code=CLIENT_CLOSED)
     deadline = arrived + state.settings.timeout_s
-    prediction = await state.pipeline.predict(body, ask, deadline, lambda: client_gone(request))
-    del body
+    hold = state.budget.hold()  # the body's bytes, until it has been decoded
+    try:
+        try:
+            body = await read_image_body(request, state.settings.max_body_bytes, hold)
+        except ClientDisconnect:
+            return client_closed(request)
+        prediction = await state.pipeline.predict(body, ask, deadline, lambda: client_gone(request))
+        del body
+    finally:
+        hold.release()
     if prediction is None:
         return Response(status_code=CLIENT_CLOSED)
     try:
@@ -143,16 +158,30 @@ async def predict(
         raise
 
 
-def describe_model(document: dict, model: ModelDir) -> None:
-    """Patch the generated OpenAPI ``document`` for the served model: ``tasks`` is a non-empty,
-    comma-separated list of its task names (spaces around them allowed, as parse_tasks strips
-    them), so that unknown names and an empty list are schema-invalid; repeated names are not
-    (JSON Schema cannot say it) and stay a 422."""
-    name = "(" + "|".join(re.escape(n) for n in model.task_names) + ")"
+def client_closed(request: Request) -> Response:
+    """What a route returns when the client went while its body was read: never sent, but the
+    metrics record 499, or 408 when the body's deadline (server/limits.py) cut it."""
+    return Response(status_code=408 if request.scope.get(TIMED_OUT) else CLIENT_CLOSED)
+
+
+def describe_model(document: dict, models: list[ModelDir]) -> None:
+    """Patch the generated OpenAPI ``document`` for the served models: ``model`` and
+    ``version`` name them; ``tasks`` is a non-empty, comma-separated list of task names (spaces
+    around them allowed, as parse_tasks strips them) that one of them serves, so that unknown
+    names and an empty list are schema-invalid; repeated names are not (JSON Schema cannot
+    say it) and stay a 422, as do tasks of another model than the one asked for."""
+    tasks = sorted({(t.id, t.name) for model in models for t in model.tasks})
+    name = "(" + "|".join(re.escape(task) for _, task in tasks) + ")"
     pattern = rf"^\s*{name}\s*(,\s*{name}\s*)*$"
+    values = {
+        "model": sorted({model.name for model in models}),
+        "version": sorted({model.version for model in models}, key=int),
+    }
     for parameter in document["paths"]["/predict"]["post"]["parameters"]:
         if parameter["name"] == "tasks":
             parameter["schema"] = {"type": "string", "pattern": pattern, "title": "Tasks"}
+        if parameter["name"] in values:
+            parameter["schema"] = {"type": "string", "enum": values[parameter["name"]]}
 
 
 def parse_tasks(tasks: str | None, model: ModelDir) -> tuple[TaskInfo, ...]:
@@ -168,16 +197,26 @@ def parse_tasks(tasks: str | None, model: ModelDir) -> tuple[TaskInfo, ...]:
             "tasks is empty: name at least one task "
             f"({', '.join(model.task_names)}), or omit it for all",
         )
-    unknown = [name for name in names if name not in model.task_names]
+    # Linear in the query (a set and a counter; names.count in a loop was quadratic: 12,000
+    # names held the event loop for seconds), and the messages name a few names, not all.
+    known = set(model.task_names)
+    unknown = list(dict.fromkeys(name for name in names if name not in known))
     if unknown:
         raise InvalidParameter(
             "unknown_task",
-            f"unknown task(s) {unknown}; this model serves {', '.join(model.task_names)}",
+            f"unknown task(s) {_some(unknown)}; this model serves {', '.join(model.task_names)}",
         )
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
         raise InvalidParameter("duplicate_task", f"task(s) {repeated} requested more than once")
-    return tuple(t for t in model.tasks if t.name in names)
+    wanted = set(names)
+    return tuple(t for t in model.tasks if t.name in wanted)
+
+
+def _some(names: list[str], shown: int = 8) -> str:
+    """``names`` for a message: the first ``shown`` (each cut to 40 characters), then a count."""
+    listed = str([name[:40] for name in names[:shown]])
+    return listed if len(names) <= shown else f"{listed} and {len(names) - shown} more"
 
 
 def map_dtypes(wanted: tuple[TaskInfo, ...], options: Options) -> dict[str, np.dtype]:
@@ -214,6 +253,9 @@ async def _respond(
         content, media_type = orjson.dumps(body), "application/json"
     elif options.format == "png":
         content, media_type = _png_body(state, prediction, encoded, options)
+    # What the response holds from here on: its body, or a streamed npz's bands in the making.
+    held = render.npz_held_bytes(prediction) if options.format == "npz" else len(content)
+    prediction.reservation.shrink_to(held)
     kind = BudgetedStream if options.format == "npz" else BudgetedResponse
     # The router counters are updated once the response has gone out (Starlette runs the
     # background after the last byte), not between the model's answer and the responses.
@@ -243,7 +285,11 @@ def _png_body(
 def _json_body(state: ServerState, prediction: Prediction, encoded: dict, options: Options) -> dict:
     plan = prediction.plan
     body = {
-        "model": {"name": state.model.name, "version": state.model.version},
+        "model": {
+            "name": state.model.name,
+            "version": state.model.version,
+            "checkpoint": state.model.checkpoint,
+        },
         "provider": state.runtime.provider,
         "image": {"width": plan.width, "height": plan.height},
         "maps": {"width": plan.map_width, "height": plan.map_height, "scale": list(plan.scale)},
@@ -258,9 +304,11 @@ def _json_body(state: ServerState, prediction: Prediction, encoded: dict, option
 
 def _headers(state: ServerState, prediction: Prediction, milliseconds: dict) -> dict[str, str]:
     """Timings as ``Server-Timing`` for every format (npz: the maps are computed while the body
-    streams, after these timings), the model's version, the maps' scale to the upload."""
+    streams, after these timings), the model and version that answered, the maps' scale to
+    the upload."""
     return {
         "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in milliseconds.items()),
+        "X-Model-Name": state.model.name,
         "X-Model-Version": state.model.version,
         "X-Map-Scale": ",".join(f"{s:.6g}" for s in prediction.plan.scale),
     }
@@ -275,6 +323,7 @@ def describe(state: ServerState) -> dict:
     return {
         "name": model.name,
         "version": model.version,
+        "checkpoint": model.checkpoint,
         "dataset": model.metadata.dataset,
         "training": (
             model.metadata.training.model_dump(mode="json") if model.metadata.training else None

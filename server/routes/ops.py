@@ -8,25 +8,42 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 
 from server.errors import NotFound, Unavailable
+from server.model_control import ModelControl
 from server.protocol import HealthResponse, error_responses
 from server.state import ServerState
 
 router = APIRouter()
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SERVED = "ase.served"
+"""ASGI scope key: the model versions a request chose, held until its response is out (the
+metrics middleware, server/app.py, labels the request with the first and releases them)."""
 
 
-def ready_state(request: Request, need_warm: bool = True) -> ServerState:
-    """The running server's state; 503 while it loads (or, ``need_warm``, warms up)."""
-    return app_state(request.app, need_warm)
-
-
-def app_state(app: FastAPI, need_warm: bool = True) -> ServerState:
-    """``ready_state`` of an app, for callers outside a request (Ray Serve's health check)."""
-    state: ServerState | None = app.state.server
-    if state is None or (need_warm and not state.ready):
-        raise Unavailable("not_ready", "the model is loading or the server is shutting down", 1)
+def ready_state(
+    request: Request,
+    need_warm: bool = True,
+    model: str | None = None,
+    version: str | None = None,
+) -> ServerState:
+    """The ready version of ``model`` (default: the default model) a request is served by,
+    held until its response has been sent; 503 while the server starts (``need_warm``: until
+    every model has loaded), 404 naming what is served for an unknown model or version."""
+    state = app_state(request.app, need_warm).resolve(model, version)
+    served = request.scope.get(SERVED)
+    if served is not None:
+        state.acquire()
+        served.append(state)
     return state
+
+
+def app_state(app: FastAPI, need_warm: bool = True) -> ModelControl:
+    """The server's models, for callers with or without a request (Ray Serve's health check);
+    503 while they load (``need_warm``) or the server is shutting down."""
+    control: ModelControl | None = app.state.server
+    if control is None or (need_warm and not control.ready):
+        raise Unavailable("not_ready", "the models are loading or the server is shutting down", 1)
+    return control
 
 
 @router.get("/healthz", response_model=HealthResponse, summary="liveness")
@@ -36,7 +53,7 @@ async def healthz() -> dict:
 
 @router.get("/readyz", response_model=HealthResponse, responses=error_responses(503))
 async def readyz(request: Request) -> dict:
-    ready_state(request)
+    app_state(request.app)
     return {"status": "ready"}
 
 
@@ -47,9 +64,9 @@ async def readyz(request: Request) -> dict:
     summary="Prometheus exposition",
 )
 async def metrics(request: Request) -> Response:
-    state = ready_state(request, need_warm=False)
-    state.batcher.flush_router()  # every answered batch, to the last one
-    body, content_type = state.metrics.render()
+    control = app_state(request.app, need_warm=False)
+    control.flush_router()  # every answered batch, to the last one
+    body, content_type = control.metrics.render()
     return Response(body, media_type=content_type)
 
 

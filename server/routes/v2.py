@@ -9,21 +9,30 @@ request path. Errors under ``/v2`` are the protocol's ``{"error": "..."}`` (rout
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
+from server.budget import Hold
 from server.routes.body import client_gone, read_body
-from server.routes.native import CLIENT_CLOSED
-from server.routes.ops import ready_state
+from server.routes.native import CLIENT_CLOSED, client_closed
+from server.routes.ops import app_state, ready_state
 from server.routes.responses import BudgetedResponse
 from server.state import ServerState
 from server.v2 import interface, openapi, rest, serving
+from server.v2.tensors import WireRequest
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 MODEL = "/models/{model_name}"
 VERSION = "/models/{model_name}/versions/{model_version}"
+INLINE_PARSE_BYTES = 1 << 16
+"""Bodies up to this size are parsed on the event loop (a thread hand-off costs more); larger
+ones, and every compressed one, in a thread: no request holds the loop for time that grows
+with what it sends."""
 
 
 @router.get(
@@ -48,26 +57,25 @@ async def live() -> dict:
     summary="readiness",
 )
 async def ready(request: Request) -> JSONResponse:
-    state: ServerState | None = request.app.state.server
-    is_ready = state is not None and state.ready
+    control = request.app.state.server
+    is_ready = control is not None and control.ready
     return JSONResponse({"ready": is_ready}, 200 if is_ready else 503)
 
 
 async def _metadata(request: Request, model_name: str, model_version: str) -> dict:
-    state = ready_state(request, need_warm=False)
-    interface.check_model(state.model, model_name, model_version)
-    return interface.model_metadata(state.model)
+    control = app_state(request.app, need_warm=False)
+    state = control.resolve(model_name, model_version)
+    return interface.model_metadata(state.model, control.versions(model_name))
 
 
 async def _ready(request: Request, model_name: str, model_version: str) -> JSONResponse:
-    state = ready_state(request, need_warm=False)
-    interface.check_model(state.model, model_name, model_version)
-    return JSONResponse({"name": model_name, "ready": state.ready}, 200 if state.ready else 503)
+    is_ready = app_state(request.app, need_warm=False).is_ready(model_name, model_version)
+    return JSONResponse({"name": model_name, "ready": is_ready}, 200 if is_ready else 503)
 
 
 def _model_routes(method: str, suffix: str, handler, summary: str, **documented) -> None:
-    """``handler(request, name, version)`` on both of the protocol's paths for it: the model's,
-    and one version's (the version may only be the served one)."""
+    """``handler(request, name, version)`` on both of the protocol's paths for it: the model's
+    (its highest version served), and one version's."""
 
     async def any_version(request: Request, model_name: str):
         return await handler(request, model_name, "")
@@ -82,16 +90,22 @@ def _model_routes(method: str, suffix: str, handler, summary: str, **documented)
 
 async def _infer(request: Request, model_name: str, model_version: str) -> Response:
     arrived = time.monotonic()
-    state = ready_state(request)
-    limit = state.settings.max_body_bytes
-    body = await read_body(request, limit)
-    wire = rest.parse_request(body, request.headers, model_name, model_version, limit)
-    del body
-    checked = interface.infer_request(wire, state.model)
-    deadline = serving.deadline_for(state, checked, arrived)
-    done = await serving.infer(
-        state, checked, serving.REST_MAP_COPIES, deadline, lambda: client_gone(request)
-    )
+    state = ready_state(request, model=model_name, version=model_version)
+    # The body and what parsing it makes, reserved as they come, held until the maps are made.
+    hold = state.budget.hold()
+    try:
+        try:
+            wire = await _read_request(request, state, hold, model_name, model_version)
+        except ClientDisconnect:  # as /predict: recorded, never answered
+            return client_closed(request)
+        checked = interface.infer_request(wire, state.model)
+        del wire
+        deadline = serving.deadline_for(state, checked, arrived)
+        done = await serving.infer(
+            state, checked, serving.REST_MAP_COPIES, deadline, lambda: client_gone(request)
+        )
+    finally:
+        hold.release()
     if done is None:
         return Response(status_code=CLIENT_CLOSED)
     frames, reservation = done
@@ -102,7 +116,35 @@ async def _infer(request: Request, model_name: str, model_version: str) -> Respo
     except BaseException:
         reservation.release()
         raise
+    reservation.shrink_to(len(content))  # the body is what the response holds from here on
     return BudgetedResponse(content, headers=headers, reservation=reservation)
+
+
+async def _read_request(
+    request: Request, state: ServerState, hold: Hold, model_name: str, model_version: str
+) -> WireRequest:
+    """The body, read within the limits, inflated and parsed off the event loop when large,
+    each input checked against the model's before its data is read (interface.check_input)."""
+    limit = state.settings.max_body_bytes
+    headers = {key.lower(): value for key, value in request.headers.items()}
+    rest.check_content_type(headers.get("content-type", ""))
+    body = await read_body(request, limit, hold)
+    encoding = headers.pop("content-encoding", "")
+    if rest.is_encoded(encoding):
+        if rest.HEADER_LENGTH.lower() in headers:  # its inputs checked before the rest inflates
+            prefix = rest.json_length(headers, limit)
+            check = interface.check_input
+            await asyncio.to_thread(rest.check_inputs_first, body, encoding, prefix, check)
+        hold.grow_to(hold.nbytes + limit)  # the inflated body, at most the limit
+        body = await asyncio.to_thread(rest.decode_content, body, encoding, limit)
+    json_length = rest.json_length(headers, len(body))
+    hold.grow_to(hold.nbytes + rest.parse_bytes(len(body), json_length))
+    parse = functools.partial(
+        rest.parse_request, body, headers, model_name, model_version, limit, interface.check_input
+    )
+    if len(body) <= INLINE_PARSE_BYTES and not rest.is_encoded(encoding):
+        return parse()
+    return await asyncio.to_thread(parse)
 
 
 _model_routes(

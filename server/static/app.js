@@ -7,7 +7,9 @@ const API_KEY_HEADER = "X-API-Key";
 // that in device pixels, so a 12-MP photo does not come back as five 12-MP maps.
 const DISPLAY_WIDTH = 320;
 const displaySide = () => Math.ceil(DISPLAY_WIDTH * (window.devicePixelRatio || 1));
-const state = { model: null, imageBlob: null, imageBitmap: null, response: null, maps: {} };
+const state = {
+  models: [], model: null, imageBlob: null, imageBitmap: null, response: null, maps: {},
+};
 const $ = (id) => document.getElementById(id);
 
 function apiHeaders(extra = {}) {
@@ -30,7 +32,9 @@ function showError(message) {
   box.hidden = !message;
 }
 
-async function loadModel() {
+// The models the server serves, one option per version; the default model's highest version
+// is picked first (the one /predict runs without ?model=).
+async function loadModels() {
   const response = await fetch("v1/models", { headers: apiHeaders() });
   if (!response.ok) {
     $("model-info").textContent = "model unavailable";
@@ -38,19 +42,42 @@ async function loadModel() {
     return;
   }
   const body = await response.json();
-  state.model = body.models ? body.models[0] : body;
+  state.models = body.models || [];
+  const picker = $("model");
+  const keep = picker.value;
+  picker.replaceChildren();
+  state.models.forEach((m, index) => {
+    const option = document.createElement("option");
+    option.value = String(index);
+    option.textContent = `${m.name} · version ${m.version}`;
+    option.dataset.key = `${m.name}/${m.version}`;
+    picker.appendChild(option);
+  });
+  const defaults = state.models.filter((m) => m.name === body.default_model);
+  const chosen = [...picker.options].find((o) => o.dataset.key === keep) ||
+    [...picker.options].find((o) => defaults.length &&
+      o.dataset.key === `${defaults.at(-1).name}/${defaults.at(-1).version}`);
+  if (chosen) picker.value = chosen.value;
+  showModel();
+  showError(state.models.length ? "" : "the server serves no model now");
+}
+
+function showModel() {
+  const option = $("model").selectedOptions[0];
+  state.model = option ? state.models[Number(option.value)] : null;
+  const box = $("tasks");
+  box.querySelectorAll("label").forEach((el) => el.remove());
   const m = state.model;
+  if (!m) { updateRunButton(); return; }
   const adapters = m.adapters || {};
   $("model-info").textContent =
-    `${m.name} ${m.version} · ${adapters.spec || ""} ${adapters.routing || ""} · ` +
-    `${(m.providers || []).join(", ")}`;
+    `${m.name} ${m.version} (${m.checkpoint}) · ${adapters.spec || ""} ` +
+    `${adapters.routing || ""} · ${(m.providers || []).join(", ")}`;
   // What the model learned from (metadata.json's training note): a synthetic-only model's
   // rough maps on a real photo, or photo-trained normals, are not mistaken for a fault.
   const note = m.training ? m.training.note : "";
   $("model-note").textContent = note;
   $("model-note").hidden = !note;
-  const box = $("tasks");
-  box.querySelectorAll("label").forEach((el) => el.remove());
   for (const task of m.tasks) {
     const label = document.createElement("label");
     label.innerHTML = `<input type="checkbox" name="task" value="${task.name}"> ${task.name}`;
@@ -58,7 +85,6 @@ async function loadModel() {
   }
   const first = box.querySelector("input");
   if (first) first.checked = true;
-  showError("");
   updateRunButton();
 }
 
@@ -108,7 +134,7 @@ function selectedTasks() {
 }
 
 function updateRunButton() {
-  $("run").disabled = !(state.imageBlob && selectedTasks().length);
+  $("run").disabled = !(state.imageBlob && state.model && selectedTasks().length);
 }
 
 async function predict() {
@@ -118,7 +144,9 @@ async function predict() {
   $("timing").textContent = "running…";
   const started = performance.now();
   try {
-    const url = `predict?tasks=${tasks.join(",")}&router_stats=true&max_side=${displaySide()}`;
+    const m = state.model;
+    const url = `predict?tasks=${tasks.join(",")}&router_stats=true&max_side=${displaySide()}` +
+      `&model=${encodeURIComponent(m.name)}&version=${encodeURIComponent(m.version)}`;
     const response = await fetch(url, {
       method: "POST",
       headers: apiHeaders({ "Content-Type": state.imageBlob.type || "application/octet-stream" }),
@@ -134,7 +162,8 @@ async function predict() {
     const t = state.response.timings_ms || {};
     $("timing").textContent =
       `round trip ${roundTrip.toFixed(0)} ms · server ${(t.total || 0).toFixed(1)} ms ` +
-      `(inference ${(t.inference || 0).toFixed(1)} ms) · ${state.response.provider}`;
+      `(inference ${(t.inference || 0).toFixed(1)} ms) · ${state.response.provider} · ` +
+      `${state.response.model.name} version ${state.response.model.version}`;
     await renderMaps(state.response);
     renderRouters(state.response);
     $("download-raw").hidden = false;
@@ -337,9 +366,10 @@ function wire() {
   $("run").addEventListener("click", predict);
   $("opacity").addEventListener("input", drawOverlays);
   $("download-raw").addEventListener("click", downloadRaw);
-  $("api-key").addEventListener("change", loadModel);
+  $("model").addEventListener("change", showModel);
+  $("api-key").addEventListener("change", loadModels);
 }
 
 wire();
-loadModel();
+loadModels();
 loadSamples();

@@ -35,7 +35,7 @@ from server.v2.tensors import (
 IMAGE, PIXELS = "image", "pixels"
 SERVER_NAME = "ase-serve"
 PLATFORM = "onnx_onnxv1"  # the protocol's platform name for ONNX models
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 KIND_OUTPUTS = {  # task kind -> (datatype, dimensions after N)
     "classes": ("UINT8", [-1, -1]),
     "probability": ("FP32", [-1, -1]),
@@ -134,13 +134,13 @@ def server_metadata(version: str) -> dict:
     return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
 
 
-def model_metadata(model: ModelDir) -> dict:
-    """The protocol's model metadata, plus ``tasks`` (this server's own key: what each task
-    output means: kind, channels, class names and palette, as GET /models says), which clients
-    that do not know it ignore."""
+def model_metadata(model: ModelDir, versions: Sequence[str] | None = None) -> dict:
+    """The protocol's model metadata (``versions``: every version served, default the model's
+    own), plus ``tasks`` (this server's own key: what each task output means: kind, channels,
+    class names and palette, as GET /models says), which clients that do not know it ignore."""
     return {
         "name": model.name,
-        "versions": [model.version],
+        "versions": list(versions or [model.version]),
         "platform": PLATFORM,
         "inputs": [spec.describe() for spec in input_specs()],
         "outputs": [spec.describe() for spec in output_specs(model)],
@@ -173,6 +173,25 @@ def infer_request(wire: WireRequest, model: ModelDir) -> InferRequest:
     return InferRequest(wire.id, image, pixels, tasks, outputs, size, max_side, timeout_s)
 
 
+def check_input(name: str, datatype: str, shape: tuple[int, ...]) -> None:
+    """One input's name, datatype and shape against this model's inputs; 400 if they do not
+    fit. The wire readers call it before the input's data is read, so that a request declaring
+    millions of elements is refused before any of them is materialised."""
+    if name not in (IMAGE, PIXELS):
+        raise bad_request(f"unexpected input(s) {[name]}; this model takes '{IMAGE}' or '{PIXELS}'")
+    if name == IMAGE and (datatype != "BYTES" or shape != (1,)):
+        raise bad_request(
+            f"input '{IMAGE}' must be BYTES of shape [1], got {datatype} {list(shape)}"
+        )
+    if name == PIXELS and (
+        datatype != "UINT8" or len(shape) != 4 or shape[3] != 3 or min(shape) < 1
+    ):
+        raise bad_request(
+            f"input '{PIXELS}' must be UINT8 [N, H, W, 3] RGB frames with N, H, "
+            f"W >= 1, got {datatype} {list(shape)}"
+        )
+
+
 def _the_input(inputs: Sequence[WireTensor]) -> tuple[bytes | None, np.ndarray | None]:
     names = [tensor.name for tensor in inputs]
     unknown = sorted(set(names) - {IMAGE, PIXELS})
@@ -186,19 +205,9 @@ def _the_input(inputs: Sequence[WireTensor]) -> tuple[bytes | None, np.ndarray |
             f"'{PIXELS}' (UINT8 [N, H, W, 3]); got {names or 'none'}"
         )
     tensor = inputs[0]
+    check_input(tensor.name, tensor.datatype, tensor.shape)
     if tensor.name == IMAGE:
-        if tensor.datatype != "BYTES" or tensor.shape != (1,):
-            raise bad_request(
-                f"input '{IMAGE}' must be BYTES of shape [1], got "
-                f"{tensor.datatype} {list(tensor.shape)}"
-            )
         return _file_bytes(tensor.data[0]), None
-    shape = tensor.shape
-    if tensor.datatype != "UINT8" or len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
-        raise bad_request(
-            f"input '{PIXELS}' must be UINT8 [N, H, W, 3] RGB frames with N, H, "
-            f"W >= 1, got {tensor.datatype} {list(shape)}"
-        )
     return None, tensor.data
 
 

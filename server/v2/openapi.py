@@ -217,18 +217,21 @@ def infer_openapi(output_names: list[str] | None = None) -> dict[str, Any]:
 INFER_OPENAPI = infer_openapi()
 
 
-def describe_model(document: dict[str, Any], model: ModelDir) -> None:
-    """Patch the generated OpenAPI ``document`` for the served model: its name and version as
-    the only path values, its output names in the infer request body."""
-    names = [spec.name for spec in output_specs(model)]
-    values = {"model_name": model.name, "model_version": model.version}
+def describe_model(document: dict[str, Any], models: list[ModelDir]) -> None:
+    """Patch the generated OpenAPI ``document`` for the served models: their names and versions
+    as the only path values, their output names in the infer request body."""
+    names = list(dict.fromkeys(spec.name for model in models for spec in output_specs(model)))
+    values = {
+        "model_name": sorted({model.name for model in models}),
+        "model_version": sorted({model.version for model in models}, key=int),
+    }
     for path, item in document["paths"].items():
         if not path.startswith("/v2/models/"):
             continue
         for operation in item.values():
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"] in values:
-                    parameter["schema"] = {"type": "string", "enum": [values[parameter["name"]]]}
+                    parameter["schema"] = {"type": "string", "enum": values[parameter["name"]]}
             if path.endswith("/infer"):
                 operation["requestBody"] = infer_openapi(names)["requestBody"]
 

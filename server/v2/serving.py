@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from importlib import metadata
 
 import numpy as np
 
 from server.budget import Reservation
+from server.model_control import ModelControl
 from server.pipeline import ClientGone, MapRequest, MapSize, Prediction
 from server.state import ServerState
 from server.v2.interface import KIND_DTYPES, FrameResult, InferRequest
@@ -77,28 +77,28 @@ def _array(prediction: Prediction, task) -> np.ndarray:
     return prediction.raster(task).array()
 
 
-async def start_grpc(state: ServerState):
+async def start_grpc(control: ModelControl):
     """The gRPC service on ``settings.host:grpc_port``, started; the caller stops it."""
     from server.v2 import grpc_service  # grpcio is only imported when gRPC is on
 
-    settings = state.settings
+    settings = control.settings
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
 
-    def infer_call(request: InferRequest, context) -> Awaitable[list[FrameResult]]:
-        return _grpc_infer(state, request, context)
-
-    def observe(method: str, status: int, seconds: float) -> None:
-        state.metrics.observe_request("grpc", method, status, seconds)
+    def observe(method: str, status: int, seconds: float, model: str, version: str) -> None:
+        control.metrics.observe_request("grpc", method, status, seconds, model, version)
 
     service = grpc_service.InferenceService(
-        state.model,
+        control,
         server_version(),
-        infer_call,
-        is_ready=lambda: state.ready,
+        _grpc_infer,
+        is_ready=lambda: control.ready,
         api_key=api_key,
         observe=observe,
+        new_hold=control.shared.budget.hold,
     )
-    server, port = grpc_service.create_server(service, settings.host, settings.grpc_port)
+    server, port = grpc_service.create_server(
+        service, settings.host, settings.grpc_port, max_message_bytes=settings.max_body_bytes
+    )
     if not port:
         raise RuntimeError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")
     await server.start()
@@ -107,8 +107,11 @@ async def start_grpc(state: ServerState):
 
 
 async def _grpc_infer(state: ServerState, request: InferRequest, context) -> list[FrameResult]:
-    """As the REST route, with the call's end as the client's leaving, and the reservation
-    released when the call is over (the response message is serialised after this returns)."""
+    """As the REST route, with the call's end as the client's leaving, and the reservation and
+    the model version released when the call is over (the response message is serialised
+    after this returns)."""
+    state.acquire()
+    context.add_done_callback(lambda _: state.release())
     ended = asyncio.Event()
     context.add_done_callback(lambda _: ended.set())
     deadline = deadline_for(state, request, time.monotonic())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ import numpy as np
 from server.v2.errors import bad_request
 
 Parameter = bool | int | float | str
+# An input's name, datatype and shape, checked before its data is read (raises V2Error).
+CheckInput = Callable[[str, str, tuple[int, ...]], None]
 DTYPES: dict[str, np.dtype] = {
     name: np.dtype(code)
     for name, code in (
@@ -39,6 +42,11 @@ DTYPES: dict[str, np.dtype] = {
 }
 DATATYPES = (*DTYPES, "BYTES")
 LENGTH_PREFIX = struct.Struct("<I")
+MAX_DIMENSIONS = 32  # NumPy 1's limit (2's is 64); a tensor of this model has at most 4
+MAX_ELEMENTS = 2**48
+"""Most elements a shape may describe (zero dimensions read as one): beyond any body this
+server takes, and far inside NumPy's 2**63-byte arrays, so that no shape a client sends
+makes NumPy raise (a 500) instead of the protocol's 400."""
 
 
 @dataclass(frozen=True)
@@ -87,9 +95,20 @@ def check_datatype(datatype: Any, name: str) -> str:
 
 
 def check_shape(shape: Any, name: str) -> tuple[int, ...]:
+    """A shape of at most ``MAX_DIMENSIONS`` integers >= 0 describing at most ``MAX_ELEMENTS``
+    (zero dimensions counted as one: ``[0, 2**70]`` is refused too); 400 otherwise."""
+    if isinstance(shape, list | tuple) and len(shape) > MAX_DIMENSIONS:
+        raise bad_request(
+            f"tensor {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS}"
+        )
     dimensions = [whole_number(d) for d in shape] if isinstance(shape, list | tuple) else [None]
     if not all(d is not None and d >= 0 for d in dimensions):
         raise bad_request(f"tensor {name!r}: shape must be a list of integers >= 0, got {shape!r}")
+    spanned = 1
+    for dimension in dimensions:  # stops early: a dimension may be a huge JSON integer
+        spanned *= max(dimension, 1)
+        if spanned > MAX_ELEMENTS:
+            raise bad_request(f"tensor {name!r}: shape {shape!r} describes too many elements")
     return tuple(dimensions)
 
 

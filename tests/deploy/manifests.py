@@ -126,17 +126,30 @@ def quantity(value: str | int) -> float:
 # ---- the image: Dockerfile and docker-compose.yml ----------------------------------------
 
 
-def dockerfile_lines() -> list[tuple[str, str]]:
+# The CPU and Ray variants' file, and the CUDA variant's (the same stages on another base).
+DOCKERFILES = (REPO / "Dockerfile", REPO / "Dockerfile.cuda")
+
+
+def dockerfile_lines(path: Path = DOCKERFILES[0]) -> list[tuple[str, str]]:
     """(instruction, arguments) of every Dockerfile line, continuations joined."""
-    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    text = path.read_text().replace("\\\n", " ")
     lines = [line.strip() for line in text.splitlines()]
     return [tuple(line.split(" ", 1)) for line in lines if line and not line.startswith("#")]
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The environment the Dockerfile's ENV lines set (the runtime stage's are the last)."""
+    env = {}
+    for keyword, rest in dockerfile_lines():
+        if keyword == "ENV":
+            env.update(pair.split("=", 1) for pair in shlex.split(rest))
+    return env
 
 
 def dockerfile_variants() -> dict[str, dict[str, str]]:
     """Each VARIANT's base stage (``FROM ... AS base-<variant>``) and the ENV it sets."""
     variants, current = {}, None
-    for keyword, rest in dockerfile_lines():
+    for keyword, rest in (line for path in DOCKERFILES for line in dockerfile_lines(path)):
         if keyword == "FROM":
             stage = rest.split(" AS ")[-1].strip() if " AS " in rest else ""
             current = stage.removeprefix("base-") if stage.startswith("base-") else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import re
+from pathlib import PurePosixPath
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ from tests.deploy.manifests import (
     REPO,
     compose_images,
     dockerfile_cmd,
+    dockerfile_env,
     dockerfile_exposed,
     dockerfile_uid,
     dockerfile_variants,
@@ -229,6 +231,21 @@ def test_every_server_container_runs_as_the_image_user_without_privileges():
         assert context.get("runAsUser") == uid, (overlay, container["name"])
         assert context.get("allowPrivilegeEscalation") is False
         assert "ALL" in context.get("capabilities", {}).get("drop", [])
+
+
+def test_every_server_container_can_write_where_the_image_writes():
+    """The image keeps numba's compiled kernels in NUMBA_CACHE_DIR (Dockerfile); under a
+    read-only root filesystem it must lie on a writable volume, or numba cannot cache there
+    (the server then compiles the kernels at every start). The Ray nodes write there too."""
+    cache = PurePosixPath(dockerfile_env()["NUMBA_CACHE_DIR"])
+    for overlay, pod, container in all_server_containers():
+        volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+        writable = [
+            mount["mountPath"]
+            for mount in container.get("volumeMounts", [])
+            if "emptyDir" in volumes[mount["name"]] and not mount.get("readOnly")
+        ]
+        assert any(cache.is_relative_to(path) for path in writable), (overlay, container["name"])
 
 
 def replica_resources() -> list[tuple[str, dict]]:

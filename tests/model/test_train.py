@@ -145,16 +145,18 @@ def test_missing_dataset_root_and_layout_file_are_named(tmp_path):
         train(layout, tmp_path / "run")
 
 
+def tiny_run(out: Path) -> list[str]:
+    """The training CLI's arguments for the tiny preset writing to ``out``."""
+    return ["--preset", "tiny", "--out", str(out)]
+
+
 def test_cli_runs_as_a_module(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "model.train",
-            "--preset",
-            "tiny",
-            "--out",
-            str(tmp_path),
+            *tiny_run(tmp_path),
             "--single-steps",
             "2",
             "--multi-steps",
@@ -181,13 +183,9 @@ def test_two_gloo_processes_train(tmp_path):
             "2",
             "-m",
             "model.train",
-            "--preset",
-            "tiny",
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-        ],
+            *tiny_run(tmp_path),
+        ]
+        + ["--device", "cpu"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -27,11 +27,13 @@ from tests.monitoring.tooling import REPO
 
 PINNED_IMAGE = re.compile(r"^[\w./-]+:v?\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?$")
 HIDDEN_FROM_REPLAY = ("ase_serve", "__editable__", "_ase_serve")  # the project's dev install
+DOCKERFILE, CUDA_DOCKERFILE = REPO / "Dockerfile", REPO / "Dockerfile.cuda"
+SHARED_STAGES = "# ---- builder"  # where the two files' common text begins
 
 
-def instructions() -> list[tuple[str, str, str]]:
+def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str, str]]:
     """(stage, instruction, arguments) of every Dockerfile line, continuations joined."""
-    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    text = path.read_text().replace("\\\n", " ")
     stage, result = "", []
     for line in text.splitlines():
         line = line.strip()
@@ -44,9 +46,9 @@ def instructions() -> list[tuple[str, str, str]]:
     return result
 
 
-def global_args() -> dict[str, str]:
+def global_args(path: Path = DOCKERFILE) -> dict[str, str]:
     args = {}
-    for stage, keyword, rest in instructions():
+    for stage, keyword, rest in instructions(path):
         if keyword == "ARG" and not stage and "=" in rest:
             name, value = rest.split("=", 1)
             args[name] = value
@@ -76,14 +78,42 @@ def dockerignore_allows(path: str) -> bool:
 
 
 def test_base_images_are_pinned_and_cuda_has_cudnn():
-    args = global_args()
-    assert args["VARIANT"] == "cpu"
-    for name in ("PYTHON_IMAGE", "CUDA_IMAGE"):
-        assert PINNED_IMAGE.match(args[name]), f"{name}={args[name]} is not pinned"
-    assert re.search(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime", args["CUDA_IMAGE"])
-    froms = [rest for _, keyword, rest in instructions() if keyword == "FROM"]
-    assert "${PYTHON_IMAGE} AS base-cpu" in froms and "${CUDA_IMAGE} AS base-cuda" in froms
-    assert "base-${VARIANT} AS builder" in froms and "base-${VARIANT} AS runtime" in froms
+    args, cuda_args = global_args(), global_args(CUDA_DOCKERFILE)
+    assert args["VARIANT"] == "cpu" and cuda_args["VARIANT"] == "cuda"
+    for name, value in (
+        ("PYTHON_IMAGE", args["PYTHON_IMAGE"]),
+        ("CUDA_IMAGE", cuda_args["CUDA_IMAGE"]),
+    ):
+        assert PINNED_IMAGE.match(value), f"{name}={value} is not pinned"
+    assert re.search(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime", cuda_args["CUDA_IMAGE"])
+    for path in (DOCKERFILE, CUDA_DOCKERFILE):
+        froms = [rest for _, keyword, rest in instructions(path) if keyword == "FROM"]
+        assert "base-${VARIANT} AS builder" in froms and "base-${VARIANT} AS runtime" in froms
+    assert "${CUDA_IMAGE} AS base-cuda" in [
+        rest for _, keyword, rest in instructions(CUDA_DOCKERFILE) if keyword == "FROM"
+    ]
+
+
+def test_the_cpu_build_needs_nothing_but_the_python_image():
+    """The classic builder (DOCKER_BUILDKIT=0, Compose v1) builds every stage of the file, and
+    BuildKit fetches a `# syntax=` frontend from a registry first: the CPU file names no other
+    image than its Python base (its other FROMs are its own earlier stages), and neither file
+    has a syntax line."""
+    stages = []
+    for stage, keyword, rest in instructions():
+        if keyword == "FROM":
+            base = rest.split(" AS ")[0].replace("${VARIANT}", "cpu")
+            assert base == "${PYTHON_IMAGE}" or base in stages, f"FROM {rest}"
+            stages.append(stage)
+    for path in (DOCKERFILE, CUDA_DOCKERFILE):
+        directives = path.read_text().split("\n\n", 1)[0]  # parser directives come first
+        assert not re.search(r"^#\s*syntax\s*=", directives, flags=re.M | re.I), path.name
+
+
+def test_the_cuda_file_shares_every_stage_after_its_base():
+    """Dockerfile.cuda is the Dockerfile on another base: the same builder and runtime."""
+    shared = DOCKERFILE.read_text().split(SHARED_STAGES, 1)[1]
+    assert CUDA_DOCKERFILE.read_text().split(SHARED_STAGES, 1)[1] == shared
 
 
 def test_runtime_is_non_root_healthy_and_serves_from_env():
@@ -237,3 +267,31 @@ def test_builder_install_steps_replayed_in_a_fresh_venv(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--model-dir" in result.stdout
+    runtime_leaves_the_install_untouched(venv, registry, tmp_path)
+
+
+def runtime_env(tmp_path: Path) -> dict[str, str]:
+    """The runtime stage's ENV, with /tmp (writable in every way the image runs) moved here."""
+    env = {}
+    for arguments in stage_lines("runtime", "ENV"):
+        env.update(pair.split("=", 1) for pair in shlex.split(arguments))
+    del env["PATH"]
+    return {name: value.replace("/tmp/", f"{tmp_path}/tmp/") for name, value in env.items()}
+
+
+def runtime_leaves_the_install_untouched(venv: Path, registry: Path, tmp_path: Path) -> None:
+    """The image's user owns no file of the install, and Kubernetes mounts it read-only: with
+    the image's environment, loading the server and compiling its map kernels (as the image
+    build and every start do) writes nothing into the venv, and numba's cache is filled where
+    NUMBA_CACHE_DIR says. (This replay runs as root, which could write anywhere: it compares
+    the venv's files instead; `make compose-test` runs the real image as its user.)"""
+    env = runtime_env(tmp_path) | {"PYTHONPATH": str(registry)}
+    before = sorted(venv.rglob("*"))
+    probe = "from server import maps; maps.compile_kernels()"
+    command = [str(venv / "bin" / "python"), "-c", probe]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(venv.rglob("*")) == before, "the server wrote into its install"
+    assert list(Path(env["NUMBA_CACHE_DIR"]).rglob("*.nbi")), "numba cached nothing"

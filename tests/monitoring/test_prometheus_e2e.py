@@ -48,6 +48,8 @@ GRAFANA_VARIABLES = {
     "$task": "semseg",
     "$layer": "1",
     "$endpoint": "/predict",
+    "$model": "ase-fake",  # tests/server/fake_model.py's, served as a repository of one
+    "$version": "1",
 }
 
 
@@ -231,8 +233,10 @@ def test_every_recording_rule_returns_data(prometheus, traffic, record):
     assert query(prometheus, rule["expr"]), f"{record}: its expression returns nothing"
 
 
-def substitute(expr: str) -> str:
-    for variable, value in sorted(GRAFANA_VARIABLES.items(), key=lambda kv: -len(kv[0])):
+def substitute(expr: str, **values: str) -> str:
+    """``expr`` with Grafana's variables replaced (``values``: other values, e.g. model=...)."""
+    chosen = {**GRAFANA_VARIABLES, **{f"${name}": value for name, value in values.items()}}
+    for variable, value in sorted(chosen.items(), key=lambda kv: -len(kv[0])):
         expr = expr.replace("${" + variable[1:] + "}", value).replace(variable, value)
     assert "$" not in expr, f"unsubstituted variable in {expr}"
     return expr

@@ -175,8 +175,13 @@ def test_expert_load_dashboard_has_the_issue_panels():
         "ase_batch_size",
     ):
         assert needed in exprs, needed
-    variables = {v["name"] for v in dashboard["templating"]["list"]}
-    assert {"task", "layer"} <= variables
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert {"model", "version", "task", "layer"} <= set(variables)
+    assert not variables["model"]["multi"] and not variables["version"]["multi"]  # one picked
+    for title, expr in dashboard_targets(dashboard):  # every panel reads the model picked
+        assert 'model="$model"' in expr, title
+        if "layer_task" in expr:  # routers: one version's (each has its own)
+            assert 'version="$version"' in expr, title
     matrix = [p for p in dashboard["panels"] if p.get("repeat") == "task" and p["type"] == "table"]
     assert matrix and matrix[0]["transformations"][0]["options"]["rowField"] == "layer"
 

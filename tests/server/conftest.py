@@ -82,7 +82,12 @@ def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
 
 
 def metric(values: dict, name: str, **labels: str) -> float:
-    return values.get((name, frozenset(labels.items())), 0.0)
+    """The sum of ``name``'s samples whose labels include ``labels`` (those not named, e.g. the
+    model and version every per-model series carries, are summed over)."""
+    wanted = set(labels.items())
+    return sum(
+        value for (sample, items), value in values.items() if sample == name and wanted <= items
+    )
 
 
 def image_bytes(array: np.ndarray, fmt: str = "PNG", **save) -> bytes:

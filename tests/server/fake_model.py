@@ -6,7 +6,10 @@ output is a deterministic function of the inputs: each stream gathers its image,
 selects its own streams (Equal/NonZero/Gather) and applies a per-pixel linear map plus its
 kind's post-processing, and the router statistics come from top-k over logits of patch-averaged
 colours, so different images route differently. ``heavy_matmuls`` adds input-dependent work
-that changes no output, to make the model slow on purpose (queue and deadline tests).
+that changes no output, to make the model slow on purpose (queue and deadline tests);
+``ballast_mb`` adds weights that change no output, to make the model large on purpose (its
+memory coming and going with loads and unloads), read at indices that depend on the input, so
+that ONNX Runtime cannot fold them away.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def write_fake_model_dir(
     patch: int = 8,
     heavy_matmuls: int = 0,
     seed: int = 0,
+    ballast_mb: int = 0,
 ) -> Path:
     """Write ``metadata.json`` and ``model.dense.onnx`` under ``path``; returns ``path``."""
     path = Path(path)
@@ -160,6 +164,12 @@ def write_fake_model_dir(
         node("ReduceMean", [current], "heavy_mean", keepdims=0)
         node("Mul", ["heavy_mean", const("heavy_zero", np.array(0, np.float32))], "heavy_nil")
         last = node("Add", [last, "heavy_nil"], "gate_mass_heavy")
+    if ballast_mb:
+        ballast = rng.random(ballast_mb << 18, np.float32)  # (mb * 2**20 / 4,)
+        node("Gather", [const("ballast", ballast), "stream_task"], "ballast_picked", axis=0)
+        node("Mul", ["ballast_picked", const("ballast_zero", np.array(0, np.float32))], "b_nil")
+        node("Unsqueeze", ["b_nil", const("b_axis", np.array([1], np.int64))], "b_nil2")  # (S, 1)
+        last = node("Add", [last, "b_nil2"], "gate_mass_ballast")
     node("Identity", [last], "shared_gate_mass")
 
     def value(name: str, elem: int, shape: list) -> onnx.ValueInfoProto:

@@ -29,7 +29,10 @@ def test_probes_and_model_description(server):
     with server.client() as client:
         assert client.get("/healthz").json() == {"status": "alive"}
         assert client.get("/readyz").json() == {"status": "ready"}
-        models = client.get("/v1/models").json()
+        listed = client.get("/v1/models").json()
+    assert listed["default_model"] == "ase-tiny" and len(listed["models"]) == 1
+    models = listed["models"][0]
+    assert (models["name"], models["version"]) == ("ase-tiny", "1")
     assert [t["name"] for t in models["tasks"]] == list(TASK_NAMES)
     assert models["providers"] == ["CPUExecutionProvider"]
     assert models["adapters"]["experts"] == 16 and models["adapters"]["shared_experts"] == [15]
@@ -47,6 +50,7 @@ def test_json_has_every_task_at_the_image_size(server):
     assert set(body["tasks"]) == set(TASK_NAMES)
     assert set(body["timings_ms"]) == {"decode", "queue", "inference", "postprocess", "total"}
     assert body["model"]["name"] == "ase-tiny" and body["provider"] == "CPUExecutionProvider"
+    assert body["model"]["version"] == "1" and response.headers["X-Model-Version"] == "1"
     for name, entry in body["tasks"].items():
         pixels = decode_png(entry["data"])
         assert list(pixels.shape) == entry["shape"]
@@ -152,7 +156,7 @@ def test_every_image_mode_is_served(server, mode):
 def test_openapi_documents_parameters_and_errors(server):
     with server.client() as client:
         schema = client.get("/openapi.json").json()
-        served = client.get("/v1/models").json()["name"]
+        served = client.get("/v1/models").json()["default_model"]
     operation = schema["paths"]["/predict"]["post"]
     parameters = {p["name"]: p for p in operation["parameters"]}
     assert set(parameters) == {
@@ -164,9 +168,11 @@ def test_openapi_documents_parameters_and_errors(server):
         "size",
         "max_side",
         "npz_normals",
+        "model",
+        "version",
     }
     assert all(p.get("description") for p in parameters.values())
-    assert {"400", "401", "413", "415", "422", "503", "504"} <= set(operation["responses"])
+    assert {"400", "401", "404", "413", "415", "422", "503", "504"} <= set(operation["responses"])
     assert "multipart/form-data" in operation["requestBody"]["content"]
     error = operation["responses"]["415"]["content"]["application/json"]["schema"]
     assert error["$ref"].endswith("/ErrorResponse")

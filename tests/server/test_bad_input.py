@@ -36,8 +36,25 @@ def png_header_only(width: int, height: int) -> bytes:
     )
 
 
+def jpeg_scan_short_of_its_header(width: int = 1500, height: int = 1500) -> bytes:
+    """A 320x240 JPEG whose header says ``width`` x ``height``: its scan ends early."""
+    rgb = np.random.default_rng(1).integers(0, 256, (240, 320, 3), np.uint8)
+    body = bytearray(image_bytes(rgb, "JPEG", quality=90))
+    frame = body.find(b"\xff\xc0")
+    struct.pack_into(">HH", body, frame + 5, height, width)
+    return bytes(body)
+
+
 CASES = [
     # (id, body, content type, query, status, code)
+    (
+        "jpeg_scan_short_of_its_header",
+        jpeg_scan_short_of_its_header(),
+        "image/jpeg",
+        {},
+        400,
+        "invalid_image",
+    ),
     ("not_an_image", b"hello, I am text" * 10, "image/png", {}, 400, "invalid_image"),
     ("truncated_png", GOOD[: len(GOOD) // 2], "image/png", {}, 400, "invalid_image"),
     ("truncated_jpeg", JPEG[: len(JPEG) // 2], "image/jpeg", {}, 400, "invalid_image"),

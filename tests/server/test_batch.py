@@ -128,3 +128,32 @@ def test_unknown_task_stops_before_any_image(model_dir, images, tmp_path, capsys
     assert run(model_dir, images, tmp_path / "out", "--tasks", "semseg,depth") == 2
     assert "unknown task(s) ['depth']" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_model_flag_picks_the_repository_model_that_runs(model_dir, images, tmp_path, capsys):
+    """A repository of the tiny model and two versions of a fake one: ``--model`` and
+    ``--model-version`` choose which writes the maps (default: the first model by name, its
+    newest version), each run's maps those of a run on that model directory alone."""
+    from tests.server.fake_model import write_fake_model_dir
+
+    repo = tmp_path / "repo"
+    (repo / "tiny").mkdir(parents=True)
+    (repo / "tiny" / "1").symlink_to(model_dir)
+    fakes = [write_fake_model_dir(repo / "fake" / v, seed=int(v)) for v in ("1", "2")]
+    flags = ("--model-repository", str(repo), "--tasks", "semseg")
+
+    def maps(*pick: str, alone: Path | None = None) -> dict[str, bytes]:
+        name = f"alone-{alone.parent.name}-{alone.name}" if alone else "-".join(pick)
+        out = tmp_path / (name or "default")
+        args = ("--model-dir", str(alone), "--tasks", "semseg") if alone else (*flags, *pick)
+        assert main([str(images), str(out), *FLAGS, *args]) == 1  # broken.png fails in each
+        return files(out)
+
+    assert maps("--model", "tiny") == maps(alone=model_dir)
+    assert maps("--model", "fake", "--model-version", "1") == maps(alone=fakes[0])
+    newest = maps("--model", "fake")
+    assert newest == maps(alone=fakes[1]) == maps()
+    assert newest != maps(alone=fakes[0])
+    capsys.readouterr()
+    assert main([str(images), str(tmp_path / "none"), *FLAGS, *flags, "--model", "nope"]) == 2
+    assert "no model 'nope' in the repository" in capsys.readouterr().err

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps, PngImagePlugin
 
 from server import pipeline
-from server.codecs import decode_image, open_upload, to_rgb
-from server.errors import TooLarge
+from server.codecs import decode, decode_image, open_upload, to_rgb
+from server.errors import InvalidInput, TooLarge
 from server.maps import colourise, overlay, restore_size, to_uint8
 from server.modeldir import load_model_dir
 from tests.server.conftest import image_bytes, random_image
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_MODEL = REPO / "demo" / "model"
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped():
@@ -98,3 +107,89 @@ def test_model_routes_different_images_differently(model_dir):
     assert tokens.shape == (3, 2, 16) and np.all(tokens.sum(-1) == 16 * 4)
     assert not np.array_equal(tokens[0], tokens[1])  # same task, different images
     assert np.all((outputs["shared_gate_mass"] > 0) & (outputs["shared_gate_mass"] < 16))
+
+
+def rotated_by_a_string(rgb: np.ndarray) -> bytes:
+    """A JPEG whose EXIF orientation is the ASCII string "6" (a SHORT in the standard): one
+    IFD entry, tag 0x0112, type 2 (ASCII), two bytes "6\\0", written by hand (PIL would not)."""
+    entry = struct.pack("<HHI", 0x0112, 2, 2) + b"6\x00\x00\x00"
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + bytes(4)
+    return image_bytes(rgb, "JPEG", exif=b"Exif\x00\x00" + tiff, quality=95)
+
+
+def test_an_orientation_written_as_text_is_ignored_by_size_and_pixels_alike():
+    rgb = random_image(3, height=24, width=40)
+    body = rotated_by_a_string(rgb)
+    assert Image.open(io.BytesIO(body)).getexif()[0x0112] == "6"  # as PIL reads it
+    upload = open_upload(body, 10**6)
+    assert (upload.width, upload.height) == (40, 24)  # not turned ...
+    assert decode(upload).shape == (24, 40, 3)  # ... and neither are the pixels
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_orientation_turns_size_and_pixels_as_pil_does(orientation):
+    rgb = random_image(4, height=16, width=24)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = image_bytes(rgb, exif=exif)  # PNG: lossless, so the pixels compare exactly
+    upload = open_upload(body, 10**6)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(body))).convert("RGB"))
+    assert np.array_equal(decode(upload), expected)
+    assert (upload.height, upload.width) == expected.shape[:2]
+
+
+def test_a_jpeg_whose_scan_stops_short_of_its_header_is_an_error():
+    """The header says 6000x6000, the scan carries 1024x768: libjpeg would fill 97.8% grey."""
+    rgb = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), np.uint8)
+    body = bytearray(image_bytes(rgb, "JPEG", quality=90))
+    frame = body.find(b"\xff\xc0")
+    struct.pack_into(">HH", body, frame + 5, 6000, 6000)
+    with pytest.raises(InvalidInput, match="truncated"):
+        decode(open_upload(bytes(body), 10**8), 8)
+    whole = image_bytes(rgb, "JPEG", quality=90)
+    for scale in (1, 2, 8):  # a whole scan decodes to what PIL decodes
+        reference = Image.open(io.BytesIO(whole))
+        if scale > 1:
+            reference.draft(None, (1024 // scale, 768 // scale))
+        assert np.array_equal(decode(open_upload(whole, 10**8), scale), np.asarray(reference))
+
+
+def test_a_png_whose_exif_follows_its_pixels_is_not_decoded_to_find_it(monkeypatch):
+    rgb = random_image(5, height=20, width=30)
+    decoded = []
+    original = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(
+        PngImagePlugin.PngImageFile, "load", lambda self: decoded.append(1) or original(self)
+    )
+    upload = open_upload(image_bytes(rgb), 10**6)
+    assert not decoded and (upload.width, upload.height) == (30, 20)
+
+
+@pytest.mark.parametrize(("width", "height"), [(4_000_000, 1), (1, 4_000_000), (2000, 2000)])
+def test_the_planned_cost_covers_what_decoding_holds_at_any_shape(tmp_path, width, height):
+    """Peak memory of open, decode and preprocess (a fresh process, its VmHWM) within the
+    plan's cost: 1 x 4,000,000 took 30 bytes a pixel (PIL's row table, the resize's weights)
+    where 8 were planned."""
+    path = tmp_path / "image.png"
+    Image.new("RGB", (width, height), (10, 200, 30)).save(path, "PNG", compress_level=1)
+    script = f"""
+import gc
+from pathlib import Path
+from server.modeldir import load_model_dir
+from server.pipeline import MapRequest, MapSize, Pipeline
+def kib(field):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
+model = load_model_dir({str(DEMO_MODEL)!r})
+pipeline = Pipeline(model, None, None, 10**9)
+body = Path({str(path)!r}).read_bytes()
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")
+idle = kib("VmRSS")
+plan = pipeline.plan(pipeline.open(body), MapRequest(tuple(model.tasks), MapSize(model=True)))
+pipeline.decode(plan)
+print((kib("VmHWM") - idle) * 1024, plan.cost_bytes)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    peak, cost = map(int, done.stdout.split())
+    assert peak <= cost, (peak >> 20, cost >> 20)

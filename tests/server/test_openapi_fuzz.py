@@ -53,6 +53,7 @@ ALLOWED = [
                 "the same: an octet-stream body whose header is not an object",
             ),
             ("values given for shape", "V2 tensor content: data's length vs the shape's product"),
+            ("describes too many elements", "a shape whose product is past 2**48 elements"),
             ("the file in base64", "an image input that is not base64"),
             ("is not an image", "an image input that is not an image"),
             ("more than once", "repeated output names: uniqueItems compares whole objects"),

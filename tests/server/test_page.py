@@ -157,7 +157,7 @@ def test_a_camera_photo_comes_back_at_the_size_the_page_shows(browser, page_serv
     page.goto(server.url + "/")
     page.wait_for_selector('input[name="task"][value="semseg"]')
     with server.client() as client:
-        dataset = client.get("/v1/models").json()["dataset"]
+        dataset = client.get("/v1/models").json()["models"][0]["dataset"]
     assert dataset == "synthetic"  # the tiny test model, like the demo
     assert page.locator("#model-note").is_visible()
     assert "synthetic" in page.inner_text("#model-note")
@@ -173,3 +173,48 @@ def test_a_camera_photo_comes_back_at_the_size_the_page_shows(browser, page_serv
     size = page.eval_on_selector("#input-canvas", "c => [c.height, c.width]")
     assert tuple(size) == (240, 320)
     page.close()
+
+
+def test_the_model_picker_offers_every_served_version_and_predicts_with_the_one_picked(
+    browser, model_dir, logs, tmp_path
+):
+    """A repository of two models (two versions of one): the picker lists the three, starts on
+    the default model's highest version, shows the tasks of the one picked, and the answer
+    comes from it (the timing line names it)."""
+    from tests.server.fake_model import write_fake_model_dir
+    from tests.server.test_repository_server import start
+
+    root = tmp_path / "repo"
+    (root / "ase-tiny").mkdir(parents=True)
+    (root / "ase-tiny" / "1").symlink_to(model_dir)
+    write_fake_model_dir(root / "fake" / "1", tasks=("saliency", "edges"), seed=1)
+    write_fake_model_dir(root / "fake" / "2", tasks=("saliency", "edges"), seed=2)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(random_image(6)))
+    server = start(root, logs, "--model-version-policy", "all", "--default-model", "fake")
+    page = browser.new_page()
+    try:
+        page.goto(server.url + "/")
+        page.fill("#api-key", "repository-key")  # start() sets this key
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_selector('input[name="task"][value="saliency"]')
+        options = page.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
+        assert options == ["ase-tiny · version 1", "fake · version 1", "fake · version 2"]
+        assert page.eval_on_selector("#model", "s => s.selectedOptions[0].textContent") == (
+            "fake · version 2"
+        )
+        tasks = page.eval_on_selector_all('input[name="task"]', "es => es.map(e => e.value)")
+        assert tasks == ["saliency", "edges"]
+        page.select_option("#model", label="fake · version 1")
+        page.set_input_files("#file-input", str(photo))
+        with page.expect_response(lambda r: "/predict" in r.url) as answered:
+            page.click("#run")
+        assert "model=fake&version=1" in answered.value.url
+        page.wait_for_selector(".map-card canvas")
+        assert "fake version 1" in page.inner_text("#timing")
+        page.select_option("#model", label="ase-tiny · version 1")
+        tasks = page.eval_on_selector_all('input[name="task"]', "es => es.map(e => e.value)")
+        assert tasks == ["semseg", "parts", "saliency", "normals", "edges"]
+    finally:
+        page.close()
+        server.stop()

@@ -65,7 +65,7 @@ def test_cuda_request_without_a_gpu_serves_the_dense_graph_on_the_cpu(tmp_path):
     server = start_server(DEMO_MODEL, tmp_path, "--providers", "cuda")
     try:
         with server.client() as client:
-            model = client.get("/v1/models").json()
+            model = client.get("/v1/models").json()["models"][0]
             png = image_bytes(random_image(0))
             body = client.post(
                 "/predict?tasks=semseg", content=png, headers={"Content-Type": "image/png"}

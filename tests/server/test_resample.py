@@ -3,6 +3,10 @@ numbers: every kind, both dtypes, many random sizes up and down, any banding."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -94,3 +98,35 @@ def test_axis_coefficients_are_pils_at_the_edges():
     bounds, weights = resample.bilinear_coefficients(5, 5)
     assert np.all(weights[np.arange(5), 0] == 1.0) and np.all(weights[:, 1:] == 0.0)
     assert resample.nearest_indices(3, 7).tolist() == [0, 0, 1, 1, 1, 2, 2]  # 3/7 steps from 3/14
+
+
+# Run in a fresh interpreter: numba chooses where to cache when the module is imported.
+UNCACHED_RUN = """
+import logging, sys
+import numpy as np
+logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
+from server import maps, resample
+values = np.linspace(0, 1, 12, dtype=np.float32).reshape(1, 3, 4)
+np.save(sys.argv[1], maps.Raster("probability", values, 9, 7).array())
+print("cache:", resample._JIT["cache"])
+"""
+
+
+def test_kernels_compile_where_numba_cannot_cache(tmp_path):
+    """With no writable cache directory (the image's user, which owns neither site-packages nor
+    a home, without NUMBA_CACHE_DIR) numba would refuse at import; the kernels are compiled at
+    every start instead, give the same map, and the log says why. numba is limited here to
+    NUMBA_CACHE_DIR, which points where nobody can write (root included)."""
+    env = os.environ | {
+        "NUMBA_CACHE_LOCATOR_CLASSES": "UserProvidedCacheLocator",
+        "NUMBA_CACHE_DIR": "/proc/ase-no-cache",
+    }
+    out = tmp_path / "map.npy"
+    command = [sys.executable, "-c", UNCACHED_RUN, str(out)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "cache: False" in run.stdout
+    assert "WARNING server.resample: cannot cache function" in run.stdout
+    assert "NUMBA_CACHE_DIR" in run.stdout
+    values = np.linspace(0, 1, 12, dtype=np.float32).reshape(1, 3, 4)
+    assert np.array_equal(np.load(out), Raster("probability", values, 9, 7).array())

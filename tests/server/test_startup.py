@@ -10,6 +10,7 @@ import subprocess
 import httpx
 import pytest
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from export.contract import file_sha256
 from server.__main__ import uvicorn_options
@@ -81,6 +82,13 @@ def test_missing_model_dir_exits_with_a_message(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
+def test_empty_model_dir_exits_with_a_message(tmp_path):
+    """What a container gets when its model mount names a host path that does not exist
+    (Compose v2 and `docker run -v` create it, empty)."""
+    result = run_server("--model-dir", str(tmp_path))
+    assert result.returncode == 2 and f"model directory {tmp_path} is empty" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -147,4 +155,4 @@ def test_a_fractional_shutdown_timeout_reaches_uvicorn_as_it_is():
 def test_the_full_install_runs_the_images_loop_and_parser():
     """The full venv has uvloop and httptools (through Ray); the image has neither."""
     options = uvicorn_options(Settings())
-    assert (options["loop"], options["http"]) == ("asyncio", "h11")
+    assert options["loop"] == "asyncio" and issubclass(options["http"].func, H11Protocol)

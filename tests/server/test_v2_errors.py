@@ -7,6 +7,8 @@ body or message goes out over httpx or the gRPC stub instead."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import grpc
 import httpx
@@ -14,11 +16,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.grpc import service_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from server.modeldir import load_model_dir
-from tests.server.conftest import image_bytes, metric, random_image, start_v2_server
+from tests.server.conftest import PREDICT, image_bytes, metric, random_image, start_v2_server
 from tests.server.test_bad_input import png_header_only
 from tests.server.v2.helpers import grpc_message, http_body, image_input, pixels_input
 
@@ -232,3 +234,76 @@ def test_a_full_queue_is_503_with_retry_after_on_both(limited):
     assert moved(INFER_REST, "503") == len(refused)  # counted by protocol and status
     assert moved(INFER_GRPC, "503") == len(unavailable)
     assert moved(INFER_REST, "200") + moved(INFER_GRPC, "200") == served
+
+
+MALFORMED_SHAPES = [[0, 2**70], [0, 2**62, 2**62, 3], [1] * 65, [2**40, 2**40]]
+
+
+@pytest.mark.parametrize(
+    "shape", MALFORMED_SHAPES, ids=["0x2^70", "0x2^62x2^62x3", "65 dims", "2^80"]
+)
+def test_shapes_numpy_cannot_hold_are_400_not_500(limited, shape):
+    url = f"{limited.url}/v2/models/{limited.model.name}/infer"
+    for name, datatype in (("pixels", "UINT8"), ("image", "BYTES"), ("other", "FP32")):
+        request = {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": []}]}
+        answer = httpx.post(url, json=request, timeout=30)
+        assert answer.status_code == 400 and isinstance(answer.json()["error"], str), answer.text
+    message = service_pb2.ModelInferRequest(model_name=limited.model.name)
+    message.inputs.add(name="pixels", datatype="UINT8", shape=[min(d, 2**63 - 1) for d in shape])
+    message.raw_input_contents.append(b"")
+    with grpc.insecure_channel(limited.grpc) as channel, pytest.raises(grpc.RpcError) as failed:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(message)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, failed.value.details()
+
+
+def test_a_header_length_of_non_ascii_digits_is_400(limited):
+    body, headers = http_body([image_input(httpclient, IMAGE)])
+    url = f"{limited.url}/v2/models/{limited.model.name}/infer"
+    # b"\xb2" is "²" as the server reads headers (latin-1): str.isdigit() takes it, int() not
+    for value in (b"\xb2", "\u0663\u0662".encode(), b"-1", b"12x"):
+        answer = httpx.post(
+            url, content=body, headers={**headers, "Inference-Header-Content-Length": value}
+        )
+        assert answer.status_code == 400 and "Inference-Header-Content-Length" in answer.text
+
+
+def test_a_client_leaving_mid_body_is_recorded_499_as_on_predict(limited):
+    before = limited.metrics()
+    infer = f"/v2/models/{limited.model.name}/infer"
+    for path in (infer, "/predict", "/v2/repository/index"):
+        with socket.create_connection(limited.url.removeprefix("http://").split(":")) as sock:
+            # a declared length within every route's limit (the repository's is 64 KiB)
+            head = f"POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 60000\r\n\r\n"
+            sock.sendall(head.encode() + b"{" * 1000)
+            time.sleep(0.2)  # the route is reading the body when the client goes
+    labels = {**INFER_REST, "status": "499"}
+    index = {"protocol": "v2", "endpoint": "/v2/repository/index", "status": "499"}
+
+    def settled() -> bool:
+        after = limited.metrics()
+        return all(
+            metric(after, "ase_requests_total", **wanted)
+            > metric(before, "ase_requests_total", **wanted)
+            for wanted in (labels, index)
+        )
+
+    give_up = time.monotonic() + 30
+    while not settled() and time.monotonic() < give_up:
+        time.sleep(0.1)
+    after = limited.metrics()
+    assert metric(after, "ase_requests_total", **labels) == 1 + metric(
+        before, "ase_requests_total", **labels
+    )
+    for status in ("500", "499"):  # no 500 on V2, and /predict's 499 as before
+        native = metric(after, "ase_requests_total", **PREDICT, status=status)
+        assert native - metric(before, "ase_requests_total", **PREDICT, status=status) == (
+            status == "499"
+        )
+    for endpoint in (INFER_REST, {**index, "status": "500"}):
+        labelled = {**endpoint, "status": "500"}
+        assert metric(after, "ase_requests_total", **labelled) == metric(
+            before, "ase_requests_total", **labelled
+        )
+    assert metric(after, "ase_requests_total", **index) == 1 + metric(
+        before, "ase_requests_total", **index
+    )

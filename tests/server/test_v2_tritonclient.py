@@ -391,14 +391,24 @@ def test_metrics_by_protocol_and_router_counters_as_predicts(v2):
         if k[0] == "ase_task_requests_total" and v
     }
     assert task_requests == {"semseg": 1.0, "edges": 1.0}
+    served = {"model": v2.model.name, "version": v2.model.version}  # each request's model
     assert requests["native"] == {
-        frozenset({"protocol": "native", "endpoint": "/predict", "status": "200"}.items()): 1.0
+        frozenset(
+            {"protocol": "native", "endpoint": "/predict", "status": "200", **served}.items()
+        ): 1.0
     }
     assert requests["v2"] == {
         frozenset(
-            {"protocol": "v2", "endpoint": "/v2/models/{model}/infer", "status": "200"}.items()
+            {
+                "protocol": "v2",
+                "endpoint": "/v2/models/{model}/infer",
+                "status": "200",
+                **served,
+            }.items()
         ): 1.0
     }
     assert requests["grpc"] == {
-        frozenset({"protocol": "grpc", "endpoint": "ModelInfer", "status": "200"}.items()): 1.0
+        frozenset(
+            {"protocol": "grpc", "endpoint": "ModelInfer", "status": "200", **served}.items()
+        ): 1.0
     }

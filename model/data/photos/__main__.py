@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 from model.cli import run
-from model.data.photos.build import DEFAULT_MAX_SIDE, build
-from model.data.photos.labelling import relabel
+from model.data.photos.build import DEFAULT_MAX_SIDE, build, relabel_set
 from model.data.photos.packages import fetch_all
 from model.data.photos.sheet import contact_sheet
 from model.data.photos.tree import read_manifest
@@ -37,7 +36,9 @@ def parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="fetch and unpack the packages only")
     fetch.add_argument("--cache", type=Path, required=True)
     fetch.add_argument("--teachers-only", action="store_true", help="and make their models")
-    again = commands.add_parser("relabel", help="labels again from stored teacher outputs")
+    again = commands.add_parser(
+        "relabel", help="labels again from stored teacher outputs, agreement measured again"
+    )
     again.add_argument("--out", type=Path, required=True, help="a built set's folder")
     sheet = commands.add_parser("sheet", help="a contact sheet of photos and labels (PNG)")
     sheet.add_argument("--out", type=Path, required=True, help="a built set's folder")
@@ -58,12 +59,11 @@ def main(argv: list[str] | None = None) -> object:
         if args.teachers_only:
             return prepare_teachers(args.cache)
         return fetch_all(args.cache)
-    records = read_manifest(args.out)
     if args.command == "relabel":
-        for record in records:
-            relabel(record, args.out)
-        print(f"{args.out}: {len(records)} items relabelled")
-        return len(records)
+        measured = relabel_set(args.out)
+        print(json.dumps(measured, indent=1))
+        return measured
+    records = read_manifest(args.out)
     wanted = [i for i in args.ids.split(",") if i]
     chosen = (
         [r for r in records if r.id in wanted]

@@ -1,10 +1,11 @@
 """How far the teachers agree with each other, measured on the built tree: an upper bound on
 what a student trained on their labels can be scored at against them.
 
-- people photos (catalogue ``people`` all or some): IoU between ISNet's saliency >= 0.5 and
-  the MediaPipe masks (pose's persons, the selfie segmenter's >= 0.5), and between the two
-  MediaPipe masks; per image (mean) and pooled over the images (sums of intersections and
-  unions), photos and video frames apart;
+- people photos (catalogue ``people`` all or some) where pose found someone: IoU between
+  ISNet's saliency >= 0.5 and the MediaPipe masks (pose's persons; the selfie segmenter's
+  >= 0.5; their union), and between the two MediaPipe masks; per image (mean) and pooled over
+  the images (sums of intersections and unions), photos and video frames apart; and how many
+  people photos pose found nobody in (people hidden behind a board: not in the IoUs);
 - photos with nobody in them: how often pose (whole image) or the selfie mask still finds a
   person there, and how much of the image the selfie mask covers;
 - composites: ISNet's saliency >= 0.5 against the pasted stamps' exact masks.
@@ -48,17 +49,32 @@ class IoU:
         }
 
 
+PAIRS = {
+    "isnet_vs_pose": (0, 1),
+    "isnet_vs_selfie": (0, 2),
+    "isnet_vs_pose_or_selfie": (0, 3),
+    "pose_vs_selfie": (1, 2),
+}
+
+
 def people_agreement(root: Path, records: list[PhotoRecord]) -> dict:
-    pairs = {"isnet_vs_pose": (0, 1), "isnet_vs_selfie": (0, 2), "pose_vs_selfie": (1, 2)}
     result = {}
     for kind in ("photo", "frame"):
         chosen = [r for r in records if r.kind == kind and r.people != "none"]
-        scores = {name: IoU() for name in pairs}
+        scores = {name: IoU() for name in PAIRS}
+        nobody_found = 0
         for record in chosen:
-            masks = _masks(root, record, ("saliency", "teacher_pose", "teacher_selfie"))
-            for name, (i, j) in pairs.items():
+            salient, pose, selfie = _masks(
+                root, record, ("saliency", "teacher_pose", "teacher_selfie")
+            )
+            if not pose.any():
+                nobody_found += 1
+                continue
+            masks = (salient, pose, selfie, pose | selfie)
+            for name, (i, j) in PAIRS.items():
                 scores[name].add(masks[i], masks[j])
         result[kind] = {name: score.summary() for name, score in scores.items()}
+        result[kind]["people_photos_pose_found_nobody_in"] = nobody_found
     return result
 
 

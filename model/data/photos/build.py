@@ -13,12 +13,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model.data.photos.agreement import agreement
+from model.data.photos.catalog import PHOTOS
 from model.data.photos.composites import STAMPS_PACKAGE, list_stamps, make_composites
-from model.data.photos.gather import gather
-from model.data.photos.labelling import label_all
+from model.data.photos.gather import gather, photo_id
+from model.data.photos.labelling import label_all, relabel
 from model.data.photos.packages import PACKAGES, fetch_all
 from model.data.photos.split import assign_splits
-from model.data.photos.tree import BUILD, META, PhotoRecord, item_dir, write_manifest
+from model.data.photos.tree import (
+    BUILD,
+    META,
+    PhotoRecord,
+    item_dir,
+    read_manifest,
+    write_manifest,
+)
 from model.teachers.files import MEDIAPIPE_PYTHON, prepare_teachers
 from model.teachers.runner import Teachers
 
@@ -120,3 +128,23 @@ def build(
     summary["seconds"] = watch.steps
     (out / BUILD).write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return summary
+
+
+def relabel_set(out: Path) -> dict:
+    """Labels again from the stored teacher outputs (no teacher runs): the catalogue's current
+    ``semseg`` tags into the manifest, every item relabelled, the agreement measured again
+    into ``build.json``. A change of a photo's ``people`` needs the teachers again (pose runs
+    on tiles only where people are): delete its ``meta.json`` and build."""
+    records = read_manifest(out)
+    tags = {photo_id(entry): entry.semseg for entry in PHOTOS}
+    for record in records:
+        if record.kind == "photo":
+            record.semseg = tags.get(record.id, record.semseg)
+    write_manifest(out, records)
+    for record in records:
+        relabel(record, out)
+    path = out / BUILD
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary["agreement"] = agreement(out, records)
+    path.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    return summary["agreement"]

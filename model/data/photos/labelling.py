@@ -44,7 +44,7 @@ def write_people_labels(folder: Path, record: PhotoRecord, people: PeopleLabels,
     write_png(folder / "teacher_selfie.png", probability_png(people.selfie))
     write_png(folder / "teacher_pose.png", probability_png(people.pose_mask))
     write_png(folder / "teacher_persons.png", person_index(people))
-    person = person_map(people, record.people)
+    person = person_map(people, record.people, saliency)
     write_png(folder / "person.png", person)
     write_png(folder / "parts.png", parts_map(person, people))
     write_png(folder / "semseg.png", semseg_map(person, saliency, record.semseg))

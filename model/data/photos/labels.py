@@ -3,10 +3,12 @@
 - saliency: ISNet's probability, stored as round(255 p); the task's {0, 1} label is p > 0.5.
 - edges: HED's probability >= ``EDGE_THRESHOLD``, thinned to 1-pixel lines by scikit-image's
   ``thin`` (what the PASCAL benchmark does to its label boundaries); {0, 1}, never ignored.
-- person: {0, 1, 255} from pose's persons, the selfie mask and the catalogue's ``people``
-  (``catalog.py``): ``none`` all 0; ``all`` 1 on pose's persons, 255 where only the selfie
-  segmenter sees a person, 0 elsewhere; ``some`` 1 on pose's persons, 255 elsewhere; and all
-  255 when the catalogue says people are there but pose found none.
+- person: {0, 1, 255} from pose's persons, the selfie mask, ISNet's saliency and the
+  catalogue's ``people`` (``catalog.py``): ``none`` all 0; ``all`` 1 on pose's persons, 255
+  where only the selfie segmenter sees a person or ISNet sees a salient object (pose misses
+  people who touch the one it found: a walking group), 0 elsewhere; ``some`` 1 on pose's
+  persons, 255 elsewhere; and all 255 when the catalogue says people are there but pose
+  found none.
 - parts: ``PARTS_CLASSES`` ids on pose's persons (``parts.person_parts``), 0 where the person
   label is 0, 255 elsewhere; all 255 when the photo has no person found (the PASCAL rule).
 - semseg: ``PHOTO_CLASSES`` ids from the catalogue's ``semseg`` and the person label (see
@@ -38,16 +40,17 @@ def edge_map(probability: np.ndarray, threshold: float = EDGE_THRESHOLD) -> np.n
     return thin(probability >= threshold).astype(np.uint8)
 
 
-def person_map(people: PeopleLabels, shows: str) -> np.ndarray:
+def person_map(people: PeopleLabels, shows: str, saliency: np.ndarray) -> np.ndarray:
     """(H, W) uint8 {0, 1, 255} (see the module docstring); ``shows`` is the catalogue's
-    ``people``: none, all or some."""
+    ``people``: none, all or some; ``saliency`` ISNet's probability."""
     shape = people.selfie.shape
     if shows == "none":
         return np.zeros(shape, np.uint8)
     if not people.persons:
         return np.full(shape, IGNORE_INDEX, np.uint8)
     posed = people.pose_mask >= 0.5
-    unsure = ~posed if shows == "some" else (people.selfie >= 0.5) & ~posed
+    seen = (people.selfie >= 0.5) | (saliency >= SALIENT)
+    unsure = ~posed if shows == "some" else seen & ~posed
     label = posed.astype(np.uint8)
     label[unsure] = IGNORE_INDEX
     return label

@@ -24,29 +24,38 @@ def people(selfie_box=None, pose_boxes=()) -> PeopleLabels:
 
 LEFT = np.s_[5:35, 5:20]
 RIGHT = np.s_[5:35, 40:55]
+NOTHING = np.zeros(SHAPE, np.float32)  # ISNet's saliency: nothing salient
 
 
 def test_nobody_in_the_photo_means_no_person_whatever_the_teachers_say():
-    label = person_map(people(RIGHT, [LEFT]), "none")
+    label = person_map(people(RIGHT, [LEFT]), "none", NOTHING)
     assert (label == 0).all()
 
 
 def test_all_found_people_are_persons_selfie_only_pixels_are_unsure():
-    label = person_map(people(RIGHT, [LEFT]), "all")
+    label = person_map(people(RIGHT, [LEFT]), "all", NOTHING)
     assert (label[LEFT] == 1).all() and (label[RIGHT] == IGNORE_INDEX).all()
     rest = np.ones(SHAPE, bool)
     rest[LEFT] = rest[RIGHT] = False
     assert (label[rest] == 0).all()
 
 
+def test_a_salient_object_pose_did_not_find_is_unsure_not_background():
+    saliency = np.zeros(SHAPE, np.float32)
+    saliency[RIGHT] = 0.8  # e.g. a second walker beside the one pose found
+    label = person_map(people(None, [LEFT]), "all", saliency)
+    assert (label[LEFT] == 1).all() and (label[RIGHT] == IGNORE_INDEX).all()
+    assert (label[:, 25:35] == 0).all()
+
+
 def test_some_people_leaves_everything_but_the_found_unlabelled():
-    label = person_map(people(None, [LEFT]), "some")
+    label = person_map(people(None, [LEFT]), "some", NOTHING)
     assert (label[LEFT] == 1).all() and (label[RIGHT] == IGNORE_INDEX).all()
 
 
 @pytest.mark.parametrize("shows", ["all", "some"])
 def test_people_said_to_be_there_but_not_found_are_all_unlabelled(shows):
-    assert (person_map(people(RIGHT, []), shows) == IGNORE_INDEX).all()
+    assert (person_map(people(RIGHT, []), shows, NOTHING) == IGNORE_INDEX).all()
 
 
 def test_parts_are_all_unlabelled_without_a_found_person():
@@ -56,7 +65,7 @@ def test_parts_are_all_unlabelled_without_a_found_person():
 
 def test_parts_are_background_where_there_is_no_person():
     found = people(None, [LEFT])
-    parts = parts_map(person_map(found, "all"), found)
+    parts = parts_map(person_map(found, "all", NOTHING), found)
     assert (parts[:, 25:] == 0).all()
     assert (parts[LEFT] == IGNORE_INDEX).all()  # landmarks all invisible: no part known
 

@@ -3,6 +3,8 @@ at small sizes), labelled by the real teachers, then read back as the trainer wi
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,10 +12,12 @@ from skimage import data
 
 from model.data.photos import PhotoSet, labelled_tasks
 from model.data.photos.agreement import agreement
+from model.data.photos.build import relabel_set
 from model.data.photos.composites import Stamp, make_composites
-from model.data.photos.labelling import label_all, relabel
+from model.data.photos.labelling import label_all
 from model.data.photos.sheet import contact_sheet
 from model.data.photos.tree import (
+    BUILD,
     LABELS,
     PhotoRecord,
     item_dir,
@@ -113,8 +117,8 @@ def test_a_composites_semseg_is_its_stamp_and_renames_into_another_class_list(tr
 def test_relabelling_from_stored_outputs_gives_the_same_labels(tree):
     root, records = tree
     before = {r.id: PhotoSet(root, r.split).labels(0) for r in records[:1]}
-    for record in records:
-        relabel(record, root)
+    measured = relabel_set(root)  # every item, and the agreement into build.json
+    assert json.loads((root / BUILD).read_text())["agreement"] == measured
     for item_id, maps in before.items():
         for name in ("semseg", "parts", "edges", "person"):
             assert np.array_equal(read_png(item_dir(root, item_id) / f"{name}.png"), maps[name])
@@ -124,6 +128,7 @@ def test_agreement_and_contact_sheet(tree, tmp_path):
     root, records = tree
     measured = agreement(root, records)
     assert measured["people"]["photo"]["isnet_vs_pose"]["images"] == 2
+    assert measured["people"]["photo"]["people_photos_pose_found_nobody_in"] == 0
     assert measured["no_people"]["photos"] == 1
     assert measured["composites"]["stamp_pixels_salient"] is not None
     rows = contact_sheet(root, records, tmp_path / "sheet.png", any_licence=False)

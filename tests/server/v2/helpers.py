@@ -15,7 +15,7 @@ from tritonclient.grpc import _utils as grpc_utils
 from tritonclient.grpc import service_pb2
 
 from server.modeldir import ModelDir, load_model_dir
-from server.v2.interface import FrameResult, InferRequest
+from server.v2.interface import FrameResult, InferRequest, check_model
 from server.v2.rest import HEADER_LENGTH
 
 REPO = Path(__file__).resolve().parents[3]
@@ -109,3 +109,31 @@ def fake_frames(request: InferRequest, model: ModelDir, height: int, width: int,
         gate = rng.random((len(request.tasks), layers), np.float32) * 64
         frames.append(FrameResult(maps, tokens, gate))
     return frames
+
+
+class OneModel:
+    """The ``Models`` (server/v2/grpc_service.py) of a server with one fixed model, ready, in
+    model control mode none: what the gRPC service needs, without a model run."""
+
+    def __init__(self, model: ModelDir) -> None:
+        self.model = model
+
+    def resolve(self, name: str, version: str) -> OneModel:
+        check_model(self.model, name, version)
+        return self
+
+    def is_ready(self, name: str, version: str) -> bool:
+        return self.resolve(name, version) is self
+
+    def versions(self, name: str) -> list[str]:
+        return [self.model.version]
+
+    async def index(self, ready_only: bool) -> list[dict[str, str]]:
+        return [{"name": self.model.name, "version": self.model.version, "state": "READY"}]
+
+    async def load(self, name: str) -> None:
+        from server.v2.errors import unavailable
+
+        raise unavailable("explicit model load / unload is not allowed")
+
+    unload = load

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from server.v2.errors import unavailable
 from server.v2.grpc_service import InferenceService, create_server
 from server.v2.grpc_wire import channel_options
-from tests.server.v2.helpers import demo_model, fake_frames, pixels_input
+from tests.server.v2.helpers import OneModel, demo_model, fake_frames, pixels_input
 
 MODEL = demo_model()
 KEY = "s3cret"
@@ -46,7 +46,7 @@ class Running:
         self.thread.join(30)
 
 
-async def stand_in(request, context):
+async def stand_in(served, request, context):
     height, width = (4, 4) if request.pixels is None else request.pixels.shape[1:3]
     if request.id == "full":
         raise unavailable("queue full", retry_after_s=3)
@@ -55,7 +55,8 @@ async def stand_in(request, context):
 
 @pytest.fixture(scope="module")
 def service():
-    running = Running(InferenceService(MODEL, "0.1.0", stand_in, lambda: True, api_key=KEY))
+    service = InferenceService(OneModel(MODEL), "0.1.0", stand_in, lambda: True, api_key=KEY)
+    running = Running(service)
     yield running
     running.stop()
 
@@ -109,6 +110,20 @@ def test_errors_carry_codes_and_retry_after(service):
             stub.ModelInfer(message, metadata=(("x-api-key", KEY),))
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert ("retry-after", "3") in tuple(failed.value.trailing_metadata())
+
+
+def test_repository_rpcs_answer_through_the_models(service):
+    triton, headers = client(service), {"x-api-key": KEY}
+    index = triton.get_model_repository_index(headers=headers, as_json=True)
+    assert index["models"] == [{"name": MODEL.name, "version": "1", "state": "READY"}]
+    with pytest.raises(InferenceServerException, match="not allowed") as error:
+        triton.load_model(MODEL.name, headers=headers)
+    assert error.value.status() == "StatusCode.UNAVAILABLE"
+    with pytest.raises(InferenceServerException, match="not supported") as error:
+        triton.load_model(MODEL.name, headers=headers, config="{}")
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException, match="API key"):
+        triton.unload_model(MODEL.name)
 
 
 def test_other_rpcs_are_unimplemented(service):

@@ -10,7 +10,13 @@ from tritonclient.grpc import service_pb2
 
 from server.v2 import grpc_wire
 from server.v2.errors import V2Error, unavailable
-from server.v2.interface import infer_request, infer_response, model_metadata, server_metadata
+from server.v2.interface import (
+    check_input,
+    infer_request,
+    infer_response,
+    model_metadata,
+    server_metadata,
+)
 from tests.server.v2.helpers import (
     demo_model,
     fake_frames,
@@ -102,7 +108,7 @@ def test_raw_and_contents_mixed_or_missing_are_400():
 
 def test_metadata_messages():
     server = grpc_wire.server_metadata(server_metadata("0.1.0"))
-    assert list(server.extensions) == ["binary_tensor_data"]
+    assert list(server.extensions) == ["binary_tensor_data", "model_repository"]
     document = model_metadata(MODEL)
     model = grpc_wire.model_metadata(document)
     assert (model.name, list(model.versions)) == (MODEL.name, [MODEL.version])
@@ -117,3 +123,30 @@ def test_errors_carry_their_grpc_code_and_retry_after():
     assert grpc_wire.error_metadata(error) == (("retry-after", "2"),)
     assert V2Error(504, "late").grpc_code == "DEADLINE_EXCEEDED"
     assert V2Error(413, "big").grpc_code == "RESOURCE_EXHAUSTED"
+
+
+def declared(name: str, datatype: str, shape: list[int], raw: bytes) -> bytes:
+    message = service_pb2.ModelInferRequest(model_name="m", id="x")
+    message.parameters["size"].string_param = "model"
+    message.inputs.add(name=name, datatype=datatype, shape=shape)
+    message.raw_input_contents.append(raw)
+    return message.SerializeToString()
+
+
+def test_inputs_are_checked_from_the_bytes_before_protobuf_reads_them(monkeypatch):
+    """4 million BYTES elements declared for ``image``: refused from the declaration alone
+    (protobuf never parses the 16 MB); a request of the right form is parsed as before."""
+    attack = declared("image", "BYTES", [4_000_000], bytes(16_000_000))
+
+    def never(data):
+        raise AssertionError("parsed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(service_pb2.ModelInferRequest, "FromString", never)
+        with pytest.raises(V2Error, match="must be BYTES of shape"):
+            grpc_wire.parse_infer_request(attack, check_input)
+    good = declared("pixels", "UINT8", [1, 2, 2, 3], bytes(12))
+    wire = grpc_wire.parse_infer_request(good, check_input)
+    assert wire.inputs[0].data.shape == (1, 2, 2, 3) and wire.parameters == {"size": "model"}
+    with pytest.raises(V2Error, match="not a valid ModelInferRequest"):
+        grpc_wire.parse_infer_request(good[:-5], check_input)  # malformed: protobuf says so

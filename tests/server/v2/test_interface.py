@@ -52,7 +52,7 @@ def test_model_metadata_declares_the_interface():
     ]
     semseg = document["tasks"][0]
     assert (semseg["kind"], semseg["channels"]) == ("classes", len(semseg["classes"]))
-    assert server_metadata("0.1.0")["extensions"] == ["binary_tensor_data"]
+    assert server_metadata("0.1.0")["extensions"] == ["binary_tensor_data", "model_repository"]
 
 
 def test_request_path_errors_in_protocol_terms():
