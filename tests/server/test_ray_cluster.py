@@ -306,6 +306,13 @@ def test_rules_and_dashboards_read_the_replicas(app, prometheus):
     assert "ASEServerDown" not in {a["labels"]["alertname"] for a in alerts}
 
 
+def test_a_series_that_never_changes_stays_in_prometheus(app, prometheus):
+    """``ase_model_info`` is set once per replica; Ray stops exporting a gauge about 20 s after
+    it was last set, so without the mirror's refresh it is in at most ~20 of any 60 scrapes."""
+    series = 'count_over_time(ase_model_info{model="ase-tiny"}[60s]) >= 30'
+    wait_until(lambda: query(prometheus, series), 120, "ase_model_info in half of 60 scrapes")
+
+
 def outputs_of(folder: Path) -> dict[str, bytes]:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
