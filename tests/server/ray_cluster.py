@@ -30,6 +30,9 @@ RAY_ENVIRONMENT = {
     # Autoscaling decisions within seconds, not tens of seconds.
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    # The controller kills a proxy not ready within 5 s (its first try), and serve.start()
+    # fails with it: starting uvicorn on a loaded two-core machine took longer.
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
 }
 os.environ.update(RAY_ENVIRONMENT)
 SLOT = "replica_slot"
