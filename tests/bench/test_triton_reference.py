@@ -90,12 +90,16 @@ def triton(tmp_path_factory):
 
 
 def _drain(process: subprocess.Popen, log: Path, ready: threading.Event) -> None:
-    """Copy the reference's output to its log (a full pipe would stall it); flag its ready line."""
+    """Copy the reference's output to its log (a full pipe would stall it); flag its ready line.
+
+    Anywhere in a line, not at its start: tritonserver shares the pipe and writes a log line in
+    pieces, and the script's ready line (one short write: whole) once landed inside one
+    ("successfully loaded 'ase-demready http=..." ), so the fixture waited out its 120 s."""
     with log.open("wb") as sink:
         for line in process.stdout:
             sink.write(line)
             sink.flush()
-            if line.startswith(b"ready "):
+            if b"ready http=" in line:
                 ready.set()
 
 
