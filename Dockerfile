@@ -1,4 +1,4 @@
-# The ASE serving image: ONNX Runtime + FastAPI, no torch, non-root, demo model baked in.
+# The ASE serving image: ONNX Runtime + FastAPI, no torch, non-root, photo model baked in.
 #
 #   docker build -t ase-serve:cpu .                        # CPU (the default)
 #   docker build -t ase-serve:ray --build-arg VARIANT=ray .  # + Ray Serve and Ray Data (deploy/ray)
@@ -52,7 +52,7 @@ FROM base-${VARIANT} AS runtime
 ARG VENV=/opt/venv
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ase
 COPY --from=builder ${VENV} ${VENV}
-COPY demo/model /opt/ase/models/demo
+COPY demo/photo/model /opt/ase/models/photo
 # NUMBA_CACHE_DIR: numba caches the map kernels it compiles (server/resample.py), and the user
 # `ase` can write neither site-packages nor a home. /tmp is writable wherever the image runs:
 # the container's own layer under Docker, and the emptyDir that deploy/ mounts there over a
@@ -61,7 +61,7 @@ ENV PATH=${VENV}/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     NUMBA_CACHE_DIR=/tmp/numba-cache \
-    ASE_MODEL_DIR=/opt/ase/models/demo
+    ASE_MODEL_DIR=/opt/ase/models/photo
 WORKDIR /opt/ase
 USER ase
 # The kernels compiled now, into that cache: containers of this image load them and are ready
@@ -72,5 +72,5 @@ EXPOSE 8000
 # Ready means the model is loaded and warmed; compose's depends_on waits on it.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request as r; r.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
-# The model directory comes from ASE_MODEL_DIR (the demo, or a mounted one); see docs/monitoring.md.
+# The model directory comes from ASE_MODEL_DIR (the photo model, or a mounted one); see docs/monitoring.md.
 CMD ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000"]

@@ -2,8 +2,9 @@
 
     python -m demo.page_screenshot --out docs/page.png
 
-Starts ``python -m server`` on the committed photo model and its samples (127.0.0.1, a free
-port; ``--model-dir``/``--samples-dir`` for another), opens the page in headless Chromium
+Starts ``python -m server`` as ``make serve`` does (the demo repository, whose default is the
+photo model, and demo/samples; 127.0.0.1, a free port; ``--model-dir``/``--samples-dir`` for
+another), opens the page in headless Chromium
 (Debian's ``/usr/bin/chromium``, driven by Playwright), clicks the first sample image (the
 samples are listed by name: ``astronaut.jpg``, a held-out photo), ticks all five tasks,
 predicts, waits for the maps and the router heatmaps, and saves a full-page screenshot.
@@ -69,12 +70,15 @@ def screenshot(url: str, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "page.png")
-    parser.add_argument("--model-dir", type=Path, default=REPO / "demo" / "photo" / "model")
-    parser.add_argument("--samples-dir", type=Path, default=REPO / "demo" / "photo" / "samples")
+    parser.add_argument("--model-dir", type=Path, help="default: the demo repository")
+    parser.add_argument("--samples-dir", type=Path, help="default: demo/samples")
     args = parser.parse_args()
     port = free_port()
     command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--model-dir", str(args.model_dir), "--samples-dir", str(args.samples_dir)]
+    if args.model_dir:
+        command += ["--model-dir", str(args.model_dir)]
+    if args.samples_dir:
+        command += ["--samples-dir", str(args.samples_dir)]
     process = subprocess.Popen(command, cwd=REPO)
     try:
         url = f"http://127.0.0.1:{port}"

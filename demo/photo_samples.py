@@ -1,8 +1,8 @@
-"""The photo model's sample images: held-out photos of the photo set whose licence allows
-committing them (``model/data/photos/catalog.py``'s ``COMMITTABLE``), as JPEGs, with a README
-naming each one's source, author and licence; and two held-out synthetic scenes.
+"""The page's photo samples: held-out photos of the photo set whose licence allows committing
+them (``model/data/photos/catalog.py``'s ``COMMITTABLE``), as JPEGs beside the demo's scenes,
+with ``photos.md`` naming each one's source, author and licence.
 
-    python -m demo.photo_samples --data /data/photos --out demo/photo/samples
+    python -m demo.photo_samples --data /data/photos --out demo/samples
 
 The photos are the set's stored images (longest side at most 1024 px) shrunk to ``--side``
 and saved at JPEG quality 90: real camera-like uploads, small enough to commit.
@@ -15,16 +15,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from model.data import SyntheticScenes
 from model.data.photos.catalog import COMMITTABLE
 from model.data.photos.tree import PhotoRecord, item_dir, read_manifest
 
-SCENES = (0, 1)  # held-out test scenes (seed 7, as demo/samples)
-HEADER = """# Photo model sample images
+HEADER = """# Photo samples
 
-The page's samples for `demo/photo/model` (`make serve`). Written by
+The page's real photos (beside the scenes of README.md). Written by
 
-    python -m demo.photo_samples --data /data/photos --out demo/photo/samples
+    python -m demo.photo_samples --data /data/photos --out demo/samples
 
 from the photo set's held-out (`val`) split: the model never trained on them. The packages are
 Debian's (lomiri-wallpapers-16.04) and PyPI's (scikit-image); the data card, docs/photos.md,
@@ -52,12 +50,7 @@ def write_samples(root: Path, out: Path, side: int) -> list[str]:
         picture.save(out / name, quality=90, optimize=True)
         source = f"package `{record.source}` {record.version}, `{record.member}`"
         lines.append(f"| `{name}` | {source} | {record.author} | {record.licence} |")
-    for index in SCENES:
-        scene = SyntheticScenes(192, max(SCENES) + 1, seed=7, split="test")[index]
-        Image.fromarray(scene.image).save(out / f"scene_{index}.png")
-        origin = "`model/data/synthetic.py`, test split, seed 7 | this project | the repository's"
-        lines.append(f"| `scene_{index}.png` | {origin} |")
-    (out / "README.md").write_text(HEADER + "\n".join(lines) + "\n")
+    (out / "photos.md").write_text(HEADER + "\n".join(lines) + "\n")
     return lines
 
 

@@ -51,11 +51,12 @@ TRAINING = {
             "semseg's person, animal, vehicle and food where a source names them",
         ),
         photo_tasks=("semseg", "parts", "saliency", "edges"),
-        note="Trained on synthetic scenes and real photos labelled by teacher models. Saliency, "
-        "edges, persons and body parts follow real photos; semseg knows background, person, "
-        "animal, vehicle and food on photos (sphere, box, cylinder and cone from the scenes "
-        "only); surface normals were learned from synthetic scenes only: on photos they are "
-        "rough shading cues, not measurements.",
+        note="Trained on synthetic scenes and real photos labelled by teacher models "
+        "(docs/model_card.md). On photos, edges are its best map and saliency is rough; persons "
+        "and body parts are unreliable (they miss people and fire on other figures), and "
+        "semseg's photo classes (person, animal, vehicle, food) are often wrong. Surface "
+        "normals were learned from synthetic scenes only: on photos they are shading cues, "
+        "not measurements.",
     ),
     "pascal_context": TrainingInfo(
         data=("PASCAL-Context (the PASCAL_MT multi-task benchmark)",),

@@ -153,7 +153,7 @@ def tiny() -> TrainConfig:
     )
 
 
-def _photo(embed: str) -> TrainConfig:
+def _photo(embed: str, multi_steps: int) -> TrainConfig:
     """Synthetic scenes and the photo set in every batch (4 + 4), 192 px, a 4-block ViT of
     width 192 (docs/model_card.md says why this size: the served model's CPU budget)."""
     return TrainConfig(
@@ -172,7 +172,7 @@ def _photo(embed: str) -> TrainConfig:
         # scene has a label for (photo semseg names a few classes on some photos only).
         single_task=StageConfig(steps=600, lr=1e-3, warmup=50),
         single_task_name="saliency",
-        multi_task=StageConfig(steps=1200, lr=1e-3, warmup=50),
+        multi_task=StageConfig(steps=multi_steps, lr=1e-3, warmup=50),
         batch_size=8,
         eval_every=600,
         checkpoint_every=100,
@@ -180,14 +180,16 @@ def _photo(embed: str) -> TrainConfig:
 
 
 def photo() -> TrainConfig:
-    """The served photo model: the hybrid ViT (EfficientNet-Lite0's stride-16 map, frozen)."""
-    return _photo("efficientnet_lite0")
+    """The served photo model (demo/photo): the hybrid ViT (EfficientNet-Lite0's stride-16 map,
+    frozen), stage 2 twice as long as the backbone comparison's (it gained on every task)."""
+    return _photo("efficientnet_lite0", multi_steps=2400)
 
 
 def photo_distilled() -> TrainConfig:
     """The plain ViT whose base weights ``python -m model.distill`` trains to reproduce
-    EfficientNet-Lite0's map (then loaded with ``--pretrained``: no single-task stage)."""
-    return _photo("patch")
+    EfficientNet-Lite0's map (then loaded with ``--pretrained``: no single-task stage), at the
+    backbone comparison's budget (docs/model_card.md)."""
+    return _photo("patch", multi_steps=1200)
 
 
 PASCAL_TRAIN_IMAGES = 4998  # ImageSets/Context/train.txt

@@ -152,8 +152,16 @@ def served_names(settings: Settings, found: dict[str, dict[str, Path]]) -> list[
 
 
 def default_name(settings: Settings, names: list[str]) -> str | None:
-    """The model served without a name: ``default_model``, or the first by name."""
-    return settings.default_model or (min(names) if names else None)
+    """The model served without a name: ``default_model``; in the demo repository (no model
+    flags), its photo model; else the first by name."""
+    from server.settings import DEMO_DEFAULT_MODEL
+
+    if settings.default_model:
+        return settings.default_model
+    demo = settings.model_dir is None and settings.model_repository is None
+    if demo and DEMO_DEFAULT_MODEL in names:
+        return DEMO_DEFAULT_MODEL
+    return min(names) if names else None
 
 
 def pick_model(settings: Settings, name: str | None = None, version: str | None = None) -> ModelDir:

@@ -15,6 +15,7 @@ from server.repository import VersionPolicy
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = REPO_ROOT / "demo" / "model"
 DEMO_REPOSITORY = REPO_ROOT / "demo" / "models"  # its models are links to demo/ folders
+DEMO_DEFAULT_MODEL = "ase-photo"  # the demo repository's model for /predict without ?model=
 DEMO_SAMPLES_DIR = REPO_ROOT / "demo" / "samples"
 
 PROVIDER_ALIASES = {
@@ -59,8 +60,8 @@ class Settings(BaseSettings):
     )
     default_model: str | None = Field(
         None,
-        description="the model /predict serves without ?model= (default: the first served, "
-        "by name)",
+        description="the model /predict serves without ?model= (default: in the demo "
+        "repository, ase-photo; else the first served, by name)",
     )
     model_memory_mb: int = Field(
         0,

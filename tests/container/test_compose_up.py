@@ -84,7 +84,7 @@ def test_predict_answers(default_stack):
     answer = predict(default_stack.server, Accept="application/json")
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["model"]["name"] == "ase-demo" and body["provider"] == "CPUExecutionProvider"
+    assert body["model"]["name"] == "ase-photo" and body["provider"] == "CPUExecutionProvider"
     assert set(body["tasks"]) == {"semseg", "parts", "saliency", "normals", "edges"}
 
 

@@ -125,8 +125,8 @@ def test_runtime_is_non_root_healthy_and_serves_from_env():
     assert command[:3] == ["python", "-m", "server"] and "0.0.0.0" in command
     assert "--model-dir" not in command  # ASE_MODEL_DIR decides, so compose can mount another
     env = " ".join(stage_lines("runtime", "ENV"))
-    assert "ASE_MODEL_DIR=/opt/ase/models/demo" in env
-    assert "COPY demo/model /opt/ase/models/demo" in [
+    assert "ASE_MODEL_DIR=/opt/ase/models/photo" in env  # the photo model, as make serve's
+    assert "COPY demo/photo/model /opt/ase/models/photo" in [
         f"COPY {c}" for c in stage_lines("runtime", "COPY")
     ]
 
@@ -140,7 +140,7 @@ def test_build_context_holds_every_copy_source():
         for source in shlex.split(arguments)[:-1]
     ]
     expected = {"pyproject.toml", "README.md", "requirements/serve.txt", "model", "export"}
-    assert expected | {"server", "demo/model"} <= set(sources)
+    assert expected | {"server", "demo/photo/model"} <= set(sources)
     for source in sources:
         path = REPO / source
         assert path.exists(), f"COPY {source}: not in the repository"

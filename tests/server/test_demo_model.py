@@ -1,6 +1,7 @@
-"""The server on the committed demo model, as ``make serve`` runs it (no --model-dir: the
-default is demo/model): what it serves for the sample images is what the PyTorch checkpoint
-predicts, and it agrees with the scenes' ground truth far better than a trivial guess."""
+"""The server on the committed demo repository, as ``make serve`` runs it (no --model-dir:
+demo/models, the photo model by default and the synthetic demo beside it): what the synthetic
+demo serves for the sample scenes is what its PyTorch checkpoint predicts, and it agrees with
+the scenes' ground truth far better than a trivial guess."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def torch_maps(scenes):
 def served(server, index: int) -> dict[str, np.ndarray]:
     body = (SAMPLES / f"scene_{index}.png").read_bytes()
     with server.client() as client:
-        response = client.post("/predict", content=body, headers={"Content-Type": "image/png"})
+        response = client.post(
+            "/predict?model=ase-demo", content=body, headers={"Content-Type": "image/png"}
+        )
     assert response.status_code == 200, response.text
     return {
         task: np.asarray(Image.open(io.BytesIO(base64.b64decode(entry["data"]))))
@@ -79,7 +82,10 @@ def test_served_maps_equal_the_checkpoint_and_beat_trivial_guesses(demo_server, 
 
 def test_v1_models_describes_the_demo(demo_server):
     with demo_server.client() as client:
-        model = client.get("/v1/models").json()["models"][0]
-    assert model["name"] == "ase-demo"
+        listed = client.get("/v1/models").json()
+    models = {model["name"]: model for model in listed["models"]}
+    assert listed["default_model"] == "ase-photo" and sorted(models) == ["ase-demo", "ase-photo"]
+    assert models["ase-photo"]["dataset"] == "scenes_and_photos"
+    model = models["ase-demo"]
     assert model["adapters"]["spec"] == "16/3/1/4" and model["adapters"]["layers"] == 6
     assert model["providers"] == ["CPUExecutionProvider"] and model["graph"] == "model.dense.onnx"

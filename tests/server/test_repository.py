@@ -6,9 +6,18 @@ from __future__ import annotations
 import pytest
 
 from server.modeldir import ModelDirError
-from server.repository import Repository, VersionPolicy, fingerprint, pick_model, repository_for
+from server.repository import (
+    Repository,
+    VersionPolicy,
+    default_name,
+    fingerprint,
+    pick_model,
+    repository_for,
+)
 from server.settings import DEMO_MODEL_DIR, DEMO_REPOSITORY, Settings
 from tests.server.fake_model import write_fake_model_dir
+
+DEMO_PHOTO_MODEL_DIR = DEMO_MODEL_DIR.parent / "photo" / "model"
 
 
 @pytest.mark.parametrize(
@@ -69,12 +78,19 @@ def test_settings_name_the_repository(tmp_path, fake):
         Settings(model_control_mode="explicit", workers=2)
 
 
-def test_the_demo_repository_serves_the_committed_demo_model():
+def test_the_demo_repository_serves_the_photo_model_by_default():
     found = Repository(root=DEMO_REPOSITORY).scan()
     assert found["ase-demo"] == {"1": DEMO_REPOSITORY / "ase-demo"}
     assert (DEMO_REPOSITORY / "ase-demo").resolve() == DEMO_MODEL_DIR.resolve()  # a link
-    demo = pick_model(Settings())
+    assert (DEMO_REPOSITORY / "ase-photo").resolve() == DEMO_PHOTO_MODEL_DIR.resolve()
+    photo = pick_model(Settings())
+    assert (photo.name, photo.version) == ("ase-photo", "1")
+    assert photo.metadata.dataset == "scenes_and_photos"
+    demo = pick_model(Settings(), "ase-demo")
     assert (demo.name, demo.version, demo.checkpoint) == ("ase-demo", "1", "1250-1434f6a9")
+    # Elsewhere the first by name, unless named: the photo model is the demo repository's choice.
+    assert default_name(Settings(model_repository=DEMO_REPOSITORY), sorted(found)) == "ase-demo"
+    assert default_name(Settings(default_model="ase-demo"), sorted(found)) == "ase-demo"
 
 
 def test_pick_model_names_what_exists(tmp_path, fake):
