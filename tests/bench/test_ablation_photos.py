@@ -4,10 +4,10 @@ from dataclasses import replace
 
 from bench.ablation_photos import main
 from model.checkpoint import save_checkpoint
-from model.presets import DataConfig, tiny
+from model.presets import tiny
 from model.tasks import SCENES_AND_PHOTOS
 from model.trainer import new_model
-from tests.model.photo_tree import write_photo_tree
+from tests.model.photo_tree import mixed_data, write_photo_tree
 
 
 def test_rows_start_from_the_checkpoints_frozen_base_and_compare_per_seed(tmp_path):
@@ -15,14 +15,7 @@ def test_rows_start_from_the_checkpoints_frozen_base_and_compare_per_seed(tmp_pa
     config = tiny()
     backbone = replace(config.model.backbone, patch_size=16, embed="efficientnet_lite0")
     model = replace(config.model, backbone=backbone, dataset=SCENES_AND_PHOTOS)
-    data = DataConfig(
-        dataset=SCENES_AND_PHOTOS,
-        root=str(root),
-        val_size=0,
-        augment="none",
-        workers=0,
-        photos_per_batch=2,
-    )
+    data = mixed_data(root)
     config = replace(config, model=model, data=data)
     network = new_model(config, None)
     checkpoint = save_checkpoint(

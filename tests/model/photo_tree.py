@@ -12,7 +12,8 @@ from scipy import ndimage
 from skimage import data
 
 from model.data.photos.tree import PhotoRecord, item_dir, write_manifest, write_png
-from model.tasks import IGNORE_INDEX, PHOTO_CLASSES
+from model.presets import DataConfig
+from model.tasks import IGNORE_INDEX, PHOTO_CLASSES, SCENES_AND_PHOTOS
 
 PHOTOS = {  # id: (scikit-image photo, has a person, split)
     "astronaut": ("astronaut", True, "train"),
@@ -77,3 +78,15 @@ def write_photo_tree(root: Path) -> Path:
     records = [write_item(root, i, *spec) for i, spec in PHOTOS.items()]
     write_manifest(root, records)
     return root
+
+
+def mixed_data(root: Path, val_size: int = 0) -> DataConfig:
+    """The tests' mixed data: the tree at ``root``, two photos a batch, no augmentation."""
+    return DataConfig(
+        dataset=SCENES_AND_PHOTOS,
+        root=str(root),
+        val_size=val_size,
+        augment="none",
+        workers=0,
+        photos_per_batch=2,
+    )

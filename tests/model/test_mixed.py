@@ -17,10 +17,10 @@ from model.data.mixed import (
 )
 from model.data.synthetic import SyntheticScenes
 from model.data.transforms import EvalTransform, collate
-from model.presets import DataConfig, tiny
+from model.presets import tiny
 from model.tasks import IGNORE_INDEX, SCENES_AND_PHOTOS, TASK_NAMES
 from model.trainer import labelled_streams, train
-from tests.model.photo_tree import write_photo_tree
+from tests.model.photo_tree import mixed_data, write_photo_tree
 
 CLASSES = photo_classes(SCENES_AND_PHOTOS)
 
@@ -121,14 +121,7 @@ def test_only_labelled_pairs_become_streams():
 def test_a_tiny_mixed_run_trains_and_resumes(photo_root, tmp_path):
     config = tiny()
     model = replace(config.model, dataset=SCENES_AND_PHOTOS)
-    data = DataConfig(
-        dataset=SCENES_AND_PHOTOS,
-        root=str(photo_root),
-        val_size=2,
-        augment="none",
-        workers=0,
-        photos_per_batch=2,
-    )
+    data = mixed_data(photo_root, val_size=2)
     config = replace(config, model=model, data=data, batch_size=4)
     train(config, tmp_path / "run", until=5)
     metrics = train(config, tmp_path / "run", resume=True)
