@@ -5,9 +5,11 @@ split them into parts that each fit one device call beside the working tree, and
 receive the parts one call at a time, then join and verify.
 
     python3 -m bench.gpu_wheel download .gpu/wheel          # here: pip download, sha256 checked
+    python3 -m bench.gpu_wheel set-aside /tmp/gpu-aside     # here: SET_ASIDE out of the tree
     python3 -m bench.gpu_wheel split .gpu/wheel .gpu        # here: .gpu/part0 .. .gpu/partN
     python3 -m bench.gpu_wheel receive .gpu/part0 /tmp/ortgpu   # device: one part per call
     python3 -m bench.gpu_wheel join /tmp/ortgpu /tmp/ortgpu/wheel  # device: all parts -> wheels
+    python3 -m bench.gpu_wheel put-back /tmp/gpu-aside      # here, afterwards
 
 The parts are slices of the wheels laid end to end, so small wheels ride in a big one's last
 part. Standard library only: it runs on the device before anything is installed there. Each
@@ -89,6 +91,16 @@ MARGIN_MIB = 4
 """Left free in every call: the tree may grow a little between the split and the calls."""
 MANIFEST = "manifest.json"
 MIB = 1 << 20
+SET_ASIDE = (
+    "demo/model/model.dense.onnx",
+    "demo/model/model.sparse.onnx",
+    "demo/photo/model/model.dense.onnx",
+    "demo/photo/model/model.sparse.onnx",
+    "demo/photo/ckpt.pt",
+)
+"""Committed files the GPU check never reads (it re-exports the synthetic demo model from
+demo/ckpt.pt), moved out of the tree while the device calls run: with them the tree is over
+what one call carries."""
 
 
 def sha256(path: Path) -> str:
@@ -163,9 +175,38 @@ def part_bytes_beside(tree_bytes: int) -> int:
     if part < 4 * MIB:
         raise SystemExit(
             f"the working tree takes {tree_bytes / MIB:.1f} MiB of a call's "
-            f"{CALL_LIMIT_MIB}: leave large files out of it first"
+            f"{CALL_LIMIT_MIB}: leave large files out of it first "
+            "(python3 -m bench.gpu_wheel set-aside DIR moves the committed models out)"
         )
     return part
+
+
+def set_aside(repo: Path, aside: Path) -> list[Path]:
+    """Move every present ``SET_ASIDE`` file of ``repo`` to the same path under ``aside``;
+    returns where they went. Refuses to overwrite: an earlier set-aside is put back first."""
+    moved = []
+    for relative in SET_ASIDE:
+        source, target = repo / relative, aside / relative
+        if target.exists():
+            raise SystemExit(f"{target} exists: put-back {aside} first")
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+            moved.append(target)
+    return moved
+
+
+def put_back(repo: Path, aside: Path) -> list[Path]:
+    """Undo ``set_aside``: every ``SET_ASIDE`` file under ``aside`` back to its place in
+    ``repo``; returns the restored paths."""
+    restored = []
+    for relative in SET_ASIDE:
+        source, target = aside / relative, repo / relative
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+            restored.append(target)
+    return restored
 
 
 def split(wheels: list[Path], destination: Path, part_bytes: int) -> list[Path]:
@@ -248,8 +289,15 @@ def main(argv: list[str] | None = None) -> int:
         sub = verbs.add_parser(verb)
         sub.add_argument("source", type=Path)
         sub.add_argument("destination", type=Path)
+    for verb in ("set-aside", "put-back"):
+        sub = verbs.add_parser(verb, help="the SET_ASIDE files out of the tree / back")
+        sub.add_argument("aside", type=Path, help="a folder outside the checkout")
+        sub.add_argument("--repo", type=Path, default=Path.cwd(), help="the checkout")
     args = parser.parse_args(argv)
-    if args.verb == "download":
+    if args.verb in ("set-aside", "put-back"):
+        move = set_aside if args.verb == "set-aside" else put_back
+        print("\n".join(f"{args.verb} {path}" for path in move(args.repo, args.aside)))
+    elif args.verb == "download":
         print("\n".join(str(path) for path in download(args.destination)))
     elif args.verb == "split":
         tree = traveling_tree_bytes(args.repo)

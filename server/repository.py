@@ -136,8 +136,10 @@ def repository_for(settings: Settings) -> Repository:
     (named by its metadata), or, with neither, the demo repository."""
     from server.settings import DEMO_REPOSITORY
 
+    if settings.uses_demo_repository:
+        return Repository(root=DEMO_REPOSITORY)
     if settings.model_dir is None:
-        return Repository(root=settings.model_repository or DEMO_REPOSITORY)
+        return Repository(root=settings.model_repository)
     try:
         name = load_model_dir(settings.model_dir, verify_hashes=False).name
     except ModelDirError:
@@ -158,8 +160,9 @@ def default_name(settings: Settings, names: list[str]) -> str | None:
 
     if settings.default_model:
         return settings.default_model
-    demo = settings.model_dir is None and settings.model_repository is None
-    if demo and DEMO_DEFAULT_MODEL in names:
+    # Resolved here, not as the setting's default: ``--models ase-demo`` on the demo
+    # repository must still start (cli.py refuses a default model that is not served).
+    if settings.uses_demo_repository and DEMO_DEFAULT_MODEL in names:
         return DEMO_DEFAULT_MODEL
     return min(names) if names else None
 

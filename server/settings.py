@@ -14,6 +14,7 @@ from server.repository import VersionPolicy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = REPO_ROOT / "demo" / "model"
+DEMO_PHOTO_MODEL_DIR = REPO_ROOT / "demo" / "photo" / "model"
 DEMO_REPOSITORY = REPO_ROOT / "demo" / "models"  # its models are links to demo/ folders
 DEMO_DEFAULT_MODEL = "ase-photo"  # the demo repository's model for /predict without ?model=
 DEMO_SAMPLES_DIR = REPO_ROOT / "demo" / "samples"
@@ -234,6 +235,11 @@ class Settings(BaseSettings):
                 "model_control_mode explicit needs workers 1: a load call reaches one worker"
             )
         return self
+
+    @property
+    def uses_demo_repository(self) -> bool:
+        """No model flag given: the committed demo repository is served (``DEMO_REPOSITORY``)."""
+        return self.model_dir is None and self.model_repository is None
 
     @property
     def model_names(self) -> list[str] | None:

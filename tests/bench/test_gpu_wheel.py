@@ -61,22 +61,11 @@ def test_parts_received_in_any_order_join_to_the_same_wheels(tmp_path):
     assert gpu_wheel.held_parts(stash)[2] == [3]
 
 
-# What the runbook (docs/benchmarks.md) moves out of the tree before splitting: the committed
-# models' graphs and the photo checkpoint, which the device check does not use.
-RUNBOOK_MOVES = (
-    "demo/model/model.dense.onnx",
-    "demo/model/model.sparse.onnx",
-    "demo/photo/model/model.dense.onnx",
-    "demo/photo/model/model.sparse.onnx",
-    "demo/photo/ckpt.pt",
-)
-
-
 def test_parts_fit_one_call_beside_the_traveling_tree(tmp_path):
     whole = gpu_wheel.traveling_tree_bytes(REPO)
-    moved = sum((REPO / path).stat().st_size for path in RUNBOOK_MOVES)
-    with pytest.raises(SystemExit, match="leave large files out"):
-        gpu_wheel.part_bytes_beside(whole)  # the runbook's moves are needed
+    moved = sum((REPO / path).stat().st_size for path in gpu_wheel.SET_ASIDE)
+    with pytest.raises(SystemExit, match="leave large files out .* set-aside"):
+        gpu_wheel.part_bytes_beside(whole)  # the runbook's set-aside is needed
     tree = whole - moved
     assert tree > (REPO / "demo" / "ckpt.pt").stat().st_size  # tracked files count
     part = gpu_wheel.part_bytes_beside(tree)
@@ -86,6 +75,23 @@ def test_parts_fit_one_call_beside_the_traveling_tree(tmp_path):
     ignored = REPO / ".gpu" / "probe-ignored"  # the runbook's folder does not travel by itself
     listed = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", str(ignored)])
     assert listed.returncode == 0
+
+
+def test_set_aside_and_put_back_restore_the_tree(tmp_path):
+    repo, aside = tmp_path / "repo", tmp_path / "aside"
+    for index, relative in enumerate(gpu_wheel.SET_ASIDE[1:]):  # the first one absent
+        (repo / relative).parent.mkdir(parents=True, exist_ok=True)
+        (repo / relative).write_bytes(bytes([index]) * (index + 1))
+    before = {path: path.read_bytes() for path in repo.rglob("*") if path.is_file()}
+    printed = wheel_cli("set-aside", str(aside), "--repo", str(repo))
+    assert len(printed.splitlines()) == len(gpu_wheel.SET_ASIDE) - 1
+    assert not any(path.is_file() for path in repo.rglob("*"))
+    with pytest.raises(SystemExit, match="put-back"):
+        gpu_wheel.set_aside(repo, aside)  # never over an earlier set-aside
+    gpu_wheel.put_back(repo, aside)
+    assert {path: path.read_bytes() for path in repo.rglob("*") if path.is_file()} == before
+    runbook = (REPO / "docs" / "benchmarks.md").read_text()
+    assert "bench.gpu_wheel set-aside" in runbook and "bench.gpu_wheel put-back" in runbook
 
 
 def lock_pins(lock: str) -> dict[str, str]:

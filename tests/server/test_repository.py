@@ -14,10 +14,8 @@ from server.repository import (
     pick_model,
     repository_for,
 )
-from server.settings import DEMO_MODEL_DIR, DEMO_REPOSITORY, Settings
+from server.settings import DEMO_MODEL_DIR, DEMO_PHOTO_MODEL_DIR, DEMO_REPOSITORY, Settings
 from tests.server.fake_model import write_fake_model_dir
-
-DEMO_PHOTO_MODEL_DIR = DEMO_MODEL_DIR.parent / "photo" / "model"
 
 
 @pytest.mark.parametrize(
