@@ -38,6 +38,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data = replace(data, root=args.data)
     if args.workers is not None:
         data = replace(data, workers=args.workers)
+    if args.photos_per_batch is not None:
+        data = replace(data, photos_per_batch=args.photos_per_batch)
     config = replace(config, data=data)
     if args.spec or args.routing:
         adapters = replace(
@@ -71,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int)
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--workers", type=int, help="data loader processes")
+    parser.add_argument(
+        "--photos-per-batch", type=int, help="photo presets: photos in every batch, scenes the rest"
+    )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--until", type=int, help="stop (resumably) after this global step")
     parser.add_argument(

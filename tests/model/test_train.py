@@ -21,6 +21,7 @@ from model.distributed import Processes
 from model.model import ASEModel
 from model.presets import DataConfig, StageConfig, TrainConfig, preset, with_adapters
 from model.stages import base_parameter_names, learning_rate, make_optimizer, set_stage
+from model.train import _parser, config_from_args
 from model.trainer import train, training_step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,6 +170,19 @@ def test_cli_runs_as_a_module(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(tmp_path / "ckpt.pt")[1]["step"] == 4
+
+
+def test_cli_overrides_the_photo_mix():
+    args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
+    config = config_from_args(_parser().parse_args([*args, "--photos-per-batch", "6"]))
+    assert (config.data.photos_per_batch, config.batch_size) == (6, 8)
+    assert config_from_args(_parser().parse_args(args)).data.photos_per_batch == 4  # the preset's
+    with pytest.raises(ValueError, match="more than the batch of 8"):
+        config_from_args(_parser().parse_args([*args, "--photos-per-batch", "9"]))
+    with pytest.raises(ValueError, match="exactly when the dataset is scenes_and_photos"):
+        config_from_args(
+            _parser().parse_args([*tiny_run(Path("unused")), "--photos-per-batch", "2"])
+        )
 
 
 @pytest.mark.timeout(120)
