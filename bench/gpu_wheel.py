@@ -181,14 +181,12 @@ def part_bytes_beside(tree_bytes: int) -> int:
     return part
 
 
-def set_aside(repo: Path, aside: Path) -> list[Path]:
-    """Move every present ``SET_ASIDE`` file of ``repo`` to the same path under ``aside``;
-    returns where they went. Refuses to overwrite: an earlier set-aside is put back first."""
+def _move_listed(origin: Path, destination: Path) -> list[Path]:
+    """Move every ``SET_ASIDE`` file present under ``origin`` to the same path under
+    ``destination``; returns the new paths."""
     moved = []
     for relative in SET_ASIDE:
-        source, target = repo / relative, aside / relative
-        if target.exists():
-            raise SystemExit(f"{target} exists: put-back {aside} first")
+        source, target = origin / relative, destination / relative
         if source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
@@ -196,17 +194,19 @@ def set_aside(repo: Path, aside: Path) -> list[Path]:
     return moved
 
 
-def put_back(repo: Path, aside: Path) -> list[Path]:
-    """Undo ``set_aside``: every ``SET_ASIDE`` file under ``aside`` back to its place in
-    ``repo``; returns the restored paths."""
-    restored = []
+def set_aside(repo: Path, aside: Path) -> list[Path]:
+    """Move the present ``SET_ASIDE`` files of ``repo`` under ``aside``; returns where they
+    went. Refuses, before moving anything, where an earlier set-aside was not put back."""
     for relative in SET_ASIDE:
-        source, target = aside / relative, repo / relative
-        if source.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(source, target)
-            restored.append(target)
-    return restored
+        if (aside / relative).exists():
+            raise SystemExit(f"{aside / relative} exists: put-back {aside} first")
+    return _move_listed(repo, aside)
+
+
+def put_back(repo: Path, aside: Path) -> list[Path]:
+    """Undo ``set_aside``: the ``SET_ASIDE`` files under ``aside`` back to their places in
+    ``repo``; returns the restored paths."""
+    return _move_listed(aside, repo)
 
 
 def split(wheels: list[Path], destination: Path, part_bytes: int) -> list[Path]:
