@@ -1,11 +1,17 @@
-"""Feature distillation: a plain ViT's base weights trained to reproduce a frozen ImageNet
-EfficientNet-Lite's stride-16 feature map on real photos, then written as a ViT weights file
-that ``python -m model.train --pretrained`` loads in place of the single-task stage (the
-paper's frozen pretrained backbone, made here from the only ImageNet weights there are).
+"""Feature distillation: a ViT's base weights trained to reproduce a frozen ImageNet
+EfficientNet-Lite's feature map on real photos, then written as a ViT weights file that
+``python -m model.train --pretrained`` loads in place of the single-task stage (the paper's
+frozen pretrained backbone, made here from the only ImageNet weights there are).
 
     python -m model.distill --preset photo-distilled --data /data/photos --out runs/distill
     python -m model.train --preset photo-distilled --data /data/photos --out runs/pd \
         --pretrained runs/distill/vit.pth
+
+Two students: a plain ViT (``photo-distilled``) learns the stride-16 map from pixels; the hybrid
+(``photo``, whose patch embedding already *is* that map) learns with ``--teacher-stages 7`` the
+network's last two stages, the stride-32 map EfficientNet's classifier reads: ImageNet's
+deeper features put into the transformer blocks, with no CNN stage added to the served graph.
+A teacher map coarser than the student's grid is resized to it (bilinear).
 
 The student is the preset's backbone (patch embedding, position embedding, blocks, norms; one
 stream per image); a linear map from its last block's normalised tokens to the teacher's
@@ -34,10 +40,11 @@ from model.data.mixed import PhotoCrop
 from model.data.photos import PhotoSet
 from model.data.photos.tree import item_dir, read_png
 from model.data.transforms import image_tensor
-from model.efficientnet import pretrained_lite
+from model.efficientnet import STAGES, STRIDE16_STAGES, pretrained_lite
 from model.model import ASEModel
 from model.presets import TrainConfig, preset
 from model.stages import base_parameter_names, learning_rate, make_optimizer
+from model.vit import HybridEmbed
 
 TEACHER = "efficientnet_lite0"
 
@@ -57,6 +64,14 @@ class Distiller(nn.Module):
         tokens = self.to_teacher(features[-1])  # (B, grid*grid, channels)
         grid = self.backbone.grid
         return tokens.transpose(1, 2).reshape(images.shape[0], -1, grid, grid)
+
+
+def on_grid(teacher_map: Tensor, grid: int) -> Tensor:
+    """The teacher's map (B, C, g, g) at the student's grid: bilinear where g differs (the
+    stride-32 map has half the hybrid's 16-px grid)."""
+    if teacher_map.shape[-1] == grid:
+        return teacher_map
+    return F.interpolate(teacher_map, size=(grid, grid), mode="bilinear", align_corners=False)
 
 
 class PhotoImages:
@@ -101,19 +116,33 @@ def vit_weights(model: ASEModel, base: frozenset[str]) -> dict[str, Tensor]:
     }
 
 
-def distill(config: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) the distillation into ``out``; returns the last logged record."""
-    out.mkdir(parents=True, exist_ok=True)
+def new_student(config: TrainConfig) -> ASEModel:
+    """The preset's model, a hybrid's CNN with its ImageNet weights (as ``model.train`` starts)."""
     torch.manual_seed(config.seed)
     model = ASEModel(config.model).train()
-    teacher = pretrained_lite(TEACHER)
+    if isinstance(model.backbone.patch_embed, HybridEmbed):
+        model.backbone.patch_embed.load_pretrained()
+    return model
+
+
+def distill(
+    config: TrainConfig,
+    out: Path,
+    resume: bool = False,
+    teacher_stages: int = STRIDE16_STAGES,
+) -> dict[str, Any]:
+    """Run (or resume) the distillation into ``out`` from the teacher's first
+    ``teacher_stages`` stages; returns the last logged record."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = new_student(config)
+    teacher = pretrained_lite(TEACHER, stages=teacher_stages)
     distiller = Distiller(model, teacher.channels)
     base = base_parameter_names(model)  # before the optimiser changes what takes gradients
     optimizer = student_optimizer(model, distiller, base, config)
     size = config.model.backbone.image_size
     photos = PhotoImages(config.data.root or "")
     crop = PhotoCrop(size, photometric=False)
-    state = _resume(out, distiller, optimizer) if resume else None
+    state = _resume(out, distiller, optimizer, teacher_stages) if resume else None
     step = state["step"] if state else 0
     stats = state["stats"] if state else _teacher_stats(teacher, photos, crop, config)
     record: dict[str, Any] = {}
@@ -123,7 +152,7 @@ def distill(config: TrainConfig, out: Path, resume: bool = False) -> dict[str, A
         rng = np.random.default_rng([config.seed, 2, step])
         images = photo_batch(photos, crop, config.batch_size, rng)
         with torch.no_grad():
-            target = (teacher(images) - stats["mean"]) / stats["std"]
+            target = on_grid((teacher(images) - stats["mean"]) / stats["std"], model.backbone.grid)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config.single_task, step)
         loss = F.mse_loss(distiller(images), target)
@@ -141,7 +170,7 @@ def distill(config: TrainConfig, out: Path, resume: bool = False) -> dict[str, A
                 log.write(json.dumps(record) + "\n")
             clock = time.perf_counter()
         if step % max(config.checkpoint_every, 1) == 0 or step == config.single_task.steps:
-            _save(out, distiller, optimizer, step, stats)
+            _save(out, distiller, optimizer, step, stats, teacher_stages)
     torch.save(vit_weights(model, base), out / "vit.pth")
     return record
 
@@ -155,19 +184,25 @@ def _teacher_stats(teacher, photos, crop, config: TrainConfig) -> dict[str, Tens
     return {"mean": mean, "std": std + 1e-3}
 
 
-def _save(out: Path, distiller: Distiller, optimizer, step: int, stats) -> None:
+def _save(out: Path, distiller: Distiller, optimizer, step: int, stats, stages: int) -> None:
     payload = {
         "distiller": distiller.state_dict(),
         "optimizer": optimizer.state_dict(),
         "step": step,
         "stats": stats,
+        "teacher_stages": stages,
     }
     torch.save(payload, out / "distill.pt.tmp")
     (out / "distill.pt.tmp").replace(out / "distill.pt")
 
 
-def _resume(out: Path, distiller: Distiller, optimizer) -> dict[str, Any]:
+def _resume(out: Path, distiller: Distiller, optimizer, stages: int) -> dict[str, Any]:
     payload = torch.load(out / "distill.pt", map_location="cpu", weights_only=True)
+    if payload.get("teacher_stages", STRIDE16_STAGES) != stages:
+        raise ValueError(
+            f"{out}: distilled from {payload.get('teacher_stages', STRIDE16_STAGES)} teacher "
+            f"stages, asked to resume with {stages}"
+        )
     distiller.load_state_dict(payload["distiller"])
     optimizer.load_state_dict(payload["optimizer"])
     return payload
@@ -179,6 +214,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", required=True, help="the photo set's root")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, help="distillation steps (the preset's stage 1)")
+    parser.add_argument(
+        "--teacher-stages",
+        type=int,
+        default=STRIDE16_STAGES,
+        choices=(STRIDE16_STAGES, len(STAGES)),
+        help="EfficientNet-Lite0 stages the teacher runs: 5 = the stride-16 map, 7 = stride 32",
+    )
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
@@ -188,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = replace(config, data=replace(config.data, root=args.data))
     if args.steps is not None:
         config = replace(config, single_task=replace(config.single_task, steps=args.steps))
-    return distill(config, args.out, args.resume)
+    return distill(config, args.out, args.resume, args.teacher_stages)
 
 
 def cli() -> None:

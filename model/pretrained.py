@@ -35,6 +35,8 @@ def _timm_name(our_key: str) -> str | None:
     """The timm key of one of our backbone keys; None for parameters timm never has."""
     if our_key.startswith("task_embed") or ".adapter." in our_key:
         return None
+    if our_key.startswith("patch_embed.cnn."):  # a hybrid's CNN: its own ImageNet file
+        return None
     if our_key.endswith((".A", ".B")):
         return None
     return our_key.replace(".base.", ".")

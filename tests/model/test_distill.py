@@ -1,11 +1,13 @@
-"""Feature distillation: a plain ViT learns EfficientNet-Lite0's stride-16 map on photos, and
-the weights file it writes is what ``--pretrained`` loads."""
+"""Feature distillation: a plain ViT learns EfficientNet-Lite0's stride-16 map on photos (a
+hybrid its stride-32 map), and the weights file it writes is what ``--pretrained`` loads."""
 
 from dataclasses import replace
 
+import pytest
 import torch
 
-from model.distill import distill
+from model.distill import distill, new_student, on_grid
+from model.efficientnet import pretrained_lite
 from model.model import ASEModel
 from model.presets import tiny
 from model.pretrained import load_timm_vit
@@ -34,3 +36,41 @@ def test_distills_resumes_and_writes_a_loadable_backbone(tmp_path):
     report = load_timm_vit(fresh.backbone, tmp_path / "run" / "vit.pth", strict=True)
     assert "patch_embed.proj.weight" in report.loaded and not report.unexpected
     assert not torch.equal(fresh.backbone.patch_embed.proj.weight, before)
+
+
+def test_a_hybrid_student_learns_the_stride_32_map(tmp_path):
+    """``--teacher-stages 7``: the hybrid's blocks learn the map after EfficientNet's last two
+    stages (coarser than the student's grid: resized to it); its CNN keeps the ImageNet
+    weights, the file loads into a new hybrid, and a resume with another teacher is refused."""
+    root = write_photo_tree(tmp_path / "photos")
+    config = tiny()
+    backbone = replace(
+        config.model.backbone, image_size=64, patch_size=16, embed="efficientnet_lite0"
+    )
+    config = replace(
+        config,
+        model=replace(config.model, backbone=backbone),
+        data=replace(config.data, root=str(root)),
+        single_task=replace(config.single_task, steps=2),
+        checkpoint_every=1,
+    )
+    record = distill(config, tmp_path / "run", teacher_stages=7)
+    assert record["step"] == 2 and torch.isfinite(torch.tensor(record["loss"]))
+    student = new_student(config)
+    reference = pretrained_lite("efficientnet_lite0")
+    assert torch.equal(student.backbone.patch_embed.cnn.stem.weight, reference.stem.weight)
+    report = load_timm_vit(student.backbone, tmp_path / "run" / "vit.pth", strict=True)
+    assert "patch_embed.proj.weight" in report.loaded and "pos_embed" in report.loaded
+    assert not report.unexpected
+    longer = replace(config, single_task=replace(config.single_task, steps=3))
+    with pytest.raises(ValueError, match="7 teacher stages, asked to resume with 5"):
+        distill(longer, tmp_path / "run", resume=True)
+
+
+def test_a_coarser_teacher_map_is_resized_to_the_grid():
+    coarse = torch.arange(4.0).reshape(1, 1, 2, 2)
+    assert on_grid(coarse, 2) is coarse
+    fine = on_grid(coarse, 4)
+    assert fine.shape == (1, 1, 4, 4)
+    assert fine.mean().item() == pytest.approx(coarse.mean().item())
+    assert fine[0, 0, 0, 0] < fine[0, 0, -1, -1]  # the corners keep their order
