@@ -4,6 +4,8 @@
     python -m model.train --preset demo --out runs/demo --resume
     python -m model.train --preset pascal-vit-s --data /data/PASCAL_MT --out runs/vit-s \
         --pretrained vit_small_patch16_224.pth        # timm file: skips the single-task stage
+    python -m model.train --preset photo --data /data/photos --out runs/photo \
+        --init runs/distill/vit.pth       # model.distill's file: stage 1 goes on from it
     torchrun --nproc-per-node 2 -m model.train --preset tiny --out runs/ddp   # DDP (gloo on CPU)
 
 Stage 1 (``single_task``) trains the backbone's normally frozen base weights and one task's
@@ -64,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="PASCAL_MT root (pascal presets)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
     parser.add_argument("--pretrained", type=Path, help="timm ViT file: skip the single stage")
+    parser.add_argument(
+        "--init", type=Path, help="ViT weights file (model.distill's) the single stage starts from"
+    )
     parser.add_argument("--spec", help="expert bank N/k/S/r")
     parser.add_argument("--routing", choices=[r.value for r in Routing], help="adapter variant")
     parser.add_argument("--single-steps", type=int, help="steps of the single-task stage")
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = config_from_args(args)
-    return train(config, args.out, args.resume, args.pretrained, args.device, args.until)
+    return train(config, args.out, args.resume, args.pretrained, args.device, args.until, args.init)
 
 
 def cli() -> None:

@@ -277,13 +277,19 @@ def train(
     pretrained: str | Path | None = None,
     device: str | None = None,
     until: int | None = None,
+    init: str | Path | None = None,
 ) -> dict | None:
     """Run (or resume) training into ``out``, stopping early at step ``until`` if given (a
-    resumable checkpoint is saved there); returns the last evaluation's flat metrics."""
+    resumable checkpoint is saved there); returns the last evaluation's flat metrics.
+    ``pretrained``: backbone weights that replace the single-task stage; ``init``: backbone
+    weights the single-task stage starts from (``model.distill``'s file, then trained on)."""
     out = Path(out)
+    if pretrained is not None and init is not None:
+        raise ValueError("give pretrained (skips the single-task stage) or init, not both")
     check_data(config)
     if pretrained is not None:  # a pretrained backbone replaces the single-task stage
         config = replace(config, single_task=replace(config.single_task, steps=0))
+    weights = pretrained if pretrained is not None else init
     processes = init_processes(device)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -291,7 +297,7 @@ def train(
         if resume:
             model, payload = resume_model(config, checkpoint)
         else:
-            model, payload = new_model(config, Path(pretrained) if pretrained else None), None
+            model, payload = new_model(config, Path(weights) if weights else None), None
         return Trainer(config, out, processes, model, payload, until).fit()
     finally:
         end_processes(processes)

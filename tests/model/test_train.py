@@ -17,6 +17,7 @@ from model.checkpoint import load_checkpoint
 from model.data import SyntheticScenes
 from model.data.sampling import StepBatches
 from model.data.transforms import MultiTaskDataset, collate
+from model.distill import vit_weights
 from model.distributed import Processes
 from model.model import ASEModel
 from model.presets import DataConfig, StageConfig, TrainConfig, preset, with_adapters
@@ -238,3 +239,26 @@ def test_pascal_preset_path_trains_on_a_written_tree(tmp_path):
     )
     assert "semseg/IoU" not in metrics  # per-class lists are not flattened into floats
     assert 0.0 <= metrics["semseg/mIoU"] <= 100.0 and metrics["normals/mean"] >= 0.0
+
+
+def test_init_weights_start_the_single_task_stage_which_still_runs(tmp_path):
+    """``--init`` (``model.distill``'s file) loads the base weights and stage 1 runs from them;
+    with stage 1's learning rate at 1e-12 they reach the checkpoint as loaded. ``--pretrained``
+    with it is refused."""
+    config = _tiny()
+    torch.manual_seed(7)  # other weights than the trainer's own seeded start
+    donor = ASEModel(config.model)
+    weights = tmp_path / "vit.pth"
+    torch.save(vit_weights(donor, base_parameter_names(donor)), weights)
+    still = replace(config, single_task=replace(config.single_task, lr=1e-12))
+    train(still, tmp_path / "run", init=weights)
+    stages = {r.get("stage") for r in _log(tmp_path / "run") if "loss" in r}
+    assert stages == {"single_task", "multi_task"}
+    model, _ = load_checkpoint(tmp_path / "run" / "ckpt.pt")
+    torch.testing.assert_close(model.backbone.pos_embed, donor.backbone.pos_embed)
+    block = "blocks.0.attn.qkv.base.weight"
+    torch.testing.assert_close(
+        model.backbone.state_dict()[block], donor.backbone.state_dict()[block]
+    )
+    with pytest.raises(ValueError, match="not both"):
+        train(config, tmp_path / "both", pretrained=weights, init=weights)
