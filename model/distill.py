@@ -8,10 +8,10 @@ frozen pretrained backbone, made here from the only ImageNet weights there are).
         --pretrained runs/distill/vit.pth
 
 Two students: a plain ViT (``photo-distilled``) learns the stride-16 map from pixels; the hybrid
-(``photo``, whose patch embedding already *is* that map) learns with ``--teacher-stages 7`` the
-network's last two stages, the stride-32 map EfficientNet's classifier reads: ImageNet's
-deeper features put into the transformer blocks, with no CNN stage added to the served graph.
-A teacher map coarser than the student's grid is resized to it (bilinear).
+(``photo``, whose patch embedding already *is* that map) learns the map after the network's
+last two stages (stride 32, what EfficientNet's classifier reads): ImageNet's deeper features
+put into the transformer blocks, with no CNN stage added to the served graph. A teacher map
+coarser than the student's grid is resized to it (bilinear). ``--teacher-stages`` overrides.
 
 The student is the preset's backbone (patch embedding, position embedding, blocks, norms; one
 stream per image); a linear map from its last block's normalised tokens to the teacher's
@@ -125,15 +125,22 @@ def new_student(config: TrainConfig) -> ASEModel:
     return model
 
 
+def default_teacher_stages(config: TrainConfig) -> int:
+    """The teacher's stages for the preset's student: all seven for a hybrid (its patch
+    embedding is the stride-16 map already), the stride-16 map for a plain ViT."""
+    return STRIDE16_STAGES if config.model.backbone.embed == "patch" else len(STAGES)
+
+
 def distill(
     config: TrainConfig,
     out: Path,
     resume: bool = False,
-    teacher_stages: int = STRIDE16_STAGES,
+    teacher_stages: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the distillation into ``out`` from the teacher's first
-    ``teacher_stages`` stages; returns the last logged record."""
+    ``teacher_stages`` stages (``default_teacher_stages``); returns the last logged record."""
     out.mkdir(parents=True, exist_ok=True)
+    teacher_stages = teacher_stages or default_teacher_stages(config)
     model = new_student(config)
     teacher = pretrained_lite(TEACHER, stages=teacher_stages)
     distiller = Distiller(model, teacher.channels)
@@ -217,9 +224,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--teacher-stages",
         type=int,
-        default=STRIDE16_STAGES,
         choices=(STRIDE16_STAGES, len(STAGES)),
-        help="EfficientNet-Lite0 stages the teacher runs: 5 = the stride-16 map, 7 = stride 32",
+        help="EfficientNet-Lite0 stages the teacher runs: 5 = the stride-16 map (a plain ViT's "
+        "default), 7 = stride 32 (a hybrid's)",
     )
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--threads", type=int)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model.distill import distill, new_student, on_grid
+from model.distill import default_teacher_stages, distill, new_student, on_grid
 from model.efficientnet import pretrained_lite
 from model.model import ASEModel
 from model.presets import tiny
@@ -39,9 +39,9 @@ def test_distills_resumes_and_writes_a_loadable_backbone(tmp_path):
 
 
 def test_a_hybrid_student_learns_the_stride_32_map(tmp_path):
-    """``--teacher-stages 7``: the hybrid's blocks learn the map after EfficientNet's last two
-    stages (coarser than the student's grid: resized to it); its CNN keeps the ImageNet
-    weights, the file loads into a new hybrid, and a resume with another teacher is refused."""
+    """A hybrid's blocks learn the map after EfficientNet's last two stages by default (coarser
+    than the student's grid: resized to it); its CNN keeps the ImageNet weights, the file loads
+    into a new hybrid, and a resume with another teacher is refused."""
     root = write_photo_tree(tmp_path / "photos")
     config = tiny()
     backbone = replace(
@@ -54,7 +54,8 @@ def test_a_hybrid_student_learns_the_stride_32_map(tmp_path):
         single_task=replace(config.single_task, steps=2),
         checkpoint_every=1,
     )
-    record = distill(config, tmp_path / "run", teacher_stages=7)
+    assert default_teacher_stages(config) == 7 and default_teacher_stages(tiny()) == 5
+    record = distill(config, tmp_path / "run")
     assert record["step"] == 2 and torch.isfinite(torch.tensor(record["loss"]))
     student = new_student(config)
     reference = pretrained_lite("efficientnet_lite0")
@@ -64,7 +65,7 @@ def test_a_hybrid_student_learns_the_stride_32_map(tmp_path):
     assert not report.unexpected
     longer = replace(config, single_task=replace(config.single_task, steps=3))
     with pytest.raises(ValueError, match="7 teacher stages, asked to resume with 5"):
-        distill(longer, tmp_path / "run", resume=True)
+        distill(longer, tmp_path / "run", resume=True, teacher_stages=5)
 
 
 def test_a_coarser_teacher_map_is_resized_to_the_grid():
