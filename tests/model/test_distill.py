@@ -2,6 +2,7 @@
 hybrid its stride-32 map), and the weights file it writes is what ``--pretrained`` loads."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,22 +10,26 @@ import torch
 from model.distill import default_teacher_stages, distill, new_student, on_grid
 from model.efficientnet import pretrained_lite
 from model.model import ASEModel
-from model.presets import tiny
+from model.presets import TrainConfig, tiny
 from model.pretrained import load_timm_vit
 from tests.model.photo_tree import write_photo_tree
 
 
-def test_distills_resumes_and_writes_a_loadable_backbone(tmp_path):
-    root = write_photo_tree(tmp_path / "photos")
+def distill_config(root: Path, steps: int, **backbone_changes) -> TrainConfig:
+    """The tiny preset at 16-px patches on the photo tree at ``root``, checkpointing every step."""
     config = tiny()
-    backbone = replace(config.model.backbone, image_size=32, patch_size=16)
-    config = replace(
+    backbone = replace(config.model.backbone, patch_size=16, **backbone_changes)
+    return replace(
         config,
         model=replace(config.model, backbone=backbone),
         data=replace(config.data, root=str(root)),
-        single_task=replace(config.single_task, steps=3),
+        single_task=replace(config.single_task, steps=steps),
         checkpoint_every=1,
     )
+
+
+def test_distills_resumes_and_writes_a_loadable_backbone(tmp_path):
+    config = distill_config(write_photo_tree(tmp_path / "photos"), 3, image_size=32)
     distill(config, tmp_path / "run")
     longer = replace(config, single_task=replace(config.single_task, steps=6))
     record = distill(longer, tmp_path / "run", resume=True)
@@ -43,17 +48,7 @@ def test_a_hybrid_student_learns_the_stride_32_map(tmp_path):
     than the student's grid: resized to it); its CNN keeps the ImageNet weights, the file loads
     into a new hybrid, and a resume with another teacher is refused."""
     root = write_photo_tree(tmp_path / "photos")
-    config = tiny()
-    backbone = replace(
-        config.model.backbone, image_size=64, patch_size=16, embed="efficientnet_lite0"
-    )
-    config = replace(
-        config,
-        model=replace(config.model, backbone=backbone),
-        data=replace(config.data, root=str(root)),
-        single_task=replace(config.single_task, steps=2),
-        checkpoint_every=1,
-    )
+    config = distill_config(root, 2, image_size=64, embed="efficientnet_lite0")
     assert default_teacher_stages(config) == 7 and default_teacher_stages(tiny()) == 5
     record = distill(config, tmp_path / "run")
     assert record["step"] == 2 and torch.isfinite(torch.tensor(record["loss"]))
