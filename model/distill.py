@@ -44,7 +44,7 @@ from model.efficientnet import STAGES, STRIDE16_STAGES, pretrained_lite
 from model.model import ASEModel
 from model.presets import TrainConfig, preset
 from model.stages import base_parameter_names, learning_rate, make_optimizer
-from model.vit import HybridEmbed
+from model.trainer import new_model
 
 TEACHER = "efficientnet_lite0"
 
@@ -116,15 +116,6 @@ def vit_weights(model: ASEModel, base: frozenset[str]) -> dict[str, Tensor]:
     }
 
 
-def new_student(config: TrainConfig) -> ASEModel:
-    """The preset's model, a hybrid's CNN with its ImageNet weights (as ``model.train`` starts)."""
-    torch.manual_seed(config.seed)
-    model = ASEModel(config.model).train()
-    if isinstance(model.backbone.patch_embed, HybridEmbed):
-        model.backbone.patch_embed.load_pretrained()
-    return model
-
-
 def default_teacher_stages(config: TrainConfig) -> int:
     """The teacher's stages for the preset's student: all seven for a hybrid (its patch
     embedding is the stride-16 map already), the stride-16 map for a plain ViT."""
@@ -141,7 +132,7 @@ def distill(
     ``teacher_stages`` stages (``default_teacher_stages``); returns the last logged record."""
     out.mkdir(parents=True, exist_ok=True)
     teacher_stages = teacher_stages or default_teacher_stages(config)
-    model = new_student(config)
+    model = new_model(config, pretrained=None)  # a hybrid's CNN with its ImageNet weights
     teacher = pretrained_lite(TEACHER, stages=teacher_stages)
     distiller = Distiller(model, teacher.channels)
     base = base_parameter_names(model)  # before the optimiser changes what takes gradients
@@ -205,10 +196,10 @@ def _save(out: Path, distiller: Distiller, optimizer, step: int, stats, stages: 
 
 def _resume(out: Path, distiller: Distiller, optimizer, stages: int) -> dict[str, Any]:
     payload = torch.load(out / "distill.pt", map_location="cpu", weights_only=True)
-    if payload.get("teacher_stages", STRIDE16_STAGES) != stages:
+    saved = payload.get("teacher_stages", STRIDE16_STAGES)  # files from before the option
+    if saved != stages:
         raise ValueError(
-            f"{out}: distilled from {payload.get('teacher_stages', STRIDE16_STAGES)} teacher "
-            f"stages, asked to resume with {stages}"
+            f"{out}: distilled from {saved} teacher stages, asked to resume with {stages}"
         )
     distiller.load_state_dict(payload["distiller"])
     optimizer.load_state_dict(payload["optimizer"])

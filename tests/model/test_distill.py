@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.distill import default_teacher_stages, distill, new_student, on_grid
+from model.distill import default_teacher_stages, distill, on_grid
 from model.efficientnet import pretrained_lite
 from model.model import ASEModel
 from model.presets import TrainConfig, tiny
 from model.pretrained import load_timm_vit
+from model.trainer import new_model
 from tests.model.photo_tree import write_photo_tree
 
 
@@ -52,7 +53,7 @@ def test_a_hybrid_student_learns_the_stride_32_map(tmp_path):
     assert default_teacher_stages(config) == 7 and default_teacher_stages(tiny()) == 5
     record = distill(config, tmp_path / "run")
     assert record["step"] == 2 and torch.isfinite(torch.tensor(record["loss"]))
-    student = new_student(config)
+    student = new_model(config, pretrained=None)
     reference = pretrained_lite("efficientnet_lite0")
     assert torch.equal(student.backbone.patch_embed.cnn.stem.weight, reference.stem.weight)
     report = load_timm_vit(student.backbone, tmp_path / "run" / "vit.pth", strict=True)
