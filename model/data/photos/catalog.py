@@ -6,7 +6,9 @@ logos, screenshots or scans of text). Each entry says, from that look:
 - ``people``: ``none`` (nobody in it: a teacher's person there is a false find, the person
   label is 0), ``all`` (everyone in it is someone the pose teacher can find: unfound pixels
   are not a person), ``some`` (people the teachers may miss: a crowd, someone behind a board;
-  only found persons are labelled, the rest of the person label is 255);
+  only found persons are labelled, the rest of the person label is 255), ``agreed`` (people
+  near the camera whom pose does not find, e.g. a bust portrait: the person label is where
+  the selfie segmenter and ISNet agree, see ``labels.person_map``);
 - ``semseg``: what the ``photos`` classes (``model.tasks.PHOTO_CLASSES``) say beyond people:
   ``background`` (no animal, vehicle or food: every non-person pixel is background), a class
   name (the photo's salient object is one: that class where ISNet's saliency >= 0.75,
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PEOPLE = ("none", "all", "some")
+PEOPLE = ("none", "all", "some", "agreed")
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,40 @@ PHOTOS: tuple[PhotoEntry, ...] = (
     _skimage("chelsea.png", "CC0-1.0", "Stefan van der Walt", semseg="animal"),
     _skimage("coffee.png", "CC0-1.0", "Rachel Michetti", semseg="unknown"),
     _skimage("rocket.jpg", "public domain (SpaceX)", "SpaceX", semseg="unknown"),
+    # people as the subject: the registries hold few such photos, and 2 of the 5 photos above
+    # with people that pose finds are training photos
+    PhotoEntry(
+        "ultralytics",
+        "ultralytics/assets/bus.jpg",
+        "AGPL-3.0 (the package's statement; photographer not recorded)",
+        "Ultralytics sample",
+        "agreed",  # pose finds one of the four people
+        "unknown",  # the bus: a vehicle, but not the only salient object
+    ),
+    PhotoEntry(
+        "ultralytics",
+        "ultralytics/assets/zidane.jpg",
+        "AGPL-3.0 (the package's statement; photographer not recorded)",
+        "Ultralytics sample",
+        "agreed",  # pose finds neither man; the blurred crowd behind: neither teacher, so 0
+        "unknown",
+    ),
+    PhotoEntry(
+        "matplotlib",
+        "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+        "unstated (matplotlib's sample data)",
+        "matplotlib sample data",
+        "agreed",  # pose does not find her (a bust portrait)
+        "background",  # a portrait before a flag
+    ),
+    PhotoEntry(
+        "insightface",
+        "insightface/data/images/t1.jpg",
+        "unstated (insightface's sample images)",
+        "insightface sample",
+        "all",  # six people round a table
+        "unknown",  # food and cards on the table
+    ),
     _skimage(
         "motorcycle_left.png",
         "unstated (Middlebury 2014 stereo)",

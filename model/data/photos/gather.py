@@ -21,6 +21,9 @@ SOURCE_PREFIX = {
     "mate-backgrounds": "mate",
     "plasma-workspace-wallpapers": "plasma",
     "scikit-image": "skimage",
+    "ultralytics": "ultralytics",
+    "matplotlib": "matplotlib",
+    "insightface": "insightface",
 }
 
 

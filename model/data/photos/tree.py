@@ -47,7 +47,7 @@ class PhotoRecord:
     original_size: list[int]  # [width, height] of the source
     size: list[int]  # [width, height] as stored
     group: str  # near-duplicates share one; a group is never split
-    people: str  # the catalogue's: none, all, some
+    people: str  # the catalogue's: none, all, some, agreed
     semseg: str  # the catalogue's: background, a class, unknown (composites: stamps)
     split: str = ""
     frame: int | None = None  # a video's frame number

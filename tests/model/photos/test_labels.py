@@ -58,6 +58,21 @@ def test_people_said_to_be_there_but_not_found_are_all_unlabelled(shows):
     assert (person_map(people(RIGHT, []), shows, NOTHING) == IGNORE_INDEX).all()
 
 
+def test_agreed_people_are_where_the_selfie_mask_and_isnet_agree():
+    saliency = np.zeros(SHAPE, np.float32)
+    saliency[5:35, 5:50] = 0.8  # salient: the portrait (LEFT) and something beside it
+    found = people(LEFT, [])  # pose found nobody; the selfie mask sees LEFT only
+    label = person_map(found, "agreed", saliency)
+    assert (label[LEFT] == 1).all()
+    assert (label[5:35, 20:50] == IGNORE_INDEX).all()  # ISNet alone: unsure
+    assert (label[:, 50:] == 0).all() and (label[:5] == 0).all()  # neither: not a person
+
+
+def test_agreed_people_keep_whom_pose_found():
+    label = person_map(people(None, [RIGHT]), "agreed", NOTHING)
+    assert (label[RIGHT] == 1).all() and (label[LEFT] == 0).all()
+
+
 def test_parts_are_all_unlabelled_without_a_found_person():
     person = np.zeros(SHAPE, np.uint8)
     assert (parts_map(person, people()) == IGNORE_INDEX).all()
