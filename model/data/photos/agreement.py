@@ -1,11 +1,12 @@
 """How far the teachers agree with each other, measured on the built tree: an upper bound on
 what a student trained on their labels can be scored at against them.
 
-- people photos (catalogue ``people`` all or some) where pose found someone: IoU between
+- people photos (catalogue ``people`` all, some or agreed) where pose found someone: IoU between
   ISNet's saliency >= 0.5 and the MediaPipe masks (pose's persons; the selfie segmenter's
   >= 0.5; their union), and between the two MediaPipe masks; per image (mean) and pooled over
   the images (sums of intersections and unions), photos and video frames apart; and how many
-  people photos pose found nobody in (people hidden behind a board: not in the IoUs);
+  people photos pose found nobody in (people hidden behind a board, a bust portrait: not in
+  the IoUs);
 - photos with nobody in them: how often pose (whole image) or the selfie mask still finds a
   person there, and how much of the image the selfie mask covers;
 - composites: ISNet's saliency >= 0.5 against the pasted stamps' exact masks.
