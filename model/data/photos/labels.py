@@ -44,29 +44,22 @@ def edge_map(probability: np.ndarray, threshold: float = EDGE_THRESHOLD) -> np.n
 
 def person_map(people: PeopleLabels, shows: str, saliency: np.ndarray) -> np.ndarray:
     """(H, W) uint8 {0, 1, 255} (see the module docstring); ``shows`` is the catalogue's
-    ``people``: none, all or some; ``saliency`` ISNet's probability."""
+    ``people``: none, all, some or agreed; ``saliency`` ISNet's probability."""
     shape = people.selfie.shape
     if shows == "none":
         return np.zeros(shape, np.uint8)
-    if shows == "agreed":
-        return _agreed_person_map(people, saliency)
-    if not people.persons:
-        return np.full(shape, IGNORE_INDEX, np.uint8)
     posed = people.pose_mask >= 0.5
-    seen = (people.selfie >= 0.5) | (saliency >= SALIENT)
-    unsure = ~posed if shows == "some" else seen & ~posed
-    label = posed.astype(np.uint8)
-    label[unsure] = IGNORE_INDEX
-    return label
-
-
-def _agreed_person_map(people: PeopleLabels, saliency: np.ndarray) -> np.ndarray:
-    """Two independent teachers agreeing is the label; one alone leaves the pixel unsure."""
     selfie = people.selfie >= 0.5
     salient = saliency >= SALIENT
-    label = np.full(selfie.shape, IGNORE_INDEX, np.uint8)
-    label[~selfie & ~salient] = 0
-    label[(selfie & salient) | (people.pose_mask >= 0.5)] = 1
+    if shows == "agreed":  # two independent teachers agreeing; one alone leaves it unsure
+        label = np.where(selfie | salient, IGNORE_INDEX, 0).astype(np.uint8)
+        label[posed | (selfie & salient)] = 1
+        return label
+    if not people.persons:
+        return np.full(shape, IGNORE_INDEX, np.uint8)
+    unsure = ~posed if shows == "some" else (selfie | salient) & ~posed
+    label = posed.astype(np.uint8)
+    label[unsure] = IGNORE_INDEX
     return label
 
 
