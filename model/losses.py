@@ -6,6 +6,7 @@ map has none (e.g. ``parts`` on an image without a person is all 255).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
 
 FIXED_POSITIVE_WEIGHT = {"edges": 0.95}
 """Benchmark recipe: edges use balanced BCE with a fixed positive weight; saliency (absent
-here) weighs positives by the fraction of negatives in its own label map."""
+here) weighs positives by the fraction of negatives in its own label map. A run may fix more
+(``TrainConfig.positive_weights``)."""
 
 
 def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
@@ -60,18 +62,26 @@ def vector_loss(raw: Tensor, target: Tensor) -> Tensor:
     return (error * valid).sum() / (valid.sum() * raw.shape[1]).clamp(min=1)
 
 
-def task_loss(task: str, raw: Tensor, target: Tensor) -> Tensor:
-    """Unweighted loss of one task's raw head output against its labels."""
+def task_loss(
+    task: str,
+    raw: Tensor,
+    target: Tensor,
+    positive_weights: Mapping[str, float] = FIXED_POSITIVE_WEIGHT,
+) -> Tensor:
+    """Unweighted loss of one task's raw head output against its labels; a probability task
+    not in ``positive_weights`` balances each map by its own share of negatives."""
     kind = TASKS[task].kind
     if kind == "classes":
         return classes_loss(raw, target)
     if kind == "probability":
-        return balanced_bce_loss(raw, target, FIXED_POSITIVE_WEIGHT.get(task))
+        return balanced_bce_loss(raw, target, positive_weights.get(task))
     return vector_loss(raw, target)
 
 
 def multitask_loss(
-    outputs: ModelOutput, targets: dict[str, Tensor]
+    outputs: ModelOutput,
+    targets: dict[str, Tensor],
+    positive_weights: Mapping[str, float] = FIXED_POSITIVE_WEIGHT,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total = sum over tasks in ``outputs.maps`` of registry weight x task loss, plus the
     (already weighted) router aux losses. ``targets[task]`` is aligned with
@@ -80,7 +90,10 @@ def multitask_loss(
     missing = sorted(set(outputs.maps) - set(targets))
     if missing:
         raise ValueError(f"targets missing for task(s) {missing}")
-    terms = {task: task_loss(task, raw, targets[task]) for task, raw in outputs.maps.items()}
+    terms = {
+        task: task_loss(task, raw, targets[task], positive_weights)
+        for task, raw in outputs.maps.items()
+    }
     total = sum(TASKS[task].loss_weight * loss for task, loss in terms.items())
     for name, value in outputs.aux.items():
         total = total + value

@@ -56,7 +56,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for name in ("batch_size", "seed", "eval_every", "checkpoint_every"):
         if getattr(args, name) is not None:
             config = replace(config, **{name: getattr(args, name)})
+    if args.positive_weight:
+        config = replace(
+            config,
+            positive_weights=_positive_weights(config.positive_weights, args.positive_weight),
+        )
     return config
+
+
+def _positive_weights(weights: dict[str, float], overrides: list[str]) -> dict[str, float]:
+    """``TASK=W`` fixes a probability task's positive weight; ``TASK=balanced`` goes back to
+    the per-map balance. TrainConfig checks the tasks and weights."""
+    weights = dict(weights)
+    for override in overrides:
+        task, sep, value = override.partition("=")
+        if not sep:
+            raise ValueError(
+                f"--positive-weight: expected TASK=W or TASK=balanced, got {override!r}"
+            )
+        if value == "balanced":
+            weights.pop(task, None)
+            continue
+        try:
+            weights[task] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"--positive-weight: {task}: expected a number or 'balanced', got {value!r}"
+            ) from None
+    return weights
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="data loader processes")
     parser.add_argument(
         "--photos-per-batch", type=int, help="photo presets: photos in every batch, scenes the rest"
+    )
+    parser.add_argument(
+        "--positive-weight",
+        action="append",
+        metavar="TASK=W",
+        help="fix a probability task's positive weight in its BCE (repeatable); "
+        "TASK=balanced weighs each map by its own share of negatives",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--until", type=int, help="stop (resumably) after this global step")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from model.data.sampling import train_loader
 from model.data.sources import SCENE_DATASETS, train_source, val_source
 from model.distributed import Processes, barrier, end_processes, init_processes
 from model.evaluate import eval_loader, evaluate, flat_metrics, model_predictor, primary
-from model.losses import multitask_loss
+from model.losses import FIXED_POSITIVE_WEIGHT, multitask_loss
 from model.model import ASEModel
 from model.presets import TrainConfig
 from model.pretrained import load_timm_vit
@@ -66,6 +67,7 @@ def training_step(
     targets: dict[str, Tensor],
     tasks: tuple[str, ...],
     autocast: AbstractContextManager,
+    positive_weights: Mapping[str, float] = FIXED_POSITIVE_WEIGHT,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Forward every labelled (image, task) stream and return (weighted total loss, per-term
     losses); a task's targets are its streams' images, in stream order."""
@@ -75,7 +77,8 @@ def training_step(
     }
     with autocast:
         outputs = network(images, stream_image, stream_task)
-        return multitask_loss(outputs, {task: aligned[task] for task in outputs.maps})
+        streams = {task: aligned[task] for task in outputs.maps}
+        return multitask_loss(outputs, streams, positive_weights)
 
 
 def _autocast(device: torch.device) -> AbstractContextManager:
@@ -154,7 +157,9 @@ class Trainer:
         device = self.processes.device
         images = images.to(device, non_blocking=True)
         targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-        loss, terms = training_step(network, images, targets, tasks, _autocast(device))
+        loss, terms = training_step(
+            network, images, targets, tasks, _autocast(device), self.config.positive_weights
+        )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {self.step}: loss is {float(loss)}")
         optimizer.zero_grad(set_to_none=True)

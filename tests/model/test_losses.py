@@ -118,3 +118,29 @@ def test_multitask_loss_weights_tasks_by_the_registry():
             ModelOutput(maps, torch.zeros(1, 2, 0), torch.zeros(1, 2)),
             {"semseg": targets["semseg"]},
         )
+
+
+def test_a_map_with_nothing_salient_teaches_only_under_a_fixed_positive_weight():
+    # The per-map balance gives a map without positives a negative weight of 0: a photo (or a
+    # crop) with nothing salient teaches nothing; a fixed weight (--positive-weight) does.
+    logits = torch.full((1, 1, 4, 4), 2.0, requires_grad=True)  # "salient" everywhere
+    empty = torch.zeros(1, 1, 4, 4)
+    assert balanced_bce_loss(logits, empty, None).item() == 0.0
+    fixed = balanced_bce_loss(logits, empty, 0.5)
+    assert fixed.item() == pytest.approx(0.5 * math.log1p(math.exp(2.0)), rel=1e-6)
+    fixed.backward()
+    assert (logits.grad > 0).all()  # pushes every pixel towards "not salient"
+
+
+def test_multitask_loss_takes_the_runs_positive_weights():
+    maps = {"saliency": torch.randn(1, 1, 4, 4)}
+    targets = {"saliency": (torch.rand(1, 1, 4, 4) > 0.8).float()}
+    output = ModelOutput(maps, torch.zeros(1, 2, 0), torch.zeros(1, 2))
+    _, default = multitask_loss(output, targets)
+    _, fixed = multitask_loss(output, targets, {"saliency": 0.5})
+    torch.testing.assert_close(
+        default["saliency"], balanced_bce_loss(maps["saliency"], targets["saliency"], None)
+    )
+    torch.testing.assert_close(
+        fixed["saliency"], balanced_bce_loss(maps["saliency"], targets["saliency"], 0.5)
+    )

@@ -262,3 +262,47 @@ def test_init_weights_start_the_single_task_stage_which_still_runs(tmp_path):
     )
     with pytest.raises(ValueError, match="not both"):
         train(config, tmp_path / "both", pretrained=weights, init=weights)
+
+
+def test_the_runs_positive_weights_reach_the_loss_and_the_checkpoint(tmp_path):
+    default = _tiny()
+    plain = _tiny(positive_weights={"edges": 0.95, "saliency": 0.5})
+    train(default, tmp_path / "default")
+    train(plain, tmp_path / "plain")
+    a, _ = load_checkpoint(tmp_path / "default" / "ckpt.pt")
+    b, payload = load_checkpoint(tmp_path / "plain" / "ckpt.pt")
+    head = "heads.saliency"
+    moved = [k for k, v in a.state_dict().items() if k.startswith(head)]
+    assert moved and any(
+        not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items() if k in moved
+    )
+    assert TrainConfig.from_dict(payload["train"]) == plain
+
+
+def test_positive_weights_are_checked_and_old_runs_keep_the_benchmarks():
+    with pytest.raises(ValueError, match="^positive_weights: 'semseg' is not a probability"):
+        _tiny(positive_weights={"semseg": 0.5})
+    with pytest.raises(ValueError, match=r"^positive_weights: saliency: expected .* \(0, 1\)"):
+        _tiny(positive_weights={"saliency": 1.0})
+    saved = _tiny().to_dict()
+    del saved["positive_weights"]  # a checkpoint written before the field existed
+    assert TrainConfig.from_dict(saved).positive_weights == {"edges": 0.95}
+
+
+def test_cli_sets_and_clears_a_positive_weight():
+    args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
+
+    def weights(*extra):
+        return config_from_args(_parser().parse_args([*args, *extra])).positive_weights
+
+    assert weights() == {"edges": 0.95}  # the preset's: the benchmark recipe's
+    assert weights("--positive-weight", "saliency=0.5") == {"edges": 0.95, "saliency": 0.5}
+    assert weights("--positive-weight", "edges=balanced") == {}
+    both = weights("--positive-weight", "saliency=0.3", "--positive-weight", "edges=0.9")
+    assert both == {"edges": 0.9, "saliency": 0.3}
+    with pytest.raises(ValueError, match="expected a number or 'balanced', got 'half'"):
+        weights("--positive-weight", "saliency=half")
+    with pytest.raises(ValueError, match="expected TASK=W"):
+        weights("--positive-weight", "saliency")
+    with pytest.raises(ValueError, match="'normals' is not a probability task"):
+        weights("--positive-weight", "normals=0.5")
