@@ -195,6 +195,24 @@ PHOTOS: tuple[PhotoEntry, ...] = (
         "all",  # six people round a table
         "unknown",  # food and cards on the table
     ),
+    *(
+        PhotoEntry(
+            "face_recognition",
+            f"face_recognition-1.3.0/tests/test_images/{file}",
+            "unstated (face_recognition's test images)",
+            "face_recognition test images",
+            people,
+            "background",  # offices and a hall: no animal, vehicle or food
+        )
+        # The package's other test images are crops (obama_partial_face*) or another copy
+        # (32bit.png) of these.
+        for file, people in (
+            ("biden.jpg", "all"),  # a man standing, arms crossed
+            ("obama.jpg", "all"),  # a man, arms crossed, before flags
+            ("obama2.jpg", "agreed"),  # a man at a lectern (pose finds nobody); one cut by the edge
+            ("obama3.jpg", "all"),  # a man standing in a hall
+        )
+    ),
     _skimage(
         "motorcycle_left.png",
         "unstated (Middlebury 2014 stereo)",

@@ -24,6 +24,7 @@ SOURCE_PREFIX = {
     "ultralytics": "ultralytics",
     "matplotlib": "matplotlib",
     "insightface": "insightface",
+    "face_recognition": "facerec",
 }
 
 

