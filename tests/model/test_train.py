@@ -271,10 +271,9 @@ def test_the_runs_positive_weights_reach_the_loss_and_the_checkpoint(tmp_path):
     train(plain, tmp_path / "plain")
     a, _ = load_checkpoint(tmp_path / "default" / "ckpt.pt")
     b, payload = load_checkpoint(tmp_path / "plain" / "ckpt.pt")
-    head = "heads.saliency"
-    moved = [k for k, v in a.state_dict().items() if k.startswith(head)]
-    assert moved and any(
-        not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items() if k in moved
+    saliency_head = {k: v for k, v in a.state_dict().items() if k.startswith("heads.saliency")}
+    assert saliency_head and any(
+        not torch.equal(v, b.state_dict()[k]) for k, v in saliency_head.items()
     )
     assert TrainConfig.from_dict(payload["train"]) == plain
 
