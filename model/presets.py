@@ -41,6 +41,11 @@ class DataConfig:
     augment: str = "flip"
     workers: int = 1
     photos_per_batch: int = 0  # scenes_and_photos: photos in every batch, scenes the rest
+    # scenes_and_photos (``model/data/mixed.py``): share of the crops of photos with nobody in
+    # them that get a training photo's person pasted on, and whether their parts are labelled
+    # background (else skipped)
+    paste_people: float = 0.0
+    nobody_parts: bool = False
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -51,6 +56,11 @@ class DataConfig:
             _fail("data.augment", f"unknown {self.augment!r}; known: {', '.join(AUGMENTATIONS)}")
         if self.val_size < 0 or self.workers < 0:
             _fail("data", "val_size and workers must be >= 0")
+        if not 0.0 <= self.paste_people <= 1.0:
+            _fail("data.paste_people", f"a share in [0, 1], got {self.paste_people}")
+        photos = self.dataset == "scenes_and_photos"
+        if (self.paste_people or self.nobody_parts) and not photos:
+            _fail("data", "paste_people and nobody_parts need the scenes_and_photos dataset")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data = replace(data, workers=args.workers)
     if args.photos_per_batch is not None:
         data = replace(data, photos_per_batch=args.photos_per_batch)
+    if args.paste_people is not None:
+        data = replace(data, paste_people=args.paste_people)
+    if args.nobody_parts:
+        data = replace(data, nobody_parts=True)
     config = replace(config, data=data)
     if args.spec or args.routing:
         adapters = replace(
@@ -107,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="data loader processes")
     parser.add_argument(
         "--photos-per-batch", type=int, help="photo presets: photos in every batch, scenes the rest"
+    )
+    parser.add_argument(
+        "--paste-people",
+        type=float,
+        metavar="SHARE",
+        help="photo presets: share of the crops of photos with nobody in them that get a "
+        "training photo's person pasted on",
+    )
+    parser.add_argument(
+        "--nobody-parts",
+        action="store_true",
+        help="photo presets: label the parts of photos with nobody in them background",
     )
     parser.add_argument(
         "--positive-weight",

@@ -17,6 +17,14 @@ model's input, up to the whole photo) with the photo's own aspect, and resizes i
 model's square input, as the server squashes a whole upload; so the model sees every photo at
 many scales, and the served view (the whole photo) among them. On a photo with people, half
 the windows (``PERSON_FOCUS``) hold a random person pixel, so close-ups show people too.
+With ``paste_people`` > 0, that share of the crops of a photo the catalogue says shows nobody
+get a person cut out of a training photo pasted on (``paste_person``: copy-paste augmentation),
+at a random scale and place: the set has a handful of training photos with people against
+scores of composites of pasted animals, and the model called people "animal". The pasted
+person's semseg and parts come with it; its saliency and the band round its outline are left
+unlabelled (255), since nobody knows what the teachers would say of the new picture. With
+``nobody_parts`` the parts of such photos are labelled background instead of skipped, so the
+parts head learns where nobody is (it had drawn limbs on the composites' animals).
 Labels are made at the output size from the teachers' soft maps where the set keeps them:
 saliency bilinear then > 0.5, edges by ``edge_label`` (HED's probability >= 0.5, thinned: the
 set's own edge rule, at the model's resolution rather than the photo's, where nearest-neighbour
@@ -30,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy import ndimage
 from skimage.morphology import thin
 from torch.utils.data import Dataset
@@ -51,6 +60,9 @@ CLOSEST = 1.25  # a close-up window is upsampled by at most this much
 FULL_VIEW = 0.25  # share of photo crops that are the whole photo (the served view)
 PERSON_FOCUS = 0.5  # share of crops of a photo with people that hold a person pixel
 HALF = 0.5
+PASTED_HEIGHT = (0.2, 0.9)  # a pasted person's height, log-uniform, as a share of the crop's
+SMALLEST_PERSON = 400  # pixels (as stored) a person needs to be cut out
+OUTLINE = 2  # pixels each side of a pasted outline left unlabelled (edges)
 
 
 @dataclass(frozen=True)
@@ -64,16 +76,36 @@ class PhotoMaps:
     parts: np.ndarray  # (H, W) uint8, 255 = no label
     name: str
     person_pixels: np.ndarray  # (P,) flat indices of the pixels labelled person
+    nobody: bool = False  # the catalogue says nobody is in it
+
+
+@dataclass(frozen=True)
+class PersonCutout:
+    """One person (a connected region of person pixels) cut out of a photo: its bounding box."""
+
+    image: np.ndarray  # (h, w, 3) uint8
+    mask: np.ndarray  # (h, w) bool, the person's pixels
+    parts: np.ndarray  # (h, w) uint8, 255 = no label
+    hed: np.ndarray  # (h, w) float32
+    grounded: bool  # the region touches the photo's bottom: pasted standing on the crop's
 
 
 class PhotoMapsSource:
     """The training photos of a set as ``PhotoMaps``, decoded once and kept (a few hundred
-    photos of at most 1024 px: about 5.5 MB each)."""
+    photos of at most 1024 px: about 5.5 MB each). ``nobody_parts``: label the parts of
+    photos with nobody in them background (else 255, skipped)."""
 
-    def __init__(self, root: str | Path, split: str, semseg_classes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        semseg_classes: tuple[str, ...],
+        nobody_parts: bool = False,
+    ) -> None:
         self.photos = PhotoSet(root, split, semseg_classes=semseg_classes)
         self.root = Path(root)
         self.person = semseg_classes.index("person") if "person" in semseg_classes else None
+        self.nobody_parts = nobody_parts
         self._cache: dict[int, PhotoMaps] = {}
 
     @property
@@ -97,15 +129,40 @@ class PhotoMapsSource:
             for name in ("saliency", "teacher_hed")
         }
         person = np.flatnonzero(sample.semseg == self.person) if self.person is not None else []
+        nobody = self.photos.records[index].people == "none"
+        parts = sample.parts
+        if nobody and self.nobody_parts:
+            parts = np.zeros_like(parts)  # PASCAL's part 0 is the background
         return PhotoMaps(
             sample.image,
             soft["saliency"],
             soft["teacher_hed"],
             sample.semseg,
-            sample.parts,
+            parts,
             sample.name,
             np.asarray(person, np.int64),
+            nobody,
         )
+
+    def person_cutouts(self) -> tuple[tuple[PersonCutout, ...], ...]:
+        """The persons of at least ``SMALLEST_PERSON`` pixels of each photo with people, a
+        tuple per photo (a video frame holds many small ones: drawn per photo, then person)."""
+        if self.person is None:
+            return ()
+        per_photo = (self._cutouts(self[index]) for index in self.with_people)
+        return tuple(cutouts for cutouts in per_photo if cutouts)
+
+    def _cutouts(self, photo: PhotoMaps) -> tuple[PersonCutout, ...]:
+        regions, _ = ndimage.label(photo.semseg == self.person)
+        cutouts = []
+        for number, box in enumerate(ndimage.find_objects(regions), start=1):
+            mask = regions[box] == number
+            if mask.sum() >= SMALLEST_PERSON:
+                grounded = box[0].stop == photo.image.shape[0]
+                cutouts.append(
+                    PersonCutout(photo.image[box], mask, photo.parts[box], photo.hed[box], grounded)
+                )
+        return tuple(cutouts)
 
 
 def edge_label(hed: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -142,12 +199,72 @@ def crop_window(
     return top, left, rows, cols
 
 
+def _resized_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool mask resized with PIL's bilinear filter (no aliasing when shrinking), > 0.5."""
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.resize(size[::-1], Image.Resampling.BILINEAR)) >= 128
+
+
+def _pasted_size(cutout: PersonCutout, side: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(rows, cols) of a cut-out pasted on a ``side`` x ``side`` crop: its height a
+    log-uniform share ``PASTED_HEIGHT`` of the crop's, enlarged at most ``CLOSEST`` times, as
+    wide as the crop at most."""
+    height, width = cutout.mask.shape
+    share = np.exp(rng.uniform(*np.log(PASTED_HEIGHT)))
+    scale = min(share * side / height, CLOSEST, side / width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def paste_person(
+    sample: Sample, cutout: PersonCutout, person_id: int, rng: np.random.Generator
+) -> Sample:
+    """``sample`` with ``cutout`` pasted on at a random scale and place (module docstring):
+    semseg person and the cut-out's parts under it; saliency unlabelled under it and edges
+    unlabelled ``OUTLINE`` pixels either side of its outline."""
+    side = sample.image.shape[0]
+    rows, cols = _pasted_size(cutout, side, rng)
+    top = side - rows if cutout.grounded else int(rng.integers(0, side - rows + 1))
+    left = int(rng.integers(0, side - cols + 1))
+    mask = np.zeros((side, side), bool)
+    mask[top : top + rows, left : left + cols] = _resized_mask(cutout.mask, (rows, cols))
+    canvas = np.zeros((side, side, 3), np.uint8)
+    canvas[top : top + rows, left : left + cols] = resize_image(cutout.image, (rows, cols))
+    parts = np.full((side, side), IGNORE_INDEX, np.uint8)
+    parts[top : top + rows, left : left + cols] = resize_nearest(cutout.parts, (rows, cols))
+    edges = np.zeros((side, side), np.uint8)
+    edges[top : top + rows, left : left + cols] = edge_label(cutout.hed, (rows, cols))
+    outline = ndimage.binary_dilation(mask, iterations=OUTLINE) & ~ndimage.binary_erosion(
+        mask, iterations=OUTLINE
+    )
+    return replace(
+        sample,
+        image=np.where(mask[..., None], canvas, sample.image),
+        semseg=np.where(mask, np.uint8(person_id), sample.semseg),
+        parts=np.where(mask, parts, sample.parts),
+        saliency=np.where(mask, np.uint8(IGNORE_INDEX), sample.saliency),
+        edges=np.where(outline, np.uint8(IGNORE_INDEX), np.where(mask, edges, sample.edges)),
+    )
+
+
 class PhotoCrop:
     """A ``PhotoMaps`` -> a ``Sample`` of ``size`` x ``size``: random window (module
-    docstring), flip, photometric distortion; normals never labelled."""
+    docstring), flip, photometric distortion; normals never labelled. With ``cutouts`` (per
+    photo, ``PhotoMapsSource.person_cutouts``) and ``paste_people`` > 0, that share of the
+    crops of photos with nobody get one pasted on: a random photo's, then a random person."""
 
-    def __init__(self, size: int, flip: bool = True, photometric: bool = True) -> None:
+    def __init__(
+        self,
+        size: int,
+        flip: bool = True,
+        photometric: bool = True,
+        cutouts: tuple[tuple[PersonCutout, ...], ...] = (),
+        paste_people: float = 0.0,
+        person_id: int | None = None,
+    ) -> None:
+        if paste_people and (not cutouts or person_id is None):
+            raise ValueError("pasting people needs person cut-outs and the person class id")
         self.size, self.flip, self.photometric = size, flip, photometric
+        self.cutouts, self.paste_people, self.person_id = cutouts, paste_people, person_id
 
     def image(self, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Only the image (H, W, 3) of a random window (no labels made), randomly flipped."""
@@ -179,6 +296,10 @@ class PhotoCrop:
         )
         if not (sample.parts != IGNORE_INDEX).any():  # the crop missed the person: no label
             sample = replace(sample, parts=np.full(out, IGNORE_INDEX, np.uint8))
+        if photo.nobody and self.paste_people and rng.random() < self.paste_people:
+            photo_cutouts = self.cutouts[int(rng.integers(0, len(self.cutouts)))]
+            cutout = photo_cutouts[int(rng.integers(0, len(photo_cutouts)))]
+            sample = paste_person(sample, cutout, self.person_id, rng)
         if self.flip and rng.random() < 0.5:
             sample = horizontal_flip(sample)
         if self.photometric:

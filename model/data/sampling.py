@@ -71,13 +71,17 @@ def _dataset(config: TrainConfig, source, tasks: tuple[str, ...]):
     scene_transform = train_transform(config.data.augment, size)
     if not config.data.photos_per_batch:
         return MultiTaskDataset(source, scene_transform, tasks)
-    photos = PhotoMapsSource(config.data.root, "train", photo_classes(config.model.dataset))
+    classes = photo_classes(config.model.dataset)
+    photos = PhotoMapsSource(config.data.root, "train", classes, config.data.nobody_parts)
     per_batch = config.data.photos_per_batch
+    paste = config.data.paste_people
+    cutouts = photos.person_cutouts() if paste else ()
+    crop = PhotoCrop(size, cutouts=cutouts, paste_people=paste, person_id=photos.person)
     return MixedDataset(
         source,
         scene_transform,
         photos,
-        PhotoCrop(size),
+        crop,
         config.batch_size,
         per_batch,
         tasks,

@@ -9,10 +9,12 @@ import torch
 
 from model.data.mixed import (
     FULL_VIEW,
+    OUTLINE,
     MixedDataset,
     PhotoCrop,
     PhotoMapsSource,
     crop_window,
+    paste_person,
     photo_classes,
 )
 from model.data.synthetic import SyntheticScenes
@@ -20,7 +22,7 @@ from model.data.transforms import EvalTransform, collate
 from model.presets import tiny
 from model.tasks import IGNORE_INDEX, SCENES_AND_PHOTOS, TASK_NAMES
 from model.trainer import labelled_streams, train
-from tests.model.photo_tree import mixed_data, write_photo_tree
+from tests.model.photo_tree import SIZE, box, mixed_data, write_photo_tree
 
 CLASSES = photo_classes(SCENES_AND_PHOTOS)
 
@@ -122,9 +124,77 @@ def test_a_tiny_mixed_run_trains_and_resumes(photo_root, tmp_path):
     config = tiny()
     model = replace(config.model, dataset=SCENES_AND_PHOTOS)
     data = mixed_data(photo_root, val_size=2)
+    data = replace(data, paste_people=0.5, nobody_parts=True)  # the photo recipe's options
     config = replace(config, model=model, data=data, batch_size=4)
     train(config, tmp_path / "run", until=5)
     metrics = train(config, tmp_path / "run", resume=True)
     assert metrics and all(np.isfinite(v) for v in metrics.values())
     log = (tmp_path / "run" / "log.jsonl").read_text()
     assert '"step": 8' in log
+
+
+def test_photos_with_nobody_label_their_parts_background_when_asked(photo_root):
+    skipped, labelled = (PhotoMapsSource(photo_root, "train", CLASSES, n) for n in (False, True))
+    chelsea = 1  # the catalogue says nobody is in it
+    assert skipped[chelsea].nobody and (skipped[chelsea].parts == IGNORE_INDEX).all()
+    assert (labelled[chelsea].parts == 0).all()
+    astronaut = 0
+    assert not labelled[astronaut].nobody
+    assert np.array_equal(labelled[astronaut].parts, skipped[astronaut].parts)
+
+
+def test_each_person_of_the_photos_with_people_is_cut_out(photo_root):
+    cutouts = PhotoMapsSource(photo_root, "train", CLASSES).person_cutouts()
+    assert len(cutouts) == 1 and len(cutouts[0]) == 1  # the astronaut's one person
+    person = cutouts[0][0]
+    label = box(SIZE, 0.2, 0.3, 0.9, 0.7)  # photo_tree's person
+    assert person.mask.all() and person.mask.shape == (label.any(1).sum(), label.any(0).sum())
+    assert set(np.unique(person.parts)) == {1, 2} and not person.grounded
+
+
+def whole_view(crop: PhotoCrop, photo, seed: int = 1):
+    """``crop(photo)`` with a generator that draws the whole photo's window."""
+    rng = np.random.default_rng(seed)
+    while True:
+        state = rng.bit_generator.state
+        if crop_window(*photo.image.shape[:2], crop.size, rng)[2:] == photo.image.shape[:2]:
+            break
+    rng.bit_generator.state = state
+    return crop(photo, rng)
+
+
+def test_a_pasted_person_brings_its_labels_and_leaves_the_unknown_unlabelled(photo_root):
+    photos = PhotoMapsSource(photo_root, "train", CLASSES, nobody_parts=True)
+    cutout = photos.person_cutouts()[0][0]
+    chelsea = whole_view(PhotoCrop(48, flip=False, photometric=False), photos[1])
+    pasted = paste_person(chelsea, cutout, photos.person, np.random.default_rng(3))
+    person = pasted.semseg == photos.person
+    assert person.sum() > 50 and not (chelsea.semseg == photos.person).any()
+    assert (pasted.saliency[person] == IGNORE_INDEX).all()  # nobody asked ISNet about it
+    assert (pasted.saliency[~person] == chelsea.saliency[~person]).all()
+    assert set(np.unique(pasted.parts[person])) <= {1, 2}  # the astronaut's head and torso
+    assert (pasted.parts[~person] == 0).all()  # still nobody else
+    unlabelled = pasted.edges == IGNORE_INDEX  # a band round the outline
+    rows = np.flatnonzero(person.any(1))
+    assert unlabelled[max(0, rows[0] - OUTLINE) : rows[0] + OUTLINE].any()
+    assert not unlabelled[~person].all() and (pasted.edges[~unlabelled] <= 1).all()
+    far = ~unlabelled & ~person
+    assert (pasted.edges[far] == chelsea.edges[far]).all()
+    assert (pasted.image[~person] == chelsea.image[~person]).all()
+    grounded = paste_person(
+        chelsea, replace(cutout, grounded=True), photos.person, np.random.default_rng(3)
+    )
+    assert (grounded.semseg[-1] == photos.person).any()  # stands on the crop's bottom
+
+
+def test_only_photos_with_nobody_get_a_person_pasted_at_the_share_asked(photo_root):
+    photos = PhotoMapsSource(photo_root, "train", CLASSES)
+    crop = PhotoCrop(32, cutouts=photos.person_cutouts(), paste_people=0.5, person_id=photos.person)
+    rng = np.random.default_rng(0)
+    chelsea = [crop(photos[1], rng) for _ in range(200)]
+    share = np.mean([(s.semseg == photos.person).any() for s in chelsea])
+    assert 0.4 < share < 0.6
+    astronaut = [crop(photos[0], rng) for _ in range(50)]
+    assert all((s.saliency != IGNORE_INDEX).all() for s in astronaut)  # never pasted on
+    with pytest.raises(ValueError, match="cut-outs"):
+        PhotoCrop(32, paste_people=0.5, person_id=photos.person)

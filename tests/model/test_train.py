@@ -305,3 +305,23 @@ def test_cli_sets_and_clears_a_positive_weight():
         weights("--positive-weight", "saliency")
     with pytest.raises(ValueError, match="'normals' is not a probability task"):
         weights("--positive-weight", "normals=0.5")
+
+
+def test_cli_pastes_people_and_labels_nobodys_parts_on_photo_presets():
+    args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
+
+    def data(*extra):
+        return config_from_args(_parser().parse_args([*args, *extra])).data
+
+    preset = data()
+    changed = data("--paste-people", "0.3", "--nobody-parts")
+    assert (changed.paste_people, changed.nobody_parts) == (0.3, True)
+    assert replace(changed, paste_people=preset.paste_people, nobody_parts=False) == preset
+    with pytest.raises(ValueError, match=r"^data.paste_people: a share in \[0, 1\], got 1.5"):
+        data("--paste-people", "1.5")
+    with pytest.raises(ValueError, match="need the scenes_and_photos dataset"):
+        config_from_args(_parser().parse_args([*tiny_run(Path("unused")), "--nobody-parts"]))
+    saved = dict(preset.__dict__)
+    for field in ("paste_people", "nobody_parts"):  # a checkpoint written before the fields
+        del saved[field]
+    assert DataConfig(**saved) == replace(preset, paste_people=0.0, nobody_parts=False)
