@@ -17,6 +17,8 @@ from model.data.transforms import EvalTransform, MultiTaskDataset, TrainTransfor
 from model.distributed import Processes
 from model.presets import TrainConfig
 
+PERSON_TASKS = frozenset({"semseg", "parts"})  # the tasks a pasted person is labelled for
+
 
 class StepBatches(Sampler[list[int]]):
     """The index list of each step ``start .. stop-1`` for one process: a pure function of
@@ -74,7 +76,9 @@ def _dataset(config: TrainConfig, source, tasks: tuple[str, ...]):
     classes = photo_classes(config.model.dataset)
     photos = PhotoMapsSource(config.data.root, "train", classes, config.data.nobody_parts)
     per_batch = config.data.photos_per_batch
-    paste = config.data.paste_people
+    # pasting serves the person tasks: a stage that trains neither (the photo recipe's stage 1,
+    # saliency) would only lose the labels under the pasted person
+    paste = config.data.paste_people if PERSON_TASKS & set(tasks) else 0.0
     cutouts = photos.person_cutouts() if paste else ()
     crop = PhotoCrop(size, cutouts=cutouts, paste_people=paste, person_id=photos.person)
     return MixedDataset(

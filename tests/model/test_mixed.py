@@ -17,8 +17,10 @@ from model.data.mixed import (
     paste_person,
     photo_classes,
 )
+from model.data.sampling import train_loader
 from model.data.synthetic import SyntheticScenes
 from model.data.transforms import EvalTransform, collate
+from model.distributed import Processes
 from model.presets import tiny
 from model.tasks import IGNORE_INDEX, SCENES_AND_PHOTOS, TASK_NAMES
 from model.trainer import labelled_streams, train
@@ -198,3 +200,15 @@ def test_only_photos_with_nobody_get_a_person_pasted_at_the_share_asked(photo_ro
     assert all((s.saliency != IGNORE_INDEX).all() for s in astronaut)  # never pasted on
     with pytest.raises(ValueError, match="cut-outs"):
         PhotoCrop(32, paste_people=0.5, person_id=photos.person)
+
+
+def test_people_are_pasted_only_in_a_stage_that_trains_a_person_task(photo_root):
+    config = tiny()
+    data = replace(mixed_data(photo_root), paste_people=0.5)
+    config = replace(config, model=replace(config.model, dataset=SCENES_AND_PHOTOS), data=data)
+
+    def share(tasks):
+        return train_loader(config, tasks, 0, 1, Processes()).dataset.photo_transform.paste_people
+
+    assert share(("saliency",)) == 0.0  # the photo recipe's stage 1
+    assert share(("semseg", "saliency")) == share(("parts",)) == 0.5
