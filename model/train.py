@@ -44,8 +44,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data = replace(data, photos_per_batch=args.photos_per_batch)
     if args.paste_people is not None:
         data = replace(data, paste_people=args.paste_people)
-    if args.nobody_parts:
-        data = replace(data, nobody_parts=True)
+    if args.nobody_parts is not None:
+        data = replace(data, nobody_parts=args.nobody_parts)
     config = replace(config, data=data)
     if args.spec or args.routing:
         adapters = replace(
@@ -121,8 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--nobody-parts",
-        action="store_true",
-        help="photo presets: label the parts of photos with nobody in them background",
+        action=argparse.BooleanOptionalAction,
+        help="photo presets: label the parts of photos with nobody in them background "
+        "(--no-nobody-parts: leave them unlabelled)",
     )
     parser.add_argument(
         "--positive-weight",

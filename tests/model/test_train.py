@@ -316,6 +316,8 @@ def test_cli_pastes_people_and_labels_nobodys_parts_on_photo_presets():
     preset = data()
     changed = data("--paste-people", "0.3", "--nobody-parts")
     assert (changed.paste_people, changed.nobody_parts) == (0.3, True)
+    earlier = data("--paste-people", "0", "--no-nobody-parts")  # the recipe before pasting
+    assert (earlier.paste_people, earlier.nobody_parts) == (0.0, False)
     unchanged = replace(changed, paste_people=preset.paste_people, nobody_parts=preset.nobody_parts)
     assert unchanged == preset
     with pytest.raises(ValueError, match=r"^data.paste_people: a share in \[0, 1\], got 1.5"):
