@@ -52,11 +52,11 @@ TRAINING = {
         ),
         photo_tasks=("semseg", "parts", "saliency", "edges"),
         note="Trained on synthetic scenes and real photos labelled by teacher models "
-        "(docs/model_card.md). On photos, edges are its best map and saliency is rough; persons "
-        "and body parts are unreliable (they miss people and fire on other figures), and "
-        "semseg's photo classes (person, animal, vehicle, food) are often wrong. Surface "
-        "normals were learned from synthetic scenes only: on photos they are shading cues, "
-        "not measurements.",
+        "(docs/model_card.md). On photos, edges are its best map and saliency is rough; semseg's "
+        "person class and the body parts find people who fill much of the photo, coarsely, "
+        "and miss small or distant ones; its other photo classes (animal, vehicle, food) are "
+        "often wrong. Surface normals were learned from synthetic scenes only: on photos "
+        "they are shading cues, not measurements.",
     ),
     "pascal_context": TrainingInfo(
         data=("PASCAL-Context (the PASCAL_MT multi-task benchmark)",),
