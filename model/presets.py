@@ -46,6 +46,8 @@ class DataConfig:
     # background (else skipped)
     paste_people: float = 0.0
     nobody_parts: bool = False
+    # scenes_and_photos: share of photo crops turned greyscale (black-and-white photos)
+    grey_photos: float = 0.0
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -56,11 +58,13 @@ class DataConfig:
             _fail("data.augment", f"unknown {self.augment!r}; known: {', '.join(AUGMENTATIONS)}")
         if self.val_size < 0 or self.workers < 0:
             _fail("data", "val_size and workers must be >= 0")
-        if not 0.0 <= self.paste_people <= 1.0:
-            _fail("data.paste_people", f"a share in [0, 1], got {self.paste_people}")
+        for name in ("paste_people", "grey_photos"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                _fail(f"data.{name}", f"a share in [0, 1], got {getattr(self, name)}")
         photos = self.dataset == "scenes_and_photos"
-        if (self.paste_people or self.nobody_parts) and not photos:
-            _fail("data", "paste_people and nobody_parts need the scenes_and_photos dataset")
+        if (self.paste_people or self.nobody_parts or self.grey_photos) and not photos:
+            options = "paste_people, nobody_parts and grey_photos"
+            _fail("data", f"{options} need the scenes_and_photos dataset")
 
 
 @dataclass(frozen=True)

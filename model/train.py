@@ -46,6 +46,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data = replace(data, paste_people=args.paste_people)
     if args.nobody_parts is not None:
         data = replace(data, nobody_parts=args.nobody_parts)
+    if args.grey_photos is not None:
+        data = replace(data, grey_photos=args.grey_photos)
     config = replace(config, data=data)
     if args.spec or args.routing:
         adapters = replace(
@@ -124,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="photo presets: label the parts of photos with nobody in them background "
         "(--no-nobody-parts: leave them unlabelled)",
+    )
+    parser.add_argument(
+        "--grey-photos",
+        type=float,
+        metavar="SHARE",
+        help="photo presets: share of the photo crops turned greyscale",
     )
     parser.add_argument(
         "--positive-weight",

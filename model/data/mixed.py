@@ -47,6 +47,7 @@ from model.data.photos import PhotoSet
 from model.data.photos.tree import item_dir, read_png
 from model.data.sample import Sample
 from model.data.transforms import (
+    greyscale,
     horizontal_flip,
     photometric_distortion,
     resize_bilinear,
@@ -260,11 +261,13 @@ class PhotoCrop:
         cutouts: tuple[tuple[PersonCutout, ...], ...] = (),
         paste_people: float = 0.0,
         person_id: int | None = None,
+        grey: float = 0.0,
     ) -> None:
         if paste_people and (not cutouts or person_id is None):
             raise ValueError("pasting people needs person cut-outs and the person class id")
         self.size, self.flip, self.photometric = size, flip, photometric
         self.cutouts, self.paste_people, self.person_id = cutouts, paste_people, person_id
+        self.grey = grey
 
     def image(self, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Only the image (H, W, 3) of a random window (no labels made), randomly flipped."""
@@ -304,6 +307,8 @@ class PhotoCrop:
             sample = horizontal_flip(sample)
         if self.photometric:
             sample = replace(sample, image=photometric_distortion(sample.image, rng))
+        if self.grey and rng.random() < self.grey:
+            sample = replace(sample, image=greyscale(sample.image))
         return sample
 
 

@@ -80,7 +80,13 @@ def _dataset(config: TrainConfig, source, tasks: tuple[str, ...]):
     # saliency) would only lose the labels under the pasted person
     paste = config.data.paste_people if PERSON_TASKS & set(tasks) else 0.0
     cutouts = photos.person_cutouts() if paste else ()
-    crop = PhotoCrop(size, cutouts=cutouts, paste_people=paste, person_id=photos.person)
+    crop = PhotoCrop(
+        size,
+        cutouts=cutouts,
+        paste_people=paste,
+        person_id=photos.person,
+        grey=config.data.grey_photos,
+    )
     return MixedDataset(
         source,
         scene_transform,

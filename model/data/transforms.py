@@ -146,13 +146,22 @@ def horizontal_flip(sample: Sample) -> Sample:
     return replace(flipped, normals=normals)
 
 
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, what PIL's "L" uses
+
+
+def greyscale(image: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) uint8 image as a black-and-white photo: its luma in all three channels."""
+    luma = (image.astype(np.float32) @ LUMA + 0.5).astype(np.uint8)
+    return np.repeat(luma[..., None], 3, axis=-1)
+
+
 def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random brightness, contrast, saturation and hue on an (H, W, 3) uint8 image."""
     pixels = image.astype(np.float32) / 255.0
     pixels = pixels + rng.uniform(-0.125, 0.125)  # brightness
     mean = pixels.mean()
     pixels = (pixels - mean) * rng.uniform(0.5, 1.5) + mean  # contrast
-    grey = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    grey = pixels @ LUMA
     pixels = grey[..., None] + (pixels - grey[..., None]) * rng.uniform(0.5, 1.5)  # saturation
     pixels = _rotate_hue(pixels, rng.uniform(-0.1, 0.1) * 2 * np.pi)
     return (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -13,6 +13,7 @@ from model.data.transforms import (
     TrainTransform,
     collate,
     crop_or_pad,
+    greyscale,
     horizontal_flip,
     resize_bilinear,
 )
@@ -62,6 +63,14 @@ def test_photometric_distortion_touches_the_image_only(sample):
     assert not np.array_equal(out.image, sample.image)
     for name in (*LABELS, "normals"):
         np.testing.assert_array_equal(getattr(out, name), getattr(sample, name))
+
+
+def test_greyscale_keeps_luma_in_all_three_channels():
+    image = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], np.uint8)
+    grey = greyscale(image)
+    assert grey.dtype == np.uint8 and grey.shape == image.shape
+    assert grey[0, :, 0].tolist() == [76, 150, 29, 255]  # BT.601: 0.299, 0.587, 0.114 of 255
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
 
 
 def test_eval_transform_resizes_labels_nearest_and_renormalises_normals(sample):

@@ -19,7 +19,7 @@ from model.data.mixed import (
 )
 from model.data.sampling import train_loader
 from model.data.synthetic import SyntheticScenes
-from model.data.transforms import EvalTransform, collate
+from model.data.transforms import EvalTransform, collate, greyscale
 from model.distributed import Processes
 from model.presets import tiny
 from model.tasks import IGNORE_INDEX, SCENES_AND_PHOTOS, TASK_NAMES
@@ -212,3 +212,30 @@ def test_people_are_pasted_only_in_a_stage_that_trains_a_person_task(photo_root)
 
     assert share(("saliency",)) == 0.0  # the photo recipe's stage 1
     assert share(("semseg", "saliency")) == share(("parts",)) == 0.5
+
+
+def test_grey_crops_are_the_colour_crops_in_black_and_white(photo_root):
+    photo = PhotoMapsSource(photo_root, "train", CLASSES)[0]
+    colour_crop = PhotoCrop(48, flip=False, photometric=False)
+    grey_crop = PhotoCrop(48, flip=False, photometric=False, grey=1.0)
+    colour = colour_crop(photo, np.random.default_rng(5))
+    grey = grey_crop(photo, np.random.default_rng(5))  # the same window
+    assert (colour.image[..., 0] != colour.image[..., 1]).any()  # the test photo has colour
+    assert (grey.image == greyscale(colour.image)).all()
+    assert (grey.semseg == colour.semseg).all() and (grey.saliency == colour.saliency).all()
+    half = PhotoCrop(32, grey=0.5)
+    rng = np.random.default_rng(0)
+    crops = [half(photo, rng).image for _ in range(200)]
+    share = np.mean(
+        [(c[..., 0] == c[..., 1]).all() and (c[..., 1] == c[..., 2]).all() for c in crops]
+    )
+    assert 0.4 < share < 0.6
+
+
+def test_grey_photos_reach_the_photo_crops_of_every_stage(photo_root):
+    config = tiny()
+    data = replace(mixed_data(photo_root), grey_photos=0.25)
+    config = replace(config, model=replace(config.model, dataset=SCENES_AND_PHOTOS), data=data)
+    for tasks in (("saliency",), ("semseg", "parts")):
+        loader = train_loader(config, tasks, 0, 1, Processes())
+        assert loader.dataset.photo_transform.grey == 0.25

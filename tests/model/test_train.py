@@ -328,3 +328,19 @@ def test_cli_pastes_people_and_labels_nobodys_parts_on_photo_presets():
     for field in ("paste_people", "nobody_parts"):  # a checkpoint written before the fields
         del saved[field]
     assert DataConfig(**saved) == replace(preset, paste_people=0.0, nobody_parts=False)
+
+
+def test_cli_turns_a_share_of_the_photo_crops_grey():
+    args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
+
+    def data(*extra):
+        return config_from_args(_parser().parse_args([*args, *extra])).data
+
+    assert data("--grey-photos", "0.2") == replace(data(), grey_photos=0.2)
+    with pytest.raises(ValueError, match=r"^data.grey_photos: a share in \[0, 1\], got -0.1"):
+        data("--grey-photos", "-0.1")
+    with pytest.raises(ValueError, match="need the scenes_and_photos dataset"):
+        config_from_args(_parser().parse_args([*tiny_run(Path("unused")), "--grey-photos", "0.5"]))
+    saved = dict(data().__dict__)
+    del saved["grey_photos"]  # a checkpoint written before the field
+    assert DataConfig(**saved).grey_photos == 0.0
