@@ -33,18 +33,24 @@ function showError(message) {
 }
 
 // The models the server serves, one option per version; the default model's highest version
-// is picked first (the one /predict runs without ?model=).
+// is picked first (the one /predict runs without ?model=), and a reload keeps the user's pick.
+// Loads overlap (the page's own at start, one per API-key change): only the newest one's
+// answer counts, so a slow keyless 401 cannot undo a later keyed list.
+let modelsLoad = 0;
 async function loadModels() {
+  const ticket = ++modelsLoad;
   const response = await fetch("v1/models", { headers: apiHeaders() });
+  if (ticket !== modelsLoad) return;
   if (!response.ok) {
     $("model-info").textContent = "model unavailable";
     showError(await errorText(response));
     return;
   }
   const body = await response.json();
+  if (ticket !== modelsLoad) return;
   state.models = body.models || [];
   const picker = $("model");
-  const keep = picker.value;
+  const keep = picker.selectedOptions[0]?.dataset.key;
   picker.replaceChildren();
   state.models.forEach((m, index) => {
     const option = document.createElement("option");

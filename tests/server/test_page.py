@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -181,23 +182,9 @@ def test_the_model_picker_offers_every_served_version_and_predicts_with_the_one_
     """A repository of two models (two versions of one): the picker lists the three, starts on
     the default model's highest version, shows the tasks of the one picked, and the answer
     comes from it (the timing line names it)."""
-    from tests.server.fake_model import write_fake_model_dir
-    from tests.server.test_repository_server import start
-
-    root = tmp_path / "repo"
-    (root / "ase-tiny").mkdir(parents=True)
-    (root / "ase-tiny" / "1").symlink_to(model_dir)
-    write_fake_model_dir(root / "fake" / "1", tasks=("saliency", "edges"), seed=1)
-    write_fake_model_dir(root / "fake" / "2", tasks=("saliency", "edges"), seed=2)
     photo = tmp_path / "photo.png"
     photo.write_bytes(image_bytes(random_image(6)))
-    server = start(root, logs, "--model-version-policy", "all", "--default-model", "fake")
-    page = browser.new_page()
-    try:
-        page.goto(server.url + "/")
-        page.fill("#api-key", "repository-key")  # start() sets this key
-        page.dispatch_event("#api-key", "change")
-        page.wait_for_selector('input[name="task"][value="saliency"]')
+    with _repository_page(browser, model_dir, logs, tmp_path) as page:
         options = page.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
         assert options == ["ase-tiny · version 1", "fake · version 1", "fake · version 2"]
         assert page.eval_on_selector("#model", "s => s.selectedOptions[0].textContent") == (
@@ -215,6 +202,72 @@ def test_the_model_picker_offers_every_served_version_and_predicts_with_the_one_
         page.select_option("#model", label="ase-tiny · version 1")
         tasks = page.eval_on_selector_all('input[name="task"]', "es => es.map(e => e.value)")
         assert tasks == ["semseg", "parts", "saliency", "normals", "edges"]
+
+
+# The page's first, keyless load of the model list answered (401) only after a later, keyed one:
+# held back until that one is done. Returns what the page shows afterwards.
+STALE_KEYLESS_LOAD = """async () => {
+  const realFetch = window.fetch;
+  let release;
+  const held = new Promise((resolve) => { release = resolve; });
+  let first = true;
+  window.fetch = async (url, options) => {
+    if (String(url).includes("v1/models") && first) {
+      first = false;
+      const answer = await realFetch(url, {});
+      await held;
+      return answer;
+    }
+    return realFetch(url, options);
+  };
+  const stale = loadModels();
+  await loadModels();
+  release();
+  await stale;
+  window.fetch = realFetch;
+  return {
+    errorShown: !document.getElementById("error").hidden,
+    picked: document.getElementById("model").selectedOptions[0].textContent,
+  };
+}"""
+
+
+def test_a_reload_of_the_model_list_keeps_the_pick_and_drops_a_stale_answer(
+    browser, model_dir, logs, tmp_path
+):
+    """Entering the API key reloads the list while the page's own load may still be out: the
+    user's pick survives a reload, and an older answer arriving last changes nothing."""
+    with _repository_page(browser, model_dir, logs, tmp_path) as page:
+        page.select_option("#model", label="fake · version 1")
+        page.evaluate("() => loadModels()")  # resolves once the list is rebuilt
+        picked = page.eval_on_selector("#model", "s => s.selectedOptions[0].textContent")
+        assert picked == "fake · version 1"
+        shown = page.evaluate(STALE_KEYLESS_LOAD)
+        assert shown == {"errorShown": False, "picked": "fake · version 1"}
+        assert "fake 1" in page.inner_text("#model-info")
+
+
+@contextmanager
+def _repository_page(browser, model_dir, logs, tmp_path):
+    """The page on a repository of ase-tiny 1 and fake 1 and 2 (default fake), key entered and
+    the keyed model list shown."""
+    from tests.server.fake_model import write_fake_model_dir
+    from tests.server.test_repository_server import start
+
+    root = tmp_path / "repo"
+    (root / "ase-tiny").mkdir(parents=True)
+    (root / "ase-tiny" / "1").symlink_to(model_dir)
+    write_fake_model_dir(root / "fake" / "1", tasks=("saliency", "edges"), seed=1)
+    write_fake_model_dir(root / "fake" / "2", tasks=("saliency", "edges"), seed=2)
+    server = start(root, logs, "--model-version-policy", "all", "--default-model", "fake")
+    page = browser.new_page()
+    try:
+        page.goto(server.url + "/")
+        page.fill("#api-key", "repository-key")  # start() sets this key
+        with page.expect_response(lambda r: "v1/models" in r.url and r.ok):
+            page.dispatch_event("#api-key", "change")
+        page.wait_for_selector('input[name="task"][value="saliency"]')
+        yield page
     finally:
         page.close()
         server.stop()
