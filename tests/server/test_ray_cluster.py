@@ -39,6 +39,7 @@ FAST_AUTOSCALING = {"upscale_delay_s": 0.5, "downscale_delay_s": 2.0, "look_back
 class ServeApp:
     url: str
     cluster: LocalCluster
+    routed_per_stream: int  # routed expert tokens one (image, task) pair adds, all layers
     streams_sent: int = 0  # (image, task) pairs answered: the expert counters' total
     routed: Routed = field(default_factory=Routed)
 
@@ -105,7 +106,7 @@ def app(cluster, model_dir) -> ServeApp:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     deploy(settings_for(model_dir, ray_min_replicas=2, ray_max_replicas=2))
-    yield ServeApp(f"http://127.0.0.1:{port}", cluster)
+    yield ServeApp(f"http://127.0.0.1:{port}", cluster, routed_per_stream(model_dir))
     serve.shutdown()
 
 
@@ -132,15 +133,32 @@ def by_replica(prometheus: str, expr: str) -> dict[str, float]:
     return {r["metric"]["replica"]: float(r["value"][1]) for r in query(prometheus, expr)}
 
 
+def routed_per_stream(model_dir: Path) -> int:
+    """Each token of a stream goes to k routed experts in every layer."""
+    from server.modeldir import load_model_dir
+
+    adapters = load_model_dir(model_dir).adapters
+    return adapters.tokens_per_stream * adapters.k * adapters.layers
+
+
 def settled(prometheus: str, app: ServeApp) -> None:
     """Wait until Prometheus holds every stream answered so far (replica -> Ray's agent ->
-    scrape), so that what follows is measured from a known total."""
+    scrape), so that what follows is measured from a known total. Both totals: a replica's
+    mirror pass can copy the request counter before the same flush has added the expert
+    tokens, and then the expert counters reach Prometheus a scrape later."""
+    want = {
+        "sum(ase_task_requests_total)": app.streams_sent,
+        'sum(ase_expert_tokens_total{kind="routed"})': app.streams_sent * app.routed_per_stream,
+    }
+
+    def total(expr: str) -> float:
+        got = query(prometheus, expr)  # none before the first stream
+        return float(got[0]["value"][1]) if got else 0.0
 
     def caught_up() -> bool:
-        got = query(prometheus, "sum(ase_task_requests_total)")  # none before the first
-        return (float(got[0]["value"][1]) if got else 0.0) == app.streams_sent
+        return all(total(expr) == count for expr, count in want.items())
 
-    wait_until(caught_up, 30, f"{app.streams_sent} streams in Prometheus")
+    wait_until(caught_up, 30, f"{app.streams_sent} streams and their expert tokens in Prometheus")
 
 
 def post_all(app: ServeApp, count: int, tasks: str = "semseg,normals", workers: int = 16) -> None:
@@ -261,6 +279,7 @@ def test_expert_counters_summed_over_replicas_equal_the_routed_tokens(app, prome
         responses = list(pool.map(lambda b: app.predict(*b, router_stats="true"), bodies))
     for response in responses:
         routed.add(response.json()["router"])
+    assert sum(routed.tokens.values()) == routed.streams * app.routed_per_stream  # settled's sum
     settled(prometheus, app)
     moved = {key: value - before.get(key, 0.0) for key, value in expert_sums(prometheus).items()}
     assert {key: value for key, value in moved.items() if value} == {
