@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from model.config import AdapterConfig, BackboneConfig, ModelConfig, RouterLossConfig
+from model.data.mixed import FULL_VIEW
 from model.losses import FIXED_POSITIVE_WEIGHT
 from model.tasks import TASK_NAMES, TASKS
 
@@ -48,6 +49,8 @@ class DataConfig:
     nobody_parts: bool = False
     # scenes_and_photos: share of photo crops turned greyscale (black-and-white photos)
     grey_photos: float = 0.0
+    # scenes_and_photos: share of photo crops that are the whole photo (the served view)
+    full_views: float = FULL_VIEW
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -58,7 +61,7 @@ class DataConfig:
             _fail("data.augment", f"unknown {self.augment!r}; known: {', '.join(AUGMENTATIONS)}")
         if self.val_size < 0 or self.workers < 0:
             _fail("data", "val_size and workers must be >= 0")
-        for name in ("paste_people", "grey_photos"):
+        for name in ("paste_people", "grey_photos", "full_views"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 _fail(f"data.{name}", f"a share in [0, 1], got {getattr(self, name)}")
         photos = self.dataset == "scenes_and_photos"

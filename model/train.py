@@ -48,6 +48,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data = replace(data, nobody_parts=args.nobody_parts)
     if args.grey_photos is not None:
         data = replace(data, grey_photos=args.grey_photos)
+    if args.full_views is not None:
+        data = replace(data, full_views=args.full_views)
     config = replace(config, data=data)
     if args.spec or args.routing:
         adapters = replace(
@@ -132,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SHARE",
         help="photo presets: share of the photo crops turned greyscale",
+    )
+    parser.add_argument(
+        "--full-views",
+        type=float,
+        metavar="SHARE",
+        help="photo presets: share of the photo crops that are the whole photo (the served "
+        "view; default 0.25)",
     )
     parser.add_argument(
         "--positive-weight",

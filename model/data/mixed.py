@@ -184,12 +184,14 @@ def crop_window(
     size: int,
     rng: np.random.Generator,
     focus: tuple[int, int] | None = None,
+    full_view: float = FULL_VIEW,
 ) -> tuple[int, int, int, int]:
     """(top, left, height, width) of a random window with the photo's aspect (``PhotoCrop``);
-    with ``focus`` (row, column), a window that holds that pixel."""
+    with ``focus`` (row, column), a window that holds that pixel; ``full_view``: the share of
+    windows that are the whole photo."""
     closest = min(1.0, size / CLOSEST / min(height, width))
     fraction = 1.0
-    if rng.random() >= FULL_VIEW:
+    if rng.random() >= full_view:
         fraction = float(np.exp(rng.uniform(np.log(closest), 0.0)))
     rows, cols = max(1, round(height * fraction)), max(1, round(width * fraction))
     if focus is None:
@@ -251,7 +253,8 @@ class PhotoCrop:
     """A ``PhotoMaps`` -> a ``Sample`` of ``size`` x ``size``: random window (module
     docstring), flip, photometric distortion; normals never labelled. With ``cutouts`` (per
     photo, ``PhotoMapsSource.person_cutouts``) and ``paste_people`` > 0, that share of the
-    crops of photos with nobody get one pasted on: a random photo's, then a random person."""
+    crops of photos with nobody get one pasted on: a random photo's, then a random person.
+    ``grey``: the share of crops turned black and white; ``full_view``: of whole-photo windows."""
 
     def __init__(
         self,
@@ -262,12 +265,13 @@ class PhotoCrop:
         paste_people: float = 0.0,
         person_id: int | None = None,
         grey: float = 0.0,
+        full_view: float = FULL_VIEW,
     ) -> None:
         if paste_people and (not cutouts or person_id is None):
             raise ValueError("pasting people needs person cut-outs and the person class id")
         self.size, self.flip, self.photometric = size, flip, photometric
         self.cutouts, self.paste_people, self.person_id = cutouts, paste_people, person_id
-        self.grey = grey
+        self.grey, self.full_view = grey, full_view
 
     def image(self, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Only the image (H, W, 3) of a random window (no labels made), randomly flipped."""
@@ -281,7 +285,7 @@ class PhotoCrop:
         focus = None
         if people is not None and len(people) and rng.random() < PERSON_FOCUS:
             focus = divmod(int(people[rng.integers(0, len(people))]), image.shape[1])
-        top, left, rows, cols = crop_window(*image.shape[:2], self.size, rng, focus)
+        top, left, rows, cols = crop_window(*image.shape[:2], self.size, rng, focus, self.full_view)
         return slice(top, top + rows), slice(left, left + cols)
 
     def __call__(self, photo: PhotoMaps, rng: np.random.Generator) -> Sample:

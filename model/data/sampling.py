@@ -86,6 +86,7 @@ def _dataset(config: TrainConfig, source, tasks: tuple[str, ...]):
         paste_people=paste,
         person_id=photos.person,
         grey=config.data.grey_photos,
+        full_view=config.data.full_views,
     )
     return MixedDataset(
         source,

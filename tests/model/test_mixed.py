@@ -83,6 +83,16 @@ def test_crop_windows_span_close_ups_to_the_whole_photo():
         assert top + rows <= 960 and left + cols <= 1280
 
 
+def test_full_view_sets_the_share_of_whole_photo_windows():
+    def whole_share(full_view: float) -> float:
+        rng = np.random.default_rng(3)
+        windows = [crop_window(960, 1280, 192, rng, full_view=full_view) for _ in range(400)]
+        return sum(w[2:] == (960, 1280) for w in windows) / len(windows)
+
+    assert abs(whole_share(0.6) - 0.6) < 0.07
+    assert whole_share(0.0) == 0.0 and whole_share(1.0) == 1.0
+
+
 def test_the_whole_photo_crop_keeps_the_teachers_labels(photo_root):
     photo = PhotoMapsSource(photo_root, "train", CLASSES)[0]  # astronaut: person in the box
     assert len(photo.person_pixels) > 0
@@ -239,3 +249,16 @@ def test_grey_photos_reach_the_photo_crops_of_every_stage(photo_root):
     for tasks in (("saliency",), ("semseg", "parts")):
         loader = train_loader(config, tasks, 0, 1, Processes())
         assert loader.dataset.photo_transform.grey == 0.25
+
+
+def test_full_views_reach_the_photo_crops_of_every_stage(photo_root):
+    config = tiny()
+    data = replace(mixed_data(photo_root), full_views=0.5)
+    config = replace(config, model=replace(config.model, dataset=SCENES_AND_PHOTOS), data=data)
+    for tasks in (("saliency",), ("semseg", "parts")):
+        loader = train_loader(config, tasks, 0, 1, Processes())
+        assert loader.dataset.photo_transform.full_view == 0.5
+    photo = PhotoMapsSource(photo_root, "train", CLASSES)[0]
+    whole = PhotoCrop(48, flip=False, photometric=False, full_view=1.0)
+    crops = [whole(photo, np.random.default_rng(seed)).image for seed in range(6)]
+    assert all((crop == crops[0]).all() for crop in crops)  # every window the whole photo

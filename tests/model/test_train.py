@@ -15,6 +15,7 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from model.data import SyntheticScenes
+from model.data.mixed import FULL_VIEW
 from model.data.sampling import StepBatches
 from model.data.transforms import MultiTaskDataset, collate
 from model.distill import vit_weights
@@ -328,6 +329,21 @@ def test_cli_pastes_people_and_labels_nobodys_parts_on_photo_presets():
     for field in ("paste_people", "nobody_parts"):  # a checkpoint written before the fields
         del saved[field]
     assert DataConfig(**saved) == replace(preset, paste_people=0.0, nobody_parts=False)
+
+
+def test_cli_sets_the_share_of_whole_photo_crops():
+    args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
+
+    def data(*extra):
+        return config_from_args(_parser().parse_args([*args, *extra])).data
+
+    assert data().full_views == FULL_VIEW
+    assert data("--full-views", "0.5") == replace(data(), full_views=0.5)
+    with pytest.raises(ValueError, match=r"^data.full_views: a share in \[0, 1\], got 1.5"):
+        data("--full-views", "1.5")
+    saved = dict(data().__dict__)
+    del saved["full_views"]  # a checkpoint written before the field
+    assert DataConfig(**saved).full_views == FULL_VIEW
 
 
 def test_cli_turns_a_share_of_the_photo_crops_grey():
