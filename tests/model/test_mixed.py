@@ -242,23 +242,19 @@ def test_grey_crops_are_the_colour_crops_in_black_and_white(photo_root):
     assert 0.4 < share < 0.6
 
 
-def test_grey_photos_reach_the_photo_crops_of_every_stage(photo_root):
+def test_grey_photos_and_full_views_reach_the_photo_crops_of_every_stage(photo_root):
     config = tiny()
-    data = replace(mixed_data(photo_root), grey_photos=0.25)
+    data = replace(mixed_data(photo_root), grey_photos=0.25, full_views=0.5)
     config = replace(config, model=replace(config.model, dataset=SCENES_AND_PHOTOS), data=data)
     for tasks in (("saliency",), ("semseg", "parts")):
-        loader = train_loader(config, tasks, 0, 1, Processes())
-        assert loader.dataset.photo_transform.grey == 0.25
+        crop = train_loader(config, tasks, 0, 1, Processes()).dataset.photo_transform
+        assert (crop.grey, crop.full_view) == (0.25, 0.5)
 
 
-def test_full_views_reach_the_photo_crops_of_every_stage(photo_root):
-    config = tiny()
-    data = replace(mixed_data(photo_root), full_views=0.5)
-    config = replace(config, model=replace(config.model, dataset=SCENES_AND_PHOTOS), data=data)
-    for tasks in (("saliency",), ("semseg", "parts")):
-        loader = train_loader(config, tasks, 0, 1, Processes())
-        assert loader.dataset.photo_transform.full_view == 0.5
+def test_a_crop_with_only_full_views_is_always_the_whole_photo(photo_root):
     photo = PhotoMapsSource(photo_root, "train", CLASSES)[0]
     whole = PhotoCrop(48, flip=False, photometric=False, full_view=1.0)
     crops = [whole(photo, np.random.default_rng(seed)).image for seed in range(6)]
-    assert all((crop == crops[0]).all() for crop in crops)  # every window the whole photo
+    assert all((crop == crops[0]).all() for crop in crops)
+    windows = PhotoCrop(48, flip=False, photometric=False)  # the served share: 0.25
+    assert any((windows(photo, np.random.default_rng(s)).image != crops[0]).any() for s in range(6))
