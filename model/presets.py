@@ -65,8 +65,9 @@ class DataConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 _fail(f"data.{name}", f"a share in [0, 1], got {getattr(self, name)}")
         photos = self.dataset == "scenes_and_photos"
-        if (self.paste_people or self.nobody_parts or self.grey_photos) and not photos:
-            options = "paste_people, nobody_parts and grey_photos"
+        photo_options = (self.paste_people, self.nobody_parts, self.grey_photos)
+        if (any(photo_options) or self.full_views != FULL_VIEW) and not photos:
+            options = "paste_people, nobody_parts, grey_photos and full_views"
             _fail("data", f"{options} need the scenes_and_photos dataset")
 
 

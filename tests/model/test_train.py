@@ -341,6 +341,8 @@ def test_cli_sets_the_share_of_whole_photo_crops():
     assert data("--full-views", "0.5") == replace(data(), full_views=0.5)
     with pytest.raises(ValueError, match=r"^data.full_views: a share in \[0, 1\], got 1.5"):
         data("--full-views", "1.5")
+    with pytest.raises(ValueError, match="need the scenes_and_photos dataset"):
+        config_from_args(_parser().parse_args([*tiny_run(Path("unused")), "--full-views", "0.5"]))
     saved = dict(data().__dict__)
     del saved["full_views"]  # a checkpoint written before the field
     assert DataConfig(**saved).full_views == FULL_VIEW
