@@ -331,34 +331,25 @@ def test_cli_pastes_people_and_labels_nobodys_parts_on_photo_presets():
     assert DataConfig(**saved) == replace(preset, paste_people=0.0, nobody_parts=False)
 
 
-def test_cli_sets_the_share_of_whole_photo_crops():
+@pytest.mark.parametrize(
+    ("flag", "name", "default", "bad"),
+    [
+        ("--grey-photos", "grey_photos", 0.0, "-0.1"),
+        ("--full-views", "full_views", FULL_VIEW, "1.5"),
+    ],
+)
+def test_cli_sets_a_share_of_the_photo_crops(flag, name, default, bad):
     args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
 
     def data(*extra):
         return config_from_args(_parser().parse_args([*args, *extra])).data
 
-    assert data().full_views == FULL_VIEW
-    assert data("--full-views", "0.5") == replace(data(), full_views=0.5)
-    with pytest.raises(ValueError, match=r"^data.full_views: a share in \[0, 1\], got 1.5"):
-        data("--full-views", "1.5")
+    assert getattr(data(), name) == default
+    assert data(flag, "0.5") == replace(data(), **{name: 0.5})
+    with pytest.raises(ValueError, match=rf"^data.{name}: a share in \[0, 1\], got {bad}"):
+        data(flag, bad)
     with pytest.raises(ValueError, match="need the scenes_and_photos dataset"):
-        config_from_args(_parser().parse_args([*tiny_run(Path("unused")), "--full-views", "0.5"]))
+        config_from_args(_parser().parse_args([*tiny_run(Path("unused")), flag, "0.5"]))
     saved = dict(data().__dict__)
-    del saved["full_views"]  # a checkpoint written before the field
-    assert DataConfig(**saved).full_views == FULL_VIEW
-
-
-def test_cli_turns_a_share_of_the_photo_crops_grey():
-    args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
-
-    def data(*extra):
-        return config_from_args(_parser().parse_args([*args, *extra])).data
-
-    assert data("--grey-photos", "0.2") == replace(data(), grey_photos=0.2)
-    with pytest.raises(ValueError, match=r"^data.grey_photos: a share in \[0, 1\], got -0.1"):
-        data("--grey-photos", "-0.1")
-    with pytest.raises(ValueError, match="need the scenes_and_photos dataset"):
-        config_from_args(_parser().parse_args([*tiny_run(Path("unused")), "--grey-photos", "0.5"]))
-    saved = dict(data().__dict__)
-    del saved["grey_photos"]  # a checkpoint written before the field
-    assert DataConfig(**saved).grey_photos == 0.0
+    del saved[name]  # a checkpoint written before the field
+    assert getattr(DataConfig(**saved), name) == default
