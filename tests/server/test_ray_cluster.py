@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -41,7 +41,6 @@ class ServeApp:
     cluster: LocalCluster
     routed_per_stream: int  # routed expert tokens one (image, task) pair adds, all layers
     streams_sent: int = 0  # (image, task) pairs answered: the expert counters' total
-    routed: Routed = field(default_factory=Routed)
 
     def predict(self, body: bytes, tasks: str, **params) -> httpx.Response:
         response = httpx.post(
