@@ -158,6 +158,7 @@ class EfficientNetLite(nn.Module):
         self.register_buffer("in_scale", (std * 255 / 128).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("in_shift", ((mean * 255 - 127) / 128).view(1, 3, 1, 1), False)
         self.stem = SameConv(3, STEM, 3, 2)
+        self.stages = stages
         plan = block_plan(self.variant, stages)
         self.blocks = nn.Sequential(*(MBConv(*spec) for spec in plan))
         self.channels = plan[-1][1]
@@ -186,6 +187,20 @@ class EfficientNetLite(nn.Module):
             if index in self.detail_blocks:
                 found[self.detail_blocks[index]] = x
         return x, [found[stage] for stage in DETAIL_STAGES if stage in found]
+
+    def make_tunable(self, stages: int) -> None:
+        """Turn the last ``stages`` stages' weights from buffers into parameters that do not yet
+        require gradients: the hybrid's base weights, which the single-task stage trains (then
+        frozen with the rest of the backbone). The state dict's names stay the same."""
+        if not 0 <= stages <= self.stages:
+            raise ValueError(f"tunable stages must be in 0..{self.stages}, got {stages}")
+        first = len(block_plan(self.variant, self.stages - stages))
+        for block in list(self.blocks)[first:]:
+            for conv in block.modules():
+                if isinstance(conv, SameConv) and "weight" in conv._buffers:
+                    for name in ("weight", "bias"):
+                        tensor = conv._buffers.pop(name)
+                        conv.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
 
     def logits(self, images: Tensor) -> Tensor:
         """ImageNet logits (B, 1000); only with ``classifier``."""

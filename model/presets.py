@@ -100,6 +100,10 @@ class TrainConfig:
     # Balanced BCE's positive weight per probability task, fixed; a task not named weighs
     # positives by its own map's share of negatives (model/losses.py).
     positive_weights: dict[str, float] = field(default_factory=lambda: dict(FIXED_POSITIVE_WEIGHT))
+    # A hybrid's last EfficientNet stages trained with the base weights in the single-task
+    # stage, at ``cnn_lr_scale`` of its learning rate (ImageNet features adapted, not replaced)
+    tuned_cnn_stages: int = 0
+    cnn_lr_scale: float = 0.1
 
     def __post_init__(self) -> None:
         if self.single_task_name not in TASK_NAMES:
@@ -121,6 +125,10 @@ class TrainConfig:
                 _fail("positive_weights", f"{task!r} is not a probability task")
             if not 0.0 < weight < 1.0:
                 _fail("positive_weights", f"{task}: expected a weight in (0, 1), got {weight}")
+        if self.tuned_cnn_stages and self.model.backbone.embed == "patch":
+            _fail("tuned_cnn_stages", "only a hybrid backbone has a CNN to tune")
+        if not 0 <= self.tuned_cnn_stages <= 5 or self.cnn_lr_scale <= 0:
+            _fail("tuned_cnn_stages", "expected 0-5 stages and a learning-rate scale > 0")
 
     @property
     def total_steps(self) -> int:

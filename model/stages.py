@@ -34,13 +34,28 @@ def set_stage(model: ASEModel, stage: str, base: frozenset[str], task: str) -> l
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def make_optimizer(model: nn.Module, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW on trainable parameters; no decay on vectors (norms, biases, embeddings' rows)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
+CNN_PREFIX = "backbone.patch_embed.cnn."
+
+
+def make_optimizer(
+    model: nn.Module, weight_decay: float, cnn_lr_scale: float = 1.0
+) -> torch.optim.AdamW:
+    """AdamW on trainable parameters; no decay on vectors (norms, biases, embeddings' rows).
+    Each group's ``lr_scale`` multiplies the schedule's rate: a hybrid's CNN weights take
+    ``cnn_lr_scale``."""
+    groups = []
+    for scale, in_cnn in ((1.0, False), (cnn_lr_scale, True)):
+        trainable = [
+            p
+            for name, p in model.named_parameters()
+            if p.requires_grad and name.startswith(CNN_PREFIX) == in_cnn
+        ]
+        groups += [
+            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        for group in groups[-2:]:
+            group["lr_scale"] = scale
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=0.0)
 
 

@@ -61,7 +61,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for stage, steps in (("single_task", args.single_steps), ("multi_task", args.multi_steps)):
         if steps is not None:
             config = replace(config, **{stage: replace(getattr(config, stage), steps=steps)})
-    for name in ("batch_size", "seed", "eval_every", "checkpoint_every"):
+    for name in ("batch_size", "seed", "eval_every", "checkpoint_every", "tuned_cnn_stages"):
         if getattr(args, name) is not None:
             config = replace(config, **{name: getattr(args, name)})
     if args.positive_weight:
@@ -148,6 +148,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TASK=W",
         help="fix a probability task's positive weight in its BCE (repeatable); "
         "TASK=balanced weighs each map by its own share of negatives",
+    )
+    parser.add_argument(
+        "--tune-cnn",
+        dest="tuned_cnn_stages",
+        type=int,
+        metavar="STAGES",
+        help="hybrid presets: train the CNN's last STAGES stages with the base weights in the "
+        "single-task stage (at a tenth of its learning rate)",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--until", type=int, help="stop (resumably) after this global step")

@@ -100,9 +100,9 @@ class Trainer:
     ) -> None:
         self.config, self.out, self.processes = config, out, processes
         self.until = config.total_steps if until is None else min(until, config.total_steps)
-        self.model = model.to(processes.device)
+        self.model = tunable(model, config.tuned_cnn_stages).to(processes.device)
         out.mkdir(parents=True, exist_ok=True)
-        self.base = base_parameter_names(ASEModel(config.model))
+        self.base = base_parameter_names(tunable(ASEModel(config.model), config.tuned_cnn_stages))
         self.payload = payload  # a resumed checkpoint, or None
         self.step = int(payload["step"]) if payload else 0
         self.metrics: dict[str, float] | None = payload.get("metrics") if payload else None
@@ -122,7 +122,7 @@ class Trainer:
         config = self.config
         tasks = stage_tasks(config, stage)
         set_stage(self.model, stage, self.base, config.single_task_name)
-        optimizer = make_optimizer(self.model, config.weight_decay)
+        optimizer = make_optimizer(self.model, config.weight_decay, config.cnn_lr_scale)
         if self.payload and self.payload.get("stage") == stage and self.payload["optimizer"]:
             optimizer.load_state_dict(self.payload["optimizer"])
         network = self._wrap()
@@ -140,7 +140,7 @@ class Trainer:
         for images, targets in loader:
             lr = learning_rate(stage_config, self.step - offset)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # older checkpoints: none
             loss, terms = self._update(network, optimizer, images, targets, tasks)
             self.step += 1
             seen += images.shape[0] * self.processes.world
@@ -254,6 +254,14 @@ def resume_model(config: TrainConfig, path: Path) -> tuple[ASEModel, dict[str, A
     if differences:
         raise ValueError(f"{path} is from another model config: " + "; ".join(differences))
     return model.train(), payload
+
+
+def tunable(model: ASEModel, stages: int) -> ASEModel:
+    """``model`` with its hybrid CNN's last ``stages`` stages made base weights (trained by the
+    single-task stage); unchanged for 0."""
+    if stages:
+        model.backbone.patch_embed.cnn.make_tunable(stages)
+    return model
 
 
 def new_model(config: TrainConfig, pretrained: Path | None) -> ASEModel:

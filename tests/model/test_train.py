@@ -353,3 +353,21 @@ def test_cli_sets_a_share_of_the_photo_crops(flag, name, default, bad):
     saved = dict(data().__dict__)
     del saved[name]  # a checkpoint written before the field
     assert getattr(DataConfig(**saved), name) == default
+
+
+def test_cli_tunes_the_hybrids_last_cnn_stages():
+    args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
+
+    def config(*extra):
+        return config_from_args(_parser().parse_args([*args, *extra]))
+
+    assert config().tuned_cnn_stages == 0
+    assert config("--tune-cnn", "2") == replace(config(), tuned_cnn_stages=2)
+    with pytest.raises(ValueError, match="expected 0-5 stages"):
+        config("--tune-cnn", "6")
+    with pytest.raises(ValueError, match="only a hybrid backbone"):
+        config_from_args(_parser().parse_args([*tiny_run(Path("unused")), "--tune-cnn", "1"]))
+    saved = config().to_dict()
+    for field in ("tuned_cnn_stages", "cnn_lr_scale"):  # a checkpoint written before them
+        del saved[field]
+    assert TrainConfig.from_dict(saved) == config()
