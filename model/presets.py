@@ -16,6 +16,7 @@ from typing import Any
 
 from model.config import AdapterConfig, BackboneConfig, ModelConfig, RouterLossConfig
 from model.data.mixed import FULL_VIEW
+from model.efficientnet import STRIDE16_STAGES
 from model.losses import FIXED_POSITIVE_WEIGHT
 from model.tasks import TASK_NAMES, TASKS
 
@@ -127,8 +128,9 @@ class TrainConfig:
                 _fail("positive_weights", f"{task}: expected a weight in (0, 1), got {weight}")
         if self.tuned_cnn_stages and self.model.backbone.embed == "patch":
             _fail("tuned_cnn_stages", "only a hybrid backbone has a CNN to tune")
-        if not 0 <= self.tuned_cnn_stages <= 5 or self.cnn_lr_scale <= 0:
-            _fail("tuned_cnn_stages", "expected 0-5 stages and a learning-rate scale > 0")
+        if not 0 <= self.tuned_cnn_stages <= STRIDE16_STAGES or self.cnn_lr_scale <= 0:
+            expected = f"0-{STRIDE16_STAGES} stages and a learning-rate scale > 0"
+            _fail("tuned_cnn_stages", f"expected {expected}")
 
     @property
     def total_steps(self) -> int:
