@@ -38,7 +38,8 @@ def classes_loss(logits: Tensor, target: Tensor) -> Tensor:
 def balanced_bce_loss(logits: Tensor, target: Tensor, positive_weight: float | None) -> Tensor:
     """Balanced BCE: ``-[w y log p + (1-w)(1-y) log(1-p)]`` averaged over valid pixels.
     ``w`` is fixed when given, else the fraction of negatives among each map's valid pixels.
-    logits (S, 1, H, W), target (S, 1, H, W) or (S, H, W) in {0, 1} or IGNORE_INDEX."""
+    logits (S, 1, H, W), target (S, 1, H, W) or (S, H, W) in [0, 1] (a soft target weighs
+    both terms) or IGNORE_INDEX."""
     target = target.reshape(logits.shape).to(logits.dtype)
     valid = (target != IGNORE_INDEX).to(logits.dtype)
     labels = target * valid  # ignored pixels -> 0, masked out below anyway

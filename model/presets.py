@@ -52,6 +52,9 @@ class DataConfig:
     grey_photos: float = 0.0
     # scenes_and_photos: share of photo crops that are the whole photo (the served view)
     full_views: float = FULL_VIEW
+    # scenes_and_photos: the photos' saliency label is ISNet's probability (a soft target)
+    # rather than the probability binarised at 0.5
+    soft_saliency: bool = False
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -66,9 +69,9 @@ class DataConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 _fail(f"data.{name}", f"a share in [0, 1], got {getattr(self, name)}")
         photos = self.dataset == "scenes_and_photos"
-        photo_options = (self.paste_people, self.nobody_parts, self.grey_photos)
+        photo_options = (self.paste_people, self.nobody_parts, self.grey_photos, self.soft_saliency)
         if (any(photo_options) or self.full_views != FULL_VIEW) and not photos:
-            options = "paste_people, nobody_parts, grey_photos and full_views"
+            options = "paste_people, nobody_parts, grey_photos, soft_saliency and full_views"
             _fail("data", f"{options} need the scenes_and_photos dataset")
 
 

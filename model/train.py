@@ -50,6 +50,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data = replace(data, grey_photos=args.grey_photos)
     if args.full_views is not None:
         data = replace(data, full_views=args.full_views)
+    if args.soft_saliency is not None:
+        data = replace(data, soft_saliency=args.soft_saliency)
     config = replace(config, data=data)
     if args.spec or args.routing:
         adapters = replace(
@@ -141,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SHARE",
         help="photo presets: share of the photo crops that are the whole photo (the served "
         "view; default 0.25)",
+    )
+    parser.add_argument(
+        "--soft-saliency",
+        action=argparse.BooleanOptionalAction,
+        help="photo presets: train saliency on ISNet's probability (a soft target) instead "
+        "of the probability binarised at 0.5",
     )
     parser.add_argument(
         "--positive-weight",

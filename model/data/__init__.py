@@ -9,7 +9,8 @@ field                 array                meaning
 ``semseg``            (H, W) uint8         class ids of the dataset's ``semseg`` classes, 255 ignore
 ``parts``             (H, W) uint8         ``PARTS_CLASSES`` ids on person pixels, 0 elsewhere;
                                            all 255 when the image has no person (PASCAL rule)
-``saliency``          (H, W) uint8         {0, 1}, 255 ignore
+``saliency``          (H, W) uint8         {0, 1}, 255 ignore; or float32 in [0, 1], a teacher's
+                                           probability (``--soft-saliency``), 255.0 ignore
 ``normals``           (H, W, 3) float32    unit vectors, x right, y up, z towards the camera;
                                            (0, 0, 0) where invalid
 ``normals_valid``     (H, W) bool          where ``normals`` is labelled
@@ -22,7 +23,8 @@ normalised with ImageNet mean/std, and ``targets``, a dict with one key per requ
 ``"normals_valid"`` when normals are requested:
 
 - ``semseg``, ``parts``: (B, H, W) int64, 255 = ignore (pass ``ignore_index=255`` to CE);
-- ``saliency``, ``edges``: (B, H, W) float32 with values 0.0 / 1.0, and **255.0 = ignore**
+- ``saliency``, ``edges``: (B, H, W) float32 with values 0.0 / 1.0 (saliency: any value in
+  [0, 1] from a soft source), and **255.0 = ignore**
   (no separate mask: a loss must drop pixels where ``target == 255`` before BCE);
 - ``normals``: (B, 3, H, W) float32 unit vectors, **255.0 in all three channels where
   invalid** (PASCAL's code; the ``Sample`` itself holds zeros there);

@@ -26,9 +26,10 @@ unlabelled (255), since nobody knows what the teachers would say of the new pict
 ``nobody_parts`` the parts of such photos are labelled background instead of skipped, so the
 parts head learns where nobody is (it had drawn limbs on the composites' animals).
 Labels are made at the output size from the teachers' soft maps where the set keeps them:
-saliency bilinear then > 0.5, edges by ``edge_label`` (HED's probability >= 0.5, thinned: the
-set's own edge rule, at the model's resolution rather than the photo's, where nearest-neighbour
-sampling would break the 1-px lines); class maps nearest.
+saliency bilinear then > 0.5 (with ``soft_saliency``, the probability itself: a soft target),
+edges by ``edge_label`` (HED's probability >= 0.5, thinned: the set's own edge rule, at the
+model's resolution rather than the photo's, where nearest-neighbour sampling would break the
+1-px lines); class maps nearest.
 """
 
 from __future__ import annotations
@@ -254,7 +255,8 @@ class PhotoCrop:
     docstring), flip, photometric distortion; normals never labelled. With ``cutouts`` (per
     photo, ``PhotoMapsSource.person_cutouts``) and ``paste_people`` > 0, that share of the
     crops of photos with nobody get one pasted on: a random photo's, then a random person.
-    ``grey``: the share of crops turned black and white; ``full_view``: of whole-photo windows."""
+    ``grey``: the share of crops turned black and white; ``full_view``: of whole-photo windows;
+    ``soft_saliency``: the saliency label is ISNet's probability (float32), not binarised."""
 
     def __init__(
         self,
@@ -266,12 +268,20 @@ class PhotoCrop:
         person_id: int | None = None,
         grey: float = 0.0,
         full_view: float = FULL_VIEW,
+        soft_saliency: bool = False,
     ) -> None:
         if paste_people and (not cutouts or person_id is None):
             raise ValueError("pasting people needs person cut-outs and the person class id")
         self.size, self.flip, self.photometric = size, flip, photometric
         self.cutouts, self.paste_people, self.person_id = cutouts, paste_people, person_id
         self.grey, self.full_view = grey, full_view
+        self.soft_saliency = soft_saliency
+
+    def _saliency(self, probability: np.ndarray) -> np.ndarray:
+        """ISNet's probability at the output size -> the label: binarised at 0.5, or kept."""
+        if self.soft_saliency:
+            return probability.astype(np.float32)
+        return (probability > HALF).astype(np.uint8)
 
     def image(self, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Only the image (H, W, 3) of a random window (no labels made), randomly flipped."""
@@ -295,7 +305,7 @@ class PhotoCrop:
             image=resize_image(np.ascontiguousarray(photo.image[window]), out),
             semseg=resize_nearest(photo.semseg[window], out),
             parts=resize_nearest(photo.parts[window], out),
-            saliency=(resize_bilinear(photo.saliency[window], out) > HALF).astype(np.uint8),
+            saliency=self._saliency(resize_bilinear(photo.saliency[window], out)),
             normals=np.zeros((*out, 3), np.float32),
             normals_valid=np.zeros(out, bool),
             edges=edge_label(photo.hed[window], out),

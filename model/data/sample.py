@@ -11,6 +11,7 @@ import numpy as np
 from model.tasks import IGNORE_INDEX
 
 _LABEL_FIELDS = ("semseg", "parts", "saliency", "edges")
+_SOFT_DTYPES = (np.uint8, np.float32)  # saliency may be a soft target
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,9 @@ class Sample:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     semseg: np.ndarray  # (H, W) uint8 class ids, 255 = ignore
     parts: np.ndarray  # (H, W) uint8 part ids, 255 = ignore (all 255 when no person)
-    saliency: np.ndarray  # (H, W) uint8 {0, 1}, 255 = ignore
+    # (H, W) uint8 {0, 1}, or float32 in [0, 1] (a teacher's probability, a soft target);
+    # 255 = ignore
+    saliency: np.ndarray
     normals: np.ndarray  # (H, W, 3) float32 unit vectors (x right, y up, z to camera), 0 if invalid
     normals_valid: np.ndarray  # (H, W) bool
     edges: np.ndarray  # (H, W) uint8 {0, 1}, 255 = ignore
@@ -32,9 +35,11 @@ class Sample:
             raise ValueError(f"{self.name}: image must be (H, W, 3) uint8, got {self.image.shape}")
         for name in _LABEL_FIELDS:
             label = getattr(self, name)
-            if label.shape != (height, width) or label.dtype != np.uint8:
+            dtypes = _SOFT_DTYPES if name == "saliency" else (np.uint8,)
+            if label.shape != (height, width) or label.dtype not in dtypes:
+                expected = " or ".join(np.dtype(dtype).name for dtype in dtypes)
                 raise ValueError(
-                    f"{self.name}: {name} must be ({height}, {width}) uint8, "
+                    f"{self.name}: {name} must be ({height}, {width}) {expected}, "
                     f"got {label.shape} {label.dtype}"
                 )
         if self.normals.shape != (height, width, 3) or self.normals.dtype != np.float32:

@@ -87,6 +87,7 @@ def _dataset(config: TrainConfig, source, tasks: tuple[str, ...]):
         person_id=photos.person,
         grey=config.data.grey_photos,
         full_view=config.data.full_views,
+        soft_saliency=config.data.soft_saliency,
     )
     return MixedDataset(
         source,

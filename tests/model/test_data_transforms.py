@@ -1,5 +1,7 @@
 """Augmentations keep labels consistent; the torch adapter yields the documented batch."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,13 @@ def test_loader_augmentation_is_reproducible_under_torch_seed_and_task_subsets()
     assert not torch.equal(first["image"], other["image"])
     with pytest.raises(ValueError, match="unknown task"):
         MultiTaskDataset(SyntheticScenes(40, 2), tasks=("depth",))
+
+
+def test_only_saliency_may_be_a_soft_float32_label(sample):
+    soft = sample.saliency.astype(np.float32) * 0.5
+    flipped = horizontal_flip(replace(sample, saliency=soft))
+    assert flipped.saliency.dtype == np.float32 and (flipped.saliency == soft[:, ::-1]).all()
+    with pytest.raises(ValueError, match=r"edges must be \(48, 48\) uint8, got .* float32"):
+        replace(sample, edges=sample.edges.astype(np.float32))
+    with pytest.raises(ValueError, match=r"saliency must be \(48, 48\) uint8 or float32"):
+        replace(sample, saliency=soft.astype(np.float64))

@@ -132,6 +132,22 @@ def test_a_map_with_nothing_salient_teaches_only_under_a_fixed_positive_weight()
     assert (logits.grad > 0).all()  # pushes every pixel towards "not salient"
 
 
+@pytest.mark.parametrize("positive_weight", [None, 0.8])
+def test_a_soft_target_weighs_the_positive_and_negative_terms_by_its_probability(
+    positive_weight,
+):
+    logits = torch.randn(1, 1, 4, 4, requires_grad=True)
+    soft = torch.rand(1, 1, 4, 4)
+    p = torch.sigmoid(logits)
+    w = 1 - soft.mean() if positive_weight is None else positive_weight
+    manual = -(w * soft * p.log() + (1 - w) * (1 - soft) * (1 - p).log()).mean()
+    loss = balanced_bce_loss(logits, soft, positive_weight)
+    torch.testing.assert_close(loss, manual)
+    loss.backward()
+    optimum = w * soft / (w * soft + (1 - w) * (1 - soft))  # where each pixel's gradient is 0
+    torch.testing.assert_close(torch.sigmoid(logits.detach()) > optimum, logits.grad > 0)
+
+
 def test_multitask_loss_takes_the_runs_positive_weights():
     maps = {"saliency": torch.randn(1, 1, 4, 4)}
     targets = {"saliency": (torch.rand(1, 1, 4, 4) > 0.8).float()}

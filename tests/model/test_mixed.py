@@ -242,13 +242,47 @@ def test_grey_crops_are_the_colour_crops_in_black_and_white(photo_root):
     assert 0.4 < share < 0.6
 
 
-def test_grey_photos_and_full_views_reach_the_photo_crops_of_every_stage(photo_root):
+def test_grey_photos_full_views_and_soft_saliency_reach_the_photo_crops_of_every_stage(
+    photo_root,
+):
     config = tiny()
-    data = replace(mixed_data(photo_root), grey_photos=0.25, full_views=0.5)
+    data = replace(mixed_data(photo_root), grey_photos=0.25, full_views=0.5, soft_saliency=True)
     config = replace(config, model=replace(config.model, dataset=SCENES_AND_PHOTOS), data=data)
     for tasks in (("saliency",), ("semseg", "parts")):
         crop = train_loader(config, tasks, 0, 1, Processes()).dataset.photo_transform
-        assert (crop.grey, crop.full_view) == (0.25, 0.5)
+        assert (crop.grey, crop.full_view, crop.soft_saliency) == (0.25, 0.5, True)
+
+
+def test_a_soft_saliency_label_is_isnets_probability_where_the_hard_one_binarises_it(
+    photo_root,
+):
+    photo = PhotoMapsSource(photo_root, "train", CLASSES)[0]  # stored 230 in the box, 20 off
+    hard = PhotoCrop(48, flip=False, photometric=False)(photo, np.random.default_rng(2))
+    soft = PhotoCrop(48, flip=False, photometric=False, soft_saliency=True)(
+        photo,
+        np.random.default_rng(2),  # the same window
+    )
+    assert soft.saliency.dtype == np.float32 and hard.saliency.dtype == np.uint8
+    assert ((soft.saliency > 0.5) == (hard.saliency == 1)).all()
+    assert np.isclose(soft.saliency.max(), 230 / 255) and np.isclose(soft.saliency.min(), 20 / 255)
+    people = PhotoMapsSource(photo_root, "train", CLASSES).person_cutouts()
+    pasted = paste_person(soft, people[0][0], CLASSES.index("person"), np.random.default_rng(0))
+    assert pasted.saliency.dtype == np.float32
+    assert (pasted.saliency == IGNORE_INDEX).any()  # unlabelled under the pasted person
+    dataset = MixedDataset(
+        SyntheticScenes(32, 1000, seed=0, split="train"),
+        EvalTransform(32),
+        PhotoMapsSource(photo_root, "train", CLASSES),
+        PhotoCrop(32, soft_saliency=True),
+        4,
+        2,
+        TASK_NAMES,
+    )
+    torch.manual_seed(0)
+    _, targets = collate([dataset[p] for p in range(4)])
+    photos, scenes = targets["saliency"][:2], targets["saliency"][2:]
+    assert ((photos > 0) & (photos < 1)).all()  # soft photos beside hard scenes in one batch
+    assert ((scenes == 0) | (scenes == 1)).all()
 
 
 def test_a_crop_with_only_full_views_is_always_the_whole_photo(photo_root):

@@ -355,6 +355,22 @@ def test_cli_sets_a_share_of_the_photo_crops(flag, name, default, bad):
     assert getattr(DataConfig(**saved), name) == default
 
 
+def test_cli_trains_saliency_on_the_teachers_probability():
+    args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
+
+    def data(*extra):
+        return config_from_args(_parser().parse_args([*args, *extra])).data
+
+    assert data().soft_saliency is False
+    assert data("--soft-saliency") == replace(data(), soft_saliency=True)
+    assert data("--soft-saliency", "--no-soft-saliency") == data()
+    with pytest.raises(ValueError, match="soft_saliency and full_views need the scenes_and"):
+        config_from_args(_parser().parse_args([*tiny_run(Path("unused")), "--soft-saliency"]))
+    saved = dict(data().__dict__)
+    del saved["soft_saliency"]  # a checkpoint written before the field
+    assert DataConfig(**saved) == data()
+
+
 def test_cli_tunes_the_hybrids_last_cnn_stages():
     args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
 
