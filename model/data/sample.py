@@ -11,7 +11,7 @@ import numpy as np
 from model.tasks import IGNORE_INDEX
 
 _LABEL_FIELDS = ("semseg", "parts", "saliency", "edges")
-_SOFT_DTYPES = (np.uint8, np.float32)  # saliency may be a soft target
+_SALIENCY_DTYPES = (np.uint8, np.float32)  # float32: a soft target
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Sample:
             raise ValueError(f"{self.name}: image must be (H, W, 3) uint8, got {self.image.shape}")
         for name in _LABEL_FIELDS:
             label = getattr(self, name)
-            dtypes = _SOFT_DTYPES if name == "saliency" else (np.uint8,)
+            dtypes = _SALIENCY_DTYPES if name == "saliency" else (np.uint8,)
             if label.shape != (height, width) or label.dtype not in dtypes:
                 expected = " or ".join(np.dtype(dtype).name for dtype in dtypes)
                 raise ValueError(
