@@ -31,28 +31,25 @@ from model.config import Routing
 from model.presets import PRESETS, TrainConfig, preset
 from model.trainer import train
 
+_DATA_OPTIONS = (
+    "workers",
+    "photos_per_batch",
+    "paste_people",
+    "nobody_parts",
+    "grey_photos",
+    "full_views",
+    "soft_saliency",
+)
+"""``DataConfig`` fields the command line sets under their own names (unset: the preset's)."""
+
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset with the command line's overrides applied."""
     config = preset(args.preset)
-    data = config.data
+    data = {name: getattr(args, name) for name in _DATA_OPTIONS if getattr(args, name) is not None}
     if args.data:
-        data = replace(data, root=args.data)
-    if args.workers is not None:
-        data = replace(data, workers=args.workers)
-    if args.photos_per_batch is not None:
-        data = replace(data, photos_per_batch=args.photos_per_batch)
-    if args.paste_people is not None:
-        data = replace(data, paste_people=args.paste_people)
-    if args.nobody_parts is not None:
-        data = replace(data, nobody_parts=args.nobody_parts)
-    if args.grey_photos is not None:
-        data = replace(data, grey_photos=args.grey_photos)
-    if args.full_views is not None:
-        data = replace(data, full_views=args.full_views)
-    if args.soft_saliency is not None:
-        data = replace(data, soft_saliency=args.soft_saliency)
-    config = replace(config, data=data)
+        data["root"] = args.data
+    config = replace(config, data=replace(config.data, **data))  # checked once, all together
     if args.spec or args.routing:
         adapters = replace(
             config.model.adapters,
