@@ -4,6 +4,7 @@ deliberately slow model is needed, on the contract-conforming fake of ``fake_mod
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import sys
@@ -88,6 +89,30 @@ def metric(values: dict, name: str, **labels: str) -> float:
     return sum(
         value for (sample, items), value in values.items() if sample == name and wanted <= items
     )
+
+
+def png_pixels(data: bytes | str) -> np.ndarray:
+    """A PNG's pixels, from its bytes or from the base64 text a JSON answer carries."""
+    raw = base64.b64decode(data) if isinstance(data, str) else data
+    return np.asarray(Image.open(io.BytesIO(raw)))
+
+
+def decoded(tasks: dict) -> dict:
+    """A JSON answer's ``tasks`` with each PNG's base64 text replaced by its pixels (shape,
+    dtype, bytes), for comparing answers: the server promises a map's pixels, not the PNG's
+    bytes, which ISA-L's deflate does not always repeat (server/codecs.py::encode_png_bands)."""
+    return {
+        name: {
+            key: _pixel_key(value) if key == "data" and entry.get("encoding") == "png" else value
+            for key, value in entry.items()
+        }
+        for name, entry in tasks.items()
+    }
+
+
+def _pixel_key(data: str) -> tuple:
+    pixels = png_pixels(data)
+    return pixels.shape, str(pixels.dtype), pixels.tobytes()
 
 
 def image_bytes(array: np.ndarray, fmt: str = "PNG", **save) -> bytes:

@@ -6,7 +6,6 @@ seconds); the node removal and the autoscaling run last, in that order, as they 
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
@@ -25,7 +25,7 @@ from tests.monitoring.test_prometheus_e2e import Routed, query, substitute, wait
 from tests.monitoring.test_rules_and_dashboards import DASHBOARDS, RULE_FILES, dashboard_targets
 from tests.monitoring.tooling import MONITORING, start_prometheus
 from tests.processes import free_port
-from tests.server.conftest import REPO, image_bytes, random_image
+from tests.server.conftest import REPO, decoded, image_bytes, png_pixels, random_image
 from tests.server.ray_cluster import SLOT, LocalCluster, start_cluster
 
 pytestmark = pytest.mark.timeout(240)
@@ -215,7 +215,7 @@ def test_both_replicas_answer_from_both_nodes(app, prometheus):
     assert set(nodes.values()) == app.cluster.node_ids()  # one replica on each node
 
 
-def test_answers_equal_the_single_servers_byte_for_byte(app, server):
+def test_answers_equal_the_single_servers(app, server):
     for seed in (1, 2):
         body = image_bytes(random_image(seed, height=48, width=64))
         for params in ({"format": "npz"}, {"format": "png", "tasks": "normals"}):
@@ -228,15 +228,16 @@ def test_answers_equal_the_single_servers_byte_for_byte(app, server):
                 timeout=30,
             )
             on_ray = app.predict(body, tasks, **params)
-            assert plain.status_code == 200 and on_ray.content == plain.content, params
+            assert plain.status_code == on_ray.status_code == 200, params
+            if params["format"] == "npz":  # stored, not deflated: the bytes are the arrays
+                assert on_ray.content == plain.content
+            else:
+                assert np.array_equal(png_pixels(on_ray.content), png_pixels(plain.content))
         plain_json = httpx.post(
             f"{server.url}/predict", content=body, headers={"content-type": "image/png"}, timeout=30
         ).json()
         ray_json = app.predict(body, ",".join(TASKS)).json()
-        for name in TASKS:
-            assert base64.b64decode(ray_json["tasks"][name]["data"]) == base64.b64decode(
-                plain_json["tasks"][name]["data"]
-            )
+        assert decoded(ray_json.pop("tasks")) == decoded(plain_json.pop("tasks"))
         assert {k: v for k, v in ray_json.items() if k != "timings_ms"} == {
             k: v for k, v in plain_json.items() if k != "timings_ms"
         }
