@@ -228,8 +228,13 @@ def photo() -> TrainConfig:
     config = _photo("efficientnet_lite0", multi_steps=2400)
     # The training set holds few photos with labelled people: stage 2 pastes one of them on
     # half the crops of photos with nobody, whose parts are labelled background
-    # (model/data/mixed.py; docs/model_card.md measured the person IoU it gains).
-    return replace(config, data=replace(config.data, paste_people=0.5, nobody_parts=True))
+    # (model/data/mixed.py; docs/model_card.md measured the person IoU it gains). Half the
+    # photo crops are the whole photo, and saliency learns ISNet's probability rather than its
+    # binarised mask: saliency and edges gained in both seeds measured (docs/model_card.md).
+    data = replace(
+        config.data, paste_people=0.5, nobody_parts=True, full_views=0.5, soft_saliency=True
+    )
+    return replace(config, data=data)
 
 
 def photo_distilled() -> TrainConfig:

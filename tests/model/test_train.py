@@ -332,20 +332,20 @@ def test_cli_pastes_people_and_labels_nobodys_parts_on_photo_presets():
 
 
 @pytest.mark.parametrize(
-    ("flag", "name", "default", "bad"),
+    ("flag", "name", "in_preset", "default", "bad"),
     [
-        ("--grey-photos", "grey_photos", 0.0, "-0.1"),
-        ("--full-views", "full_views", FULL_VIEW, "1.5"),
+        ("--grey-photos", "grey_photos", 0.0, 0.0, "-0.1"),
+        ("--full-views", "full_views", 0.5, FULL_VIEW, "1.5"),
     ],
 )
-def test_cli_sets_a_share_of_the_photo_crops(flag, name, default, bad):
+def test_cli_sets_a_share_of_the_photo_crops(flag, name, in_preset, default, bad):
     args = ["--preset", "photo", "--out", "unused", "--data", "/data/photos"]
 
     def data(*extra):
         return config_from_args(_parser().parse_args([*args, *extra])).data
 
-    assert getattr(data(), name) == default
-    assert data(flag, "0.5") == replace(data(), **{name: 0.5})
+    assert getattr(data(), name) == in_preset
+    assert data(flag, "0.75") == replace(data(), **{name: 0.75})
     with pytest.raises(ValueError, match=rf"^data.{name}: a share in \[0, 1\], got {bad}"):
         data(flag, bad)
     with pytest.raises(ValueError, match="need the scenes_and_photos dataset"):
@@ -361,14 +361,14 @@ def test_cli_trains_saliency_on_the_teachers_probability():
     def data(*extra):
         return config_from_args(_parser().parse_args([*args, *extra])).data
 
-    assert data().soft_saliency is False
-    assert data("--soft-saliency") == replace(data(), soft_saliency=True)
-    assert data("--soft-saliency", "--no-soft-saliency") == data()
+    assert data().soft_saliency is True  # the served recipe
+    assert data("--no-soft-saliency") == replace(data(), soft_saliency=False)
+    assert data("--no-soft-saliency", "--soft-saliency") == data()
     with pytest.raises(ValueError, match="soft_saliency and full_views need the scenes_and"):
         config_from_args(_parser().parse_args([*tiny_run(Path("unused")), "--soft-saliency"]))
     saved = dict(data().__dict__)
-    del saved["soft_saliency"]  # a checkpoint written before the field
-    assert DataConfig(**saved) == data()
+    del saved["soft_saliency"]  # a checkpoint written before the field trained the hard label
+    assert DataConfig(**saved) == data("--no-soft-saliency")
 
 
 def test_cli_tunes_the_hybrids_last_cnn_stages():
