@@ -139,13 +139,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SHARE",
         help="photo presets: share of the photo crops that are the whole photo (the served "
-        "view; default 0.25)",
+        "view; photo: 0.5)",
     )
     parser.add_argument(
         "--soft-saliency",
         action=argparse.BooleanOptionalAction,
         help="photo presets: train saliency on ISNet's probability (a soft target) instead "
-        "of the probability binarised at 0.5",
+        "of the probability binarised at 0.5 (photo: on)",
     )
     parser.add_argument(
         "--positive-weight",
