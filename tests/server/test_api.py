@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 
@@ -12,10 +11,6 @@ from PIL import Image
 
 from model.tasks import TASK_NAMES, TASKS
 from tests.server.conftest import decoded, image_bytes, png_pixels, random_image
-
-
-def decode_png(data: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
 
 
 def predict(server, body: bytes, content_type: str = "image/png", **params):
@@ -52,7 +47,7 @@ def test_json_has_every_task_at_the_image_size(server):
     assert body["model"]["name"] == "ase-tiny" and body["provider"] == "CPUExecutionProvider"
     assert body["model"]["version"] == "1" and response.headers["X-Model-Version"] == "1"
     for name, entry in body["tasks"].items():
-        pixels = decode_png(entry["data"])
+        pixels = png_pixels(entry["data"])
         assert list(pixels.shape) == entry["shape"]
         assert entry["kind"] == TASKS[name].kind
         if entry["kind"] == "classes":
@@ -107,19 +102,19 @@ def test_npz_format_carries_raw_arrays(server):
     assert arrays["router_parts"].shape == (2, 16)
     assert arrays["router_parts_shared_gate_share"].shape == (2,)
     as_json = predict(server, image_bytes(rgb), tasks="semseg").json()
-    assert np.array_equal(decode_png(as_json["tasks"]["semseg"]["data"]), arrays["semseg"])
+    assert np.array_equal(png_pixels(as_json["tasks"]["semseg"]["data"]), arrays["semseg"])
 
 
 def test_visualize_blends_the_palette_over_the_image(server):
     rgb = random_image(6)
     plain = predict(server, image_bytes(rgb), tasks="semseg").json()["tasks"]["semseg"]
     shown = predict(server, image_bytes(rgb), tasks="semseg", visualize="true", alpha="1").json()
-    overlay = decode_png(shown["tasks"]["semseg"]["data"])
+    overlay = png_pixels(shown["tasks"]["semseg"]["data"])
     palette = np.asarray(plain["palette"], np.uint8)
     assert overlay.shape == rgb.shape and shown["tasks"]["semseg"]["shape"] == list(rgb.shape)
-    assert np.array_equal(overlay, palette[decode_png(plain["data"])])
+    assert np.array_equal(overlay, palette[png_pixels(plain["data"])])
     half = predict(server, image_bytes(rgb), tasks="semseg", visualize="true", format="png")
-    blended = np.asarray(Image.open(io.BytesIO(half.content)), np.int16)
+    blended = png_pixels(half.content).astype(np.int16)
     expected = (rgb.astype(np.float32) + overlay) / 2
     assert np.abs(blended - expected).max() <= 1
 
@@ -133,8 +128,8 @@ def test_exif_orientation_is_applied(server):
     rotated = predict(server, image_bytes(stored, exif=exif), tasks="semseg").json()
     assert rotated["image"] == {"width": 48, "height": 32}
     assert np.array_equal(
-        decode_png(rotated["tasks"]["semseg"]["data"]),
-        decode_png(upright["tasks"]["semseg"]["data"]),
+        png_pixels(rotated["tasks"]["semseg"]["data"]),
+        png_pixels(upright["tasks"]["semseg"]["data"]),
     )
 
 

@@ -5,7 +5,6 @@ the budget under a burst of 39-megapixel requests."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import time
 from collections import Counter
@@ -20,11 +19,7 @@ from server.maps import Raster
 from server.modeldir import load_model_dir
 from server.pipeline import MapRequest, MapSize, Pipeline, preprocess
 from server.runtime import ModelRuntime
-from tests.server.conftest import image_bytes, random_image, start_server
-
-
-def decode_png(data: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+from tests.server.conftest import image_bytes, png_pixels, random_image, start_server
 
 
 def post(server, body: bytes, content_type: str = "image/png", **params) -> httpx.Response:
@@ -48,7 +43,7 @@ def test_size_model_gives_maps_at_the_models_size_with_the_scale(server):
     assert grid == {"width": 32, "height": 32, "scale": [3.0, 2.0]}  # the tiny model is 32 px
     assert answer.headers["x-map-scale"] == "3,2"
     for entry in answer.json()["tasks"].values():
-        assert entry["shape"][:2] == [32, 32] and decode_png(entry["data"]).shape[:2] == (32, 32)
+        assert entry["shape"][:2] == [32, 32] and png_pixels(entry["data"]).shape[:2] == (32, 32)
     npz = np.load(io.BytesIO(post(server, body, size="model", format="npz").content))
     assert npz["normals"].shape == (32, 32, 3) and npz["semseg"].shape == (32, 32)
 
@@ -70,7 +65,7 @@ def test_npz_normals_as_bytes_equal_the_pngs(server):
     npz = np.load(io.BytesIO(post(server, body, format="npz", npz_normals="uint8").content))
     assert npz["normals"].dtype == np.uint8 and npz["normals"].shape == (50, 70, 3)
     as_json = post(server, body, tasks="normals").json()
-    assert np.array_equal(npz["normals"], decode_png(as_json["tasks"]["normals"]["data"]))
+    assert np.array_equal(npz["normals"], png_pixels(as_json["tasks"]["normals"]["data"]))
     floats = np.load(io.BytesIO(post(server, body, format="npz").content))["normals"]
     assert floats.dtype == np.float32
     assert np.array_equal(np.rint((np.clip(floats, -1, 1) + 1) * np.float32(127.5)), npz["normals"])
@@ -137,7 +132,7 @@ def test_served_maps_follow_the_planned_decode(server, model_dir, fmt):
     expected = reference_maps(model_dir, body, scale, 320, 240)
     served = post(server, body, "image/jpeg" if fmt == "JPEG" else "image/png").json()["tasks"]
     for name, values in expected.items():
-        assert np.array_equal(decode_png(served[name]["data"]), values), name
+        assert np.array_equal(png_pixels(served[name]["data"]), values), name
 
 
 BURST, BUDGET_MB, QUEUE = 16, 700, 2

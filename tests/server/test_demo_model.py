@@ -5,9 +5,6 @@ the scenes' ground truth far better than a trivial guess."""
 
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +14,7 @@ from model.checkpoint import load_checkpoint
 from model.data import SyntheticScenes
 from model.data.transforms import to_tensors
 from model.evaluate import model_predictor
-from tests.server.conftest import REPO, start_demo_server
+from tests.server.conftest import REPO, png_pixels, start_demo_server
 
 SAMPLES = REPO / "demo" / "samples"
 SAMPLE_COUNT, SAMPLE_SEED, SAMPLE_SPLIT = 6, 7, "test"  # as demo/samples/README.md says
@@ -52,10 +49,7 @@ def served(server, index: int) -> dict[str, np.ndarray]:
             "/predict?model=ase-demo", content=body, headers={"Content-Type": "image/png"}
         )
     assert response.status_code == 200, response.text
-    return {
-        task: np.asarray(Image.open(io.BytesIO(base64.b64decode(entry["data"]))))
-        for task, entry in response.json()["tasks"].items()
-    }
+    return {task: png_pixels(entry["data"]) for task, entry in response.json()["tasks"].items()}
 
 
 def test_samples_are_the_documented_scenes(scenes):

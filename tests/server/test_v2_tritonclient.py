@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 
 import httpx
 import numpy as np
@@ -18,12 +17,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
-from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from server.modeldir import load_model_dir
 from server.v2.interface import model_metadata
-from tests.server.conftest import image_bytes, metric, random_image, start_v2_server
+from tests.server.conftest import image_bytes, metric, png_pixels, random_image, start_v2_server
 
 KEY = "v2-test-key"
 # tritonclient adds its own headers to the dict it is given: every call gets a copy
@@ -149,17 +147,13 @@ def predict(server, body: bytes) -> dict:
     return response.json()
 
 
-def png(entry: dict) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(entry["data"]))))
-
-
 def assert_same_as_predict(frame_outputs: dict, predicted: dict, tasks: list[str]) -> None:
     """One frame's V2 outputs against /predict's answer (``tasks``: those computed, the router
     rows' order): class ids identical, probabilities and normals within the PNG's rounding
     (half a step of 255), router statistics equal."""
     for name in (t for t in tasks if t in frame_outputs):
         entry = predicted["tasks"][name]
-        value, wire = frame_outputs[name], png(entry).astype(np.float64)
+        value, wire = frame_outputs[name], png_pixels(entry["data"]).astype(np.float64)
         if entry["kind"] == "classes":
             assert value.dtype == np.uint8 and np.array_equal(value, wire), name
             continue
