@@ -230,7 +230,8 @@ def photo() -> TrainConfig:
     # half the crops of photos with nobody, whose parts are labelled background
     # (model/data/mixed.py; docs/model_card.md measured the person IoU it gains). Half the
     # photo crops are the whole photo, and saliency learns ISNet's probability rather than its
-    # binarised mask: saliency and edges gained in both seeds measured (docs/model_card.md).
+    # binarised mask: saliency and edges gained over three seeds, persons did not
+    # (docs/model_card.md).
     data = replace(
         config.data, paste_people=0.5, nobody_parts=True, full_views=0.5, soft_saliency=True
     )
