@@ -1,26 +1,12 @@
 """The photo ablation's protocol on a tiny hybrid model and a photo tree written here."""
 
-from dataclasses import replace
-
 from bench.ablation_photos import main
-from model.checkpoint import save_checkpoint
-from model.presets import tiny
-from model.tasks import SCENES_AND_PHOTOS
-from model.trainer import new_model
-from tests.model.photo_tree import mixed_data, write_photo_tree
 
 
-def test_rows_start_from_the_checkpoints_frozen_base_and_compare_per_seed(tmp_path):
-    root = write_photo_tree(tmp_path / "photos")
-    config = tiny()
-    backbone = replace(config.model.backbone, patch_size=16, embed="efficientnet_lite0")
-    model = replace(config.model, backbone=backbone, dataset=SCENES_AND_PHOTOS)
-    data = mixed_data(root)
-    config = replace(config, model=model, data=data)
-    network = new_model(config, None)
-    checkpoint = save_checkpoint(
-        tmp_path / "ckpt.pt", network, extra={"train": config.to_dict(), "stage": "multi_task"}
-    )
+def test_rows_start_from_the_checkpoints_frozen_base_and_compare_per_seed(
+    tmp_path, photo_checkpoint
+):
+    checkpoint, root = photo_checkpoint
     out = tmp_path / "ablation"
     argv = [str(checkpoint), "--data", str(root), "--out", str(out), "--seeds", "0", "1"]
     report = main([*argv, "--steps", "2", "--scenes", "2"])
