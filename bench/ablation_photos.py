@@ -79,12 +79,13 @@ def train_row(config: TrainConfig, base: dict[str, torch.Tensor], out: Path) -> 
     return model.eval()
 
 
-def row_scores(model: ASEModel, truths, args) -> dict[str, float]:
-    """The three photo scores and the three synthetic ones (``METRICS``)."""
+def row_scores(model: ASEModel, truths, scenes: int) -> dict[str, float]:
+    """The three photo scores and the three synthetic ones (``METRICS``, on ``scenes`` test
+    scenes)."""
     photos = score(model_photo_predictor(model), truths)
     size = model.config.backbone.image_size
-    scenes = SyntheticScenes(size, args.scenes, seed=0, split="test")
-    loader = eval_loader(scenes, size, SCENE_TASKS, batch_size=16)
+    test_scenes = SyntheticScenes(size, scenes, seed=0, split="test")
+    loader = eval_loader(test_scenes, size, SCENE_TASKS, batch_size=16)
     synthetic = evaluate(model_predictor(model), loader, SCENE_TASKS, model.config.dataset)
     return {**{k: photos[k] for k in METRICS[:3]}, **primary(synthetic)}
 
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
                 continue
             config = row_config(recipe, args, *VARIANTS[name], seed)
             folder = args.out / f"seed-{seed}" / name.replace(" ", "-").replace("/", "")
-            rows[name] = row_scores(train_row(config, base, folder), truths, args)
+            rows[name] = row_scores(train_row(config, base, folder), truths, args.scenes)
             print(f"seed {seed} {name}: {rows[name]}", flush=True)
             report["seconds"] = before + time.perf_counter() - clock
             report["summary"] = summarise(per_seed, args.variants)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -43,12 +42,11 @@ def on_and_off(checkpoint: Path, truths: list, scenes: int) -> dict[str, dict[st
     """The six scores of one checkpoint with its adapters on, then off."""
     model, _ = load_checkpoint(checkpoint)
     model.eval()
-    args = SimpleNamespace(scenes=scenes)
     with torch.no_grad():
-        on = row_scores(model, truths, args)
+        on = row_scores(model, truths, scenes)
         if not switch_off_adapters(model):
             raise SystemExit(f"{checkpoint}: its blocks have no adapters to switch off")
-        off = row_scores(model, truths, args)
+        off = row_scores(model, truths, scenes)
     return {"on": on, "off": off}
 
 
