@@ -19,7 +19,7 @@ counts negatively); without a ``lora`` row there is no Δm, and without both ase
 moe 16/4/0/4 no per-seed difference. ``ablation.json`` is rewritten after every row;
 ``--resume`` keeps rows. Rows need nothing from each other: ``--jobs N`` trains N side by side,
 one process each (``--threads`` threads apiece; a row at the served budget, 2400 steps, takes
-about 1.6 GB and an hour of one core of this CPU).
+about 1.8 GB and 55 min of one core of this CPU).
 """
 
 from __future__ import annotations
