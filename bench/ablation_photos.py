@@ -159,18 +159,32 @@ def score_row(args: argparse.Namespace, seed: int, name: str) -> dict[str, float
     return row_scores(train_row(config, base, folder), truths, args.scenes)
 
 
-def _scored_rows(args: argparse.Namespace, pending: list[tuple[str, str]]):
+def _scored_rows(args: argparse.Namespace, pending: list[tuple[str, str]], work=score_row):
     """Yield ``(seed, name, scores)`` as each pending row finishes: in this process one after
-    the other, or ``--jobs`` rows side by side (spawned: a forked torch can hang)."""
+    the other, or ``--jobs`` rows side by side (spawned: a forked torch can hang). Side by side,
+    a row that fails does not stop the others (each can be an hour of training): they finish
+    and are yielded, then the failures are raised together."""
     if args.jobs == 1:
         for seed, name in pending:
-            yield seed, name, score_row(args, int(seed), name)
+            yield seed, name, work(args, int(seed), name)
         return
+    failures = []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = {pool.submit(score_row, args, int(s), n): (s, n) for s, n in pending}
+        futures = {pool.submit(work, args, int(s), n): (s, n) for s, n in pending}
         for future in as_completed(futures):
-            yield *futures[future], future.result()
+            seed, name = futures[future]
+            try:
+                scores = future.result()
+            except Exception as error:  # reported below, once the other rows are done
+                failures.append(f"seed {seed} {name}: {type(error).__name__}: {error}")
+                continue
+            yield seed, name, scores
+    if failures:
+        raise RuntimeError(
+            f"{len(failures)} of {len(pending)} rows failed (the others are saved; --resume "
+            "trains only what is missing): " + "; ".join(failures)
+        )
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -1,8 +1,10 @@
 """The photo ablation's protocol on a tiny hybrid model and a photo tree written here."""
 
+import argparse
+
 import pytest
 
-from bench.ablation_photos import PAIR, main
+from bench.ablation_photos import PAIR, _scored_rows, main
 
 
 def test_rows_start_from_the_checkpoints_frozen_base_and_compare_per_seed(
@@ -74,3 +76,25 @@ def test_jobs_must_be_a_positive_count(tmp_path, photo_checkpoint, capsys, jobs)
     with pytest.raises(SystemExit):
         _run(checkpoint, root, tmp_path / "x", "--jobs", jobs)
     assert "--jobs" in capsys.readouterr().err
+
+
+def row_that_fails_for_lora(args, seed: int, name: str) -> dict[str, float]:
+    """A stand-in for score_row, run in the pool's spawned processes (importable from here)."""
+    if name == "lora":
+        raise ValueError("out of memory, say")
+    return {"seed": float(seed)}
+
+
+def test_a_failed_row_side_by_side_lets_the_others_finish_and_is_then_raised(tmp_path):
+    pending = [("0", "lora"), ("0", "ase 16/3/1/4"), ("1", "lora"), ("1", "moe 16/4/0/4")]
+    args = argparse.Namespace(jobs=2)
+    finished = []
+    with pytest.raises(RuntimeError, match="2 of 4 rows failed") as failure:
+        for row in _scored_rows(args, pending, work=row_that_fails_for_lora):
+            finished.append(row)
+    assert sorted(finished) == [
+        ("0", "ase 16/3/1/4", {"seed": 0.0}),
+        ("1", "moe 16/4/0/4", {"seed": 1.0}),
+    ]
+    assert "seed 0 lora: ValueError: out of memory, say" in str(failure.value)
+    assert "seed 1 lora" in str(failure.value)
